@@ -1,0 +1,23 @@
+"""Rule infer_shard: run one model over one shard and write its Parquet and run figures."""
+
+from seqshard.inference import run_embed
+from seqshard.logs import setup_logging
+
+setup_logging(snakemake.log[0])
+settings, run = snakemake.params.settings, snakemake.params.run
+run_embed(
+    snakemake.input.shard,
+    snakemake.output.parquet,
+    architecture=settings["architecture"],
+    checkpoint=settings["checkpoint"],
+    molecule=snakemake.params.molecule,
+    pooling=settings["pooling"],
+    batch_tokens=run["batch_tokens"],
+    device=run["device"],
+    dtype=settings["dtype"],
+    threads=snakemake.threads,
+    allowed_ambiguity=snakemake.params.allowed_ambiguity,
+    figures_out=snakemake.output.figures,
+    labels={k: snakemake.wildcards[k] for k in ("sample", "model", "task", "shard")},
+    provenance={"model": snakemake.wildcards.model, "sample": snakemake.wildcards.sample},
+)

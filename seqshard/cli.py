@@ -1,0 +1,81 @@
+"""The `seqshard` command: the workflow's code paths, usable outside Snakemake and inside the containers."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from seqshard import __version__
+from seqshard.logs import setup_logging
+
+
+def create_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="seqshard", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"seqshard {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress at debug level")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    embed = commands.add_parser("embed", help="embed every sequence of a FASTA file into a Parquet file")
+    embed.add_argument("fasta", type=Path, help="input FASTA, plain or gzip")
+    embed.add_argument("-o", "--output", type=Path, required=True, help="output Parquet file")
+    embed.add_argument("--model", default="dnabert2", choices=["dnabert2"], help="model architecture")
+    embed.add_argument("--checkpoint", required=True, help="checkpoint directory or hub id (owner/name)")
+    embed.add_argument("--molecule", default="dna", choices=["dna", "rna", "protein"])
+    embed.add_argument("--pooling", default="mean", choices=["mean", "cls"])
+    embed.add_argument("--batch-tokens", type=int, default=16384, help="token budget per batch, padding included")
+    embed.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    embed.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"])
+    embed.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
+    embed.add_argument(
+        "--allowed-ambiguity", default="N", help="IUPAC ambiguity codes accepted in DNA/RNA (default: N)"
+    )
+    embed.add_argument("--figures", type=Path, help="also write run figures (timings, tokens) as JSON here")
+
+    demo = commands.add_parser(
+        "demo-checkpoint", help="write a small RANDOM-weight checkpoint in the published DNABERT-2 layout"
+    )
+    demo.add_argument("output", type=Path, help="directory to create")
+    demo.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def run(args: argparse.Namespace) -> None:
+    if args.command == "embed":
+        from seqshard.inference import run_embed
+
+        run_embed(
+            args.fasta,
+            args.output,
+            architecture=args.model,
+            checkpoint=args.checkpoint,
+            molecule=args.molecule,
+            pooling=args.pooling,
+            batch_tokens=args.batch_tokens,
+            device=args.device,
+            dtype=args.dtype,
+            threads=args.threads,
+            allowed_ambiguity=args.allowed_ambiguity,
+            figures_out=args.figures,
+        )
+    elif args.command == "demo-checkpoint":
+        from seqshard.models.dnabert2 import write_demo_checkpoint
+
+        path = write_demo_checkpoint(args.output, seed=args.seed)
+        logging.getLogger("seqshard").info("wrote random-weight demo checkpoint to %s", path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = create_parser().parse_args(argv)
+    setup_logging(verbose=args.verbose)
+    try:
+        run(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
+        logging.getLogger("seqshard").error("%s", error)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

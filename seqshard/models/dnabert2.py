@@ -1,0 +1,608 @@
+"""Native DNABERT-2: loads the published checkpoint into plain torch modules and tokenizes DNA for it.
+
+The published model ships its own modelling code (MosaicBERT: ALiBi attention, gated-GELU MLP, unpadding,
+a Triton kernel) that needs `trust_remote_code`, breaks on modern Triton and on transformers 5, and fails when
+cast to bf16 without autocast. This module computes the same function with `scaled_dot_product_attention`
+and keeps the published state-dict key names, so `zhihan1996/DNABERT-2-117M` loads unchanged.
+
+Layer math (post-LayerNorm everywhere), with H hidden, I intermediate:
+    embeddings  x = LN(word[ids] + token_type[0])                      (no position embeddings)
+    attention   q, k, v = split(Wqkv x); a = softmax(q kᵀ/√d + alibi + pad) v; x = LN(dense(a) + x)
+    mlp         g = gated_layers x; u = GELU(g[..., :I]) * g[..., I:]; x = LN(wo u + x)
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from seqshard.checkpoints import file_digest, find_weights_file, load_state_dict, resolve_checkpoint
+from seqshard.models import LoadedModel
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+
+__all__ = [
+    "DNABERT2Config",
+    "DNABERT2ForMaskedLM",
+    "DNABERT2Model",
+    "DNABERT2Tokenizer",
+    "alibi_slopes",
+    "load_dnabert2",
+    "load_dnabert2_masked_lm",
+    "write_demo_checkpoint",
+]
+
+SPECIAL_TOKENS = ("[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]")  # ids 0..4 in the published tokenizer
+_MLM_HEAD_LAYER_NORM_EPS = 1e-12  # the reference hard-codes this instead of reading config.layer_norm_eps
+# Keys a checkpoint may carry that the embedding backbone does not use.
+_NON_ENCODER_PREFIXES = ("cls.", "classifier.", "pooler.")
+# Buffers some BERT exports save; they hold nothing the model needs (ALiBi replaces positions, types are 0).
+_HARMLESS_BUFFERS = {"embeddings.position_ids", "embeddings.token_type_ids"}
+
+
+@dataclass
+class DNABERT2Config:
+    """The fields of the published config.json (defaults are the 117M model); unknown keys are ignored."""
+
+    vocab_size: int = 4096
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    max_position_embeddings: int = 512
+    alibi_starting_size: int = 512
+    attention_probs_dropout_prob: float = 0.0
+    hidden_dropout_prob: float = 0.1
+    hidden_act: str = "gelu"
+    layer_norm_eps: float = 1e-12
+    type_vocab_size: int = 2
+    # Only present in sequence-classification fine-tunes.
+    num_labels: int | None = None
+    id2label: dict[int, str] | None = None
+    label2id: dict[str, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads {self.num_attention_heads}"
+            )
+        if self.id2label is not None:
+            # JSON object keys are strings; label ids are ints everywhere else.
+            self.id2label = {int(key): str(value) for key, value in self.id2label.items()}
+            if self.num_labels is None:
+                self.num_labels = len(self.id2label)
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @classmethod
+    def from_json_file(cls, path: str | Path) -> DNABERT2Config:
+        data = json.loads(Path(path).read_text())
+        known = {item.name for item in fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in known})
+
+    def to_dict(self) -> dict[str, object]:
+        """The config as config.json holds it; label fields only when set, like the published file."""
+        data: dict[str, object] = asdict(self)
+        for key in ("num_labels", "id2label", "label2id"):
+            if data[key] is None:
+                del data[key]
+        if self.id2label is not None:
+            data["id2label"] = {str(key): value for key, value in self.id2label.items()}
+        return data
+
+
+def alibi_slopes(n_heads: int) -> torch.Tensor:
+    """Per-head ALiBi slopes, float32 [n_heads].
+
+    For a power of two n: slope_k = 2^(-8(k+1)/n). Otherwise the list for the largest power of two p below n,
+    followed by every other slope of the list for 2p (the ALiBi paper's rule, which the reference follows).
+    """
+    if n_heads < 1:
+        raise ValueError(f"n_heads must be positive, got {n_heads}")
+
+    def power_of_two_slopes(n: int) -> list[float]:
+        return [2.0 ** (-8.0 * (k + 1) / n) for k in range(n)]
+
+    closest = 1 << (n_heads.bit_length() - 1)
+    slopes = power_of_two_slopes(closest)
+    slopes += power_of_two_slopes(2 * closest)[0::2][: n_heads - closest]
+    return torch.tensor(slopes, dtype=torch.float32)
+
+
+def _activation(name: str) -> nn.Module:
+    activations: dict[str, nn.Module] = {
+        "gelu": nn.GELU(),  # transformers' "gelu" is the exact erf form
+        "gelu_new": nn.GELU(approximate="tanh"),
+        "gelu_pytorch_tanh": nn.GELU(approximate="tanh"),
+        "relu": nn.ReLU(),
+    }
+    if name not in activations:
+        raise ValueError(f"unsupported hidden_act {name!r}; supported: {', '.join(activations)}")
+    return activations[name]
+
+
+class DNABERT2Embeddings(nn.Module):
+    def __init__(self, config: DNABERT2Config) -> None:
+        super().__init__()
+        # Empty weights, filled by a checkpoint or by the demo's own init: nn.Embedding's random init on the
+        # meta device pulls in torch's decompositions, which costs ~2 s of start-up in every inference job.
+        self.word_embeddings = nn.Embedding(
+            config.vocab_size, config.hidden_size, _weight=torch.empty(config.vocab_size, config.hidden_size)
+        )
+        self.token_type_embeddings = nn.Embedding(
+            config.type_vocab_size,
+            config.hidden_size,
+            _weight=torch.empty(config.type_vocab_size, config.hidden_size),
+        )
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        embeddings = self.word_embeddings(input_ids)
+        if token_type_ids is None:
+            # All-zero token types are just row 0 broadcast; no [B, L] index tensor needed.
+            embeddings = embeddings + self.token_type_embeddings.weight[0]
+        else:
+            embeddings = embeddings + self.token_type_embeddings(token_type_ids)
+        return self.dropout(self.LayerNorm(embeddings))
+
+
+class DNABERT2SelfAttention(nn.Module):
+    def __init__(self, config: DNABERT2Config) -> None:
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.head_dim
+        self.dropout_prob = config.attention_probs_dropout_prob
+        self.Wqkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
+
+    def forward(self, hidden: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        batch, length, width = hidden.shape
+        # Wqkv's output is three contiguous blocks q | k | v, each heads × head_dim.
+        qkv = self.Wqkv(hidden).view(batch, length, 3, self.num_heads, self.head_dim)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, L, head_dim]
+        if bias.dtype != query.dtype:
+            # SDPA wants the float mask in q's dtype; they differ only under unusual autocast setups.
+            bias = bias.to(query.dtype)
+        context = F.scaled_dot_product_attention(
+            query, key, value, attn_mask=bias, dropout_p=self.dropout_prob if self.training else 0.0
+        )
+        return context.transpose(1, 2).reshape(batch, length, width)
+
+
+class DNABERT2SelfOutput(nn.Module):
+    def __init__(self, config: DNABERT2Config) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(hidden)) + residual)
+
+
+class DNABERT2Attention(nn.Module):
+    def __init__(self, config: DNABERT2Config) -> None:
+        super().__init__()
+        self.self = DNABERT2SelfAttention(config)  # named `self` to match the published keys
+        self.output = DNABERT2SelfOutput(config)
+
+    def forward(self, hidden: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        return self.output(self.self(hidden, bias), hidden)
+
+
+class DNABERT2GatedMLP(nn.Module):
+    def __init__(self, config: DNABERT2Config) -> None:
+        super().__init__()
+        self.intermediate_size = config.intermediate_size
+        self.gated_layers = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
+        self.act = nn.GELU()  # exact GELU regardless of config.hidden_act, as in the reference
+        self.wo = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        gated, linear = self.gated_layers(hidden).split(self.intermediate_size, dim=-1)
+        return self.layernorm(self.wo(self.dropout(self.act(gated) * linear)) + hidden)
+
+
+class DNABERT2Layer(nn.Module):
+    def __init__(self, config: DNABERT2Config) -> None:
+        super().__init__()
+        self.attention = DNABERT2Attention(config)
+        self.mlp = DNABERT2GatedMLP(config)
+
+    def forward(self, hidden: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.attention(hidden, bias))
+
+
+class DNABERT2Encoder(nn.Module):
+    def __init__(self, config: DNABERT2Config) -> None:
+        super().__init__()
+        self.layer = nn.ModuleList(DNABERT2Layer(config) for _ in range(config.num_hidden_layers))
+        self.num_heads = config.num_attention_heads
+        self.alibi_starting_size = config.alibi_starting_size
+        # A cache, not a buffer: it is derived from the config, must not appear in the state dict, and is
+        # built on first use so that a model constructed on the meta device never holds a meta table.
+        self._alibi: torch.Tensor | None = None
+
+    def alibi(self, length: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """The ALiBi bias −slope_h·|i − j| as [heads, length, length], cached and grown on demand."""
+        table = self._alibi
+        if table is None or table.shape[-1] < length or table.device != device or table.dtype != dtype:
+            size = max(length, self.alibi_starting_size, 0 if table is None else table.shape[-1])
+            positions = torch.arange(size, device=device, dtype=torch.float32)
+            distance = (positions[None, :] - positions[:, None]).abs()
+            slopes = alibi_slopes(self.num_heads).to(device)
+            table = (-slopes[:, None, None] * distance).to(dtype)
+            self._alibi = table
+        return table[:, :length, :length]
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        batch, length, _ = hidden.shape
+        device_type = hidden.device.type
+        # The bias must be in the dtype attention computes in: the autocast dtype if autocast is on, else the
+        # parameters' dtype (a model cast to bf16 then works without autocast, unlike the reference).
+        if torch.is_autocast_enabled(device_type):
+            dtype = torch.get_autocast_dtype(device_type)
+        else:
+            dtype = hidden.dtype
+        bias = self.alibi(length, hidden.device, dtype).unsqueeze(0)  # [1, heads, L, L]
+        if attention_mask is not None and not bool(attention_mask.all()):
+            # Padded keys get the most negative finite value rather than -inf: a row with no real key (which
+            # [CLS]/[SEP] framing never produces) then averages instead of turning into NaN.
+            key_padding = torch.zeros(batch, 1, 1, length, device=hidden.device, dtype=dtype)
+            key_padding.masked_fill_(~attention_mask[:, None, None, :], torch.finfo(dtype).min)
+            # Materialised once per forward ([B, heads, L, L]) and shared by every layer.
+            bias = bias + key_padding
+        for layer in self.layer:
+            hidden = layer(hidden, bias)
+        return hidden
+
+
+class DNABERT2Model(nn.Module):
+    """The DNABERT-2 encoder (the checkpoint's `bert.` prefix): token ids to last hidden states."""
+
+    def __init__(self, config: DNABERT2Config) -> None:
+        super().__init__()
+        self.config = config
+        self.embeddings = DNABERT2Embeddings(config)
+        self.encoder = DNABERT2Encoder(config)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Last hidden state [B, L, hidden]; `attention_mask` [B, L] is True at real tokens (None: all real).
+
+        Padded positions never influence real ones, and their output rows are zero, as in the reference,
+        which drops padding inside the encoder and pads the result back with zeros.
+        """
+        mask = None if attention_mask is None else attention_mask.to(device=input_ids.device, dtype=torch.bool)
+        hidden = self.encoder(self.embeddings(input_ids, token_type_ids), mask)
+        if mask is not None:
+            hidden = hidden.masked_fill(~mask[..., None], 0.0)
+        return hidden
+
+
+class DNABERT2PredictionHeadTransform(nn.Module):
+    def __init__(self, config: DNABERT2Config) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.act = _activation(config.hidden_act)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=_MLM_HEAD_LAYER_NORM_EPS)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.act(self.dense(hidden)))
+
+
+class DNABERT2LMPredictionHead(nn.Module):
+    def __init__(self, config: DNABERT2Config) -> None:
+        super().__init__()
+        self.transform = DNABERT2PredictionHeadTransform(config)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.transform(hidden))
+
+
+class DNABERT2MLMHead(nn.Module):
+    def __init__(self, config: DNABERT2Config) -> None:
+        super().__init__()
+        self.predictions = DNABERT2LMPredictionHead(config)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.predictions(hidden)
+
+
+class DNABERT2ForMaskedLM(nn.Module):
+    """Encoder plus masked-LM head: the published checkpoint's layout (142 tensors for the 117M model)."""
+
+    def __init__(self, config: DNABERT2Config) -> None:
+        super().__init__()
+        self.config = config
+        self.bert = DNABERT2Model(config)
+        self.cls = DNABERT2MLMHead(config)
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        """Share the decoder weight with the word embeddings (call again after `to_empty`, which unties)."""
+        self.cls.predictions.decoder.weight = self.bert.embeddings.word_embeddings.weight
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [B, L, vocab_size]."""
+        return self.cls(self.bert(input_ids, attention_mask))
+
+
+class DNABERT2Tokenizer:
+    """The published BPE tokenizer (`tokenizer.json`), framing every sequence as `[CLS] ... [SEP]`.
+
+    The tokenizer has no normalizer and its vocabulary holds only A, C, G, T and their merges, so input is
+    upper-cased first. N (and any other IUPAC ambiguity code) is not in the vocabulary: it becomes one [UNK]
+    per character. That keeps it visible to the model as "unknown base" at the right place, which is what the
+    model saw in pre-training; dropping Ns would silently join the flanks, replacing them would invent bases.
+    Truncation and padding are switched off: batching and windowing are the caller's job.
+    """
+
+    def __init__(self, tokenizer_file: str | Path) -> None:
+        from tokenizers import Tokenizer
+
+        self.path = Path(tokenizer_file)
+        self._tokenizer = Tokenizer.from_file(str(self.path))
+        self._tokenizer.no_truncation()
+        self._tokenizer.no_padding()
+        self.unk_id, self.cls_id, self.sep_id, self.pad_id, self.mask_id = (
+            self._special_id(token) for token in SPECIAL_TOKENS
+        )
+        # The published tokenizer.json frames through its post-processor; frame by hand if a copy lacks one.
+        probe = self._tokenizer.encode("A").ids
+        self._frames_itself = probe[:1] == [self.cls_id] and probe[-1:] == [self.sep_id]
+
+    @classmethod
+    def from_dir(cls, directory: str | Path) -> DNABERT2Tokenizer:
+        return cls(Path(directory) / "tokenizer.json")
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tokenizer.get_vocab_size(with_added_tokens=True)
+
+    def _special_id(self, token: str) -> int:
+        token_id = self._tokenizer.token_to_id(token)
+        if token_id is None:
+            raise ValueError(f"{self.path} has no {token} token")
+        return token_id
+
+    def _framed(self, ids: list[int]) -> list[int]:
+        return ids if self._frames_itself else [self.cls_id, *ids, self.sep_id]
+
+    def encode(self, sequence: str) -> list[int]:
+        """Token ids of one sequence, `[CLS] ... [SEP]`."""
+        return self._framed(self._tokenizer.encode(sequence.upper()).ids)
+
+    def encode_batch(self, sequences: list[str]) -> list[list[int]]:
+        """`encode` for many sequences at once, through the tokenizer's parallel batch API."""
+        encodings = self._tokenizer.encode_batch([sequence.upper() for sequence in sequences])
+        return [self._framed(encoding.ids) for encoding in encodings]
+
+    def decode(self, ids: list[int]) -> str:
+        """The bases behind `ids`: tokens concatenated, framing and padding dropped, [UNK] shown as N."""
+        skipped = {self.cls_id, self.sep_id, self.pad_id, self.mask_id}
+        pieces = []
+        for token_id in ids:
+            if token_id in skipped:
+                continue
+            pieces.append("N" if token_id == self.unk_id else self._tokenizer.id_to_token(token_id))
+        return "".join(pieces)
+
+
+def _encoder_state_dict(state: dict[str, torch.Tensor], source: Path) -> tuple[dict[str, torch.Tensor], str]:
+    """The encoder tensors of any published layout, keys without `bert.`, and the layout's name."""
+    if any(key.startswith("bert.") for key in state):
+        layout = "masked_lm" if any(key.startswith("cls.") for key in state) else "bert"
+        if any(key.startswith("classifier.") for key in state):
+            layout = "sequence_classification"
+        stray = [key for key in state if not key.startswith(("bert.", "cls.", "classifier."))]
+        if stray:
+            raise ValueError(f"{source} has keys outside bert./cls./classifier.: {_preview(stray)}")
+        encoder = {key.removeprefix("bert."): value for key, value in state.items() if key.startswith("bert.")}
+    else:
+        layout = "encoder"
+        encoder = dict(state)
+    encoder = {
+        key: value
+        for key, value in encoder.items()
+        if not key.startswith(_NON_ENCODER_PREFIXES) and key not in _HARMLESS_BUFFERS
+    }
+    return encoder, layout
+
+
+def _preview(keys: list[str], limit: int = 8) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown if len(keys) <= limit else f"{shown}, ... ({len(keys)} in all)"
+
+
+def load_dnabert2(checkpoint: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """The DNABERT-2 encoder of `checkpoint` (directory or hub id) in eval mode on `device`, as a LoadedModel.
+
+    Accepts the published masked-LM layout (`bert.*` + `cls.*`), a bare encoder and a sequence-classification
+    fine-tune; heads and pooler are ignored because only the backbone's hidden states are used. Missing or
+    unexpected encoder tensors are an error that names them.
+    """
+    directory = resolve_checkpoint(checkpoint, required=("config.json", "tokenizer.json"))
+    config = DNABERT2Config.from_json_file(directory / "config.json")
+    weights = find_weights_file(directory)
+    encoder_state, layout = _encoder_state_dict(load_state_dict(weights), weights)
+
+    # Built on meta and filled by assignment: no time spent on a random init that is overwritten anyway.
+    with torch.device("meta"):
+        model = DNABERT2Model(config)
+    try:
+        result = model.load_state_dict(encoder_state, strict=False, assign=True)
+    except RuntimeError as error:  # shape mismatches: the weights do not belong to this config.json
+        raise ValueError(f"{weights} does not match {directory / 'config.json'}: {error}") from error
+    if result.missing_keys or result.unexpected_keys:
+        problems = []
+        if result.missing_keys:
+            problems.append(f"missing encoder tensors: {_preview(result.missing_keys)}")
+        if result.unexpected_keys:
+            problems.append(f"unexpected encoder tensors: {_preview(result.unexpected_keys)}")
+        raise ValueError(f"{weights} is not a DNABERT-2 checkpoint ({layout} layout); {'; '.join(problems)}")
+    # A no-op for fp32 weights asked for in fp32; otherwise casts (bf16 works without autocast too).
+    model = model.to(device=device, dtype=dtype).eval()
+
+    return LoadedModel(
+        name="dnabert2",
+        model=model,
+        tokenizer=DNABERT2Tokenizer.from_dir(directory),
+        hidden_size=config.hidden_size,
+        checkpoint=str(checkpoint),
+        checkpoint_dir=directory,
+        digest=file_digest(weights),
+        molecules=frozenset({"dna"}),
+        extra={"config": config.to_dict(), "layout": layout, "masked_lm": None},
+    )
+
+
+def load_dnabert2_masked_lm(
+    checkpoint: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32
+) -> DNABERT2ForMaskedLM:
+    """The full masked-LM model of a published checkpoint, loaded strictly, in eval mode on `device`."""
+    directory = resolve_checkpoint(checkpoint, required=("config.json",))
+    config = DNABERT2Config.from_json_file(directory / "config.json")
+    state = load_state_dict(find_weights_file(directory))
+    # safetensors cannot store shared tensors, so converted checkpoints often drop the tied decoder weight.
+    if "cls.predictions.decoder.weight" not in state and "bert.embeddings.word_embeddings.weight" in state:
+        state["cls.predictions.decoder.weight"] = state["bert.embeddings.word_embeddings.weight"]
+    with torch.device("meta"):
+        model = DNABERT2ForMaskedLM(config)
+    model.to_empty(device="cpu")
+    model.tie_weights()
+    model.load_state_dict(state, strict=True)
+    return model.to(device=device, dtype=dtype).eval()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# A small random-weight checkpoint in the published layout, for tests and for trying the workflow without the
+# 468 MB download. Same seed, same bytes.
+
+
+def _init_weights(model: DNABERT2ForMaskedLM, generator: torch.Generator) -> None:
+    """BERT's initialisation: N(0, 0.02) weights and embeddings, zero biases, LayerNorm ones/zeros."""
+    decoder = model.cls.predictions.decoder
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Embedding):
+                module.weight.normal_(0.0, 0.02, generator=generator)
+            elif isinstance(module, nn.Linear):
+                if module is not decoder:  # tied to the word embeddings, already drawn
+                    module.weight.normal_(0.0, 0.02, generator=generator)
+                if module.bias is not None:
+                    module.bias.zero_()
+            elif isinstance(module, nn.LayerNorm):
+                module.weight.fill_(1.0)
+                module.bias.zero_()
+
+
+def _synthetic_dna(seed: int, n_sequences: int = 2000, length: int = 300) -> list[str]:
+    """Seeded random DNA with recurring motifs, so that BPE learns long merges as it does on genomes."""
+    rng = random.Random(seed)
+    motifs = ["".join(rng.choices("ACGT", k=rng.randint(6, 40))) for _ in range(200)]
+    sequences = []
+    for _ in range(n_sequences):
+        pieces: list[str] = []
+        size = 0
+        while size < length:
+            piece = rng.choice(motifs) if rng.random() < 0.5 else "".join(rng.choices("ACGT", k=rng.randint(4, 30)))
+            pieces.append(piece)
+            size += len(piece)
+        sequences.append("".join(pieces)[:length])
+    return sequences
+
+
+def _train_demo_tokenizer(seed: int, vocab_size: int = 4096) -> Tokenizer:
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+
+    tokenizer = Tokenizer(models.BPE(unk_token="[UNK]", fuse_unk=False))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=list("ACGT"),
+        limit_alphabet=4,
+        max_token_length=32,
+        show_progress=False,
+    )
+    corpus = _synthetic_dna(seed)
+    tokenizer.train_from_iterator(corpus, trainer=trainer, length=len(corpus))
+    if tokenizer.get_vocab_size() != vocab_size:
+        raise RuntimeError(f"demo tokenizer trained to {tokenizer.get_vocab_size()} tokens, not {vocab_size}")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", tokenizer.token_to_id("[CLS]")), ("[SEP]", tokenizer.token_to_id("[SEP]"))],
+    )
+    return tokenizer
+
+
+def _write_json(path: Path, data: dict[str, object]) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def write_demo_checkpoint(
+    out_dir: Path,
+    *,
+    hidden_size: int = 64,
+    num_hidden_layers: int = 2,
+    num_attention_heads: int = 4,
+    intermediate_size: int = 128,
+    seed: int = 0,
+) -> Path:
+    """Write a small random-weight DNABERT-2 checkpoint with the published file names, keys and tokenizer."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config = DNABERT2Config(
+        hidden_size=hidden_size,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=num_attention_heads,
+        intermediate_size=intermediate_size,
+    )
+    _write_json(out_dir / "config.json", config.to_dict())
+
+    model = DNABERT2ForMaskedLM(config)
+    _init_weights(model, torch.Generator().manual_seed(seed))
+    # The decoder weight is saved under its own key but shares storage with the embeddings, as published.
+    torch.save(model.state_dict(), out_dir / "pytorch_model.bin")
+
+    _train_demo_tokenizer(seed).save(str(out_dir / "tokenizer.json"))
+    special = {
+        "unk_token": "[UNK]",
+        "sep_token": "[SEP]",
+        "pad_token": "[PAD]",
+        "cls_token": "[CLS]",
+        "mask_token": "[MASK]",
+    }
+    _write_json(
+        out_dir / "tokenizer_config.json",
+        {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "model_max_length": config.max_position_embeddings,
+            "padding_side": "right",
+            "truncation_side": "right",
+            "clean_up_tokenization_spaces": True,
+            **special,
+        },
+    )
+    _write_json(out_dir / "special_tokens_map.json", special)
+    return out_dir

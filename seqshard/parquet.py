@@ -1,0 +1,162 @@
+"""The Parquet layout of seqshard's outputs: schemas, provenance metadata, per-shard writing and streamed merging.
+
+Every output file carries its provenance as key-value metadata under `seqshard.*` keys, so a Parquet file read
+years later still says which model, checkpoint digest, seqshard version and settings produced its numbers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from seqshard import __version__
+
+METADATA_PREFIX = "seqshard."
+
+
+class RowCountMismatchError(RuntimeError):
+    """A merged output does not hold exactly one row per valid input record."""
+
+
+def embedding_schema(hidden_size: int) -> pa.Schema:
+    """Schema of task `embed`: one pooled vector per sequence."""
+    return pa.schema(
+        [
+            pa.field("id", pa.string(), nullable=False),
+            pa.field("length", pa.int32(), nullable=False),  # residues
+            pa.field("n_tokens", pa.int32(), nullable=False),  # model tokens including [CLS] and [SEP]
+            pa.field("embedding", pa.list_(pa.float32(), hidden_size), nullable=False),
+        ]
+    )
+
+
+def provenance_metadata(values: Mapping[str, object]) -> dict[bytes, bytes]:
+    """Key-value metadata: strings stay as they are, everything else is stored as JSON."""
+    merged: dict[str, object] = {"seqshard_version": __version__, **values}
+    return {
+        f"{METADATA_PREFIX}{key}".encode(): (value if isinstance(value, str) else json.dumps(value)).encode()
+        for key, value in merged.items()
+    }
+
+
+def read_provenance(path: Path | str) -> dict[str, str]:
+    """The `seqshard.*` metadata of a Parquet file, prefix removed, values as stored."""
+    metadata = pq.read_schema(path).metadata or {}
+    return {
+        key.decode()[len(METADATA_PREFIX) :]: value.decode()
+        for key, value in metadata.items()
+        if key.decode().startswith(METADATA_PREFIX)
+    }
+
+
+def embedding_table(
+    ids: Sequence[str],
+    lengths: Sequence[int],
+    n_tokens: Sequence[int],
+    embeddings: np.ndarray,
+    metadata: Mapping[str, object],
+) -> pa.Table:
+    """Build an `embed` table from parallel columns; `embeddings` is float32 [rows, hidden]."""
+    rows, hidden = embeddings.shape
+    if not len(ids) == len(lengths) == len(n_tokens) == rows:
+        raise ValueError(f"column lengths differ: {len(ids)} ids, {len(lengths)} lengths, {rows} embeddings")
+    flat = pa.array(np.ascontiguousarray(embeddings, dtype=np.float32).reshape(-1), pa.float32())
+    schema = embedding_schema(hidden).with_metadata(provenance_metadata(metadata))
+    return pa.Table.from_arrays(
+        [
+            pa.array(ids, pa.string()),
+            pa.array(lengths, pa.int32()),
+            pa.array(n_tokens, pa.int32()),
+            pa.FixedSizeListArray.from_arrays(flat, hidden),
+        ],
+        schema=schema,
+    )
+
+
+def write_table(table: pa.Table, out: Path | str) -> None:
+    """Write atomically: a crashed job never leaves a half-written file that looks complete."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")
+    pq.write_table(table, partial, compression="zstd")
+    partial.replace(out)
+
+
+def merge_parquet(
+    shard_paths: Sequence[Path | str],
+    out: Path | str,
+    expected_rows: int,
+    extra_metadata: Mapping[str, object] | None = None,
+) -> int:
+    """Concatenate shard files in the order given, one record batch at a time, and check the row count.
+
+    Memory stays at one record batch whatever the number of rows. All shards must share one schema and one
+    provenance (same model, checkpoint digest, settings); the merged file keeps that provenance, adds
+    `extra_metadata`, and is removed again if its row count differs from `expected_rows`.
+    """
+    if not shard_paths:
+        raise ValueError(f"no shard files to merge into {out}")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")
+    first = pq.read_schema(shard_paths[0])
+    provenance = read_provenance(shard_paths[0])
+    provenance.pop("seqshard_version", None)
+    shard_provenance_keys = {"shard", "n_shards"}
+    schema = first.with_metadata(
+        provenance_metadata(
+            {
+                **{k: v for k, v in provenance.items() if k not in shard_provenance_keys},
+                "n_shards": len(shard_paths),
+                **(extra_metadata or {}),
+            }
+        )
+    )
+    reference = {k: v for k, v in provenance.items() if k not in shard_provenance_keys}
+    rows = 0
+    with pq.ParquetWriter(partial, schema, compression="zstd") as writer:
+        for path in shard_paths:
+            shard_file = pq.ParquetFile(path)
+            if not shard_file.schema_arrow.remove_metadata().equals(schema.remove_metadata()):
+                raise ValueError(f"{path}: schema differs from {shard_paths[0]}; cannot merge")
+            theirs = {k: v for k, v in read_provenance(path).items() if k not in shard_provenance_keys}
+            theirs.pop("seqshard_version", None)
+            if theirs != reference:
+                raise ValueError(f"{path}: provenance differs from {shard_paths[0]}: {theirs} vs {reference}")
+            for batch in shard_file.iter_batches(batch_size=4096):
+                writer.write_batch(batch)
+                rows += batch.num_rows
+    if rows != expected_rows:
+        partial.unlink()
+        raise RowCountMismatchError(
+            f"{out}: merged {rows} rows from {len(shard_paths)} shard(s) but the sample has {expected_rows} valid "
+            "input records; refusing to write an incomplete result"
+        )
+    partial.replace(out)
+    return rows
+
+
+def merge_sample_shards(
+    shard_paths: Sequence[Path | str], manifest: Path | str, rejects: Path | str, out: Path | str
+) -> int:
+    """Merge one sample's shard outputs in manifest order; the manifest's record count is the expected rows."""
+    from seqshard.sharding import read_manifest
+
+    shards = read_manifest(Path(manifest))
+    by_name = {Path(path).stem: Path(path) for path in shard_paths}
+    missing = [shard.name for shard in shards if shard.name not in by_name]
+    if missing or len(by_name) != len(shards):
+        raise ValueError(f"{out}: shard outputs {sorted(by_name)} do not match the manifest's {missing or shards}")
+    with open(rejects, encoding="utf-8") as handle:
+        n_rejected = sum(1 for _ in handle) - 1
+    return merge_parquet(
+        [by_name[shard.name] for shard in shards],
+        out,
+        expected_rows=sum(shard.n_sequences for shard in shards),
+        extra_metadata={"n_rejected": n_rejected},
+    )

@@ -1,0 +1,43 @@
+"""Token-budget batching: every index once, budgets honoured, little padding whatever the length mix."""
+
+import random
+
+import pytest
+
+from seqshard.batching import TokenBudgetBatcher, padded_tokens
+
+
+def useful_fraction(lengths, batches):
+    return sum(lengths) / sum(padded_tokens(lengths, b) for b in batches)
+
+
+@pytest.mark.parametrize("n", [30, 2000])
+def test_every_index_once_budget_and_padding_honoured(n):
+    rng = random.Random(5)
+    lengths = [int(rng.lognormvariate(4.6, 0.6)) + 3 for _ in range(n)]  # a wide, log-normal mix
+    batches = list(TokenBudgetBatcher(4096, max_padding=0.03).batches(lengths))
+    assert sorted(i for b in batches for i in b) == list(range(n))
+    for batch in batches:
+        computed = padded_tokens(lengths, batch)
+        assert computed <= 4096
+        assert 1 - sum(lengths[i] for i in batch) / computed <= 0.03
+    assert useful_fraction(lengths, batches) >= 0.97
+
+
+def test_budget_alone_would_pad_a_small_mixed_shard_heavily():
+    lengths = [10, 300, 40, 120, 800, 55]
+    loose = list(TokenBudgetBatcher(100_000, max_padding=0.99).batches(lengths))
+    assert len(loose) == 1 and useful_fraction(lengths, loose) < 0.3
+    tight = list(TokenBudgetBatcher(100_000).batches(lengths))
+    assert useful_fraction(lengths, tight) == 1.0
+
+
+def test_longest_first_and_oversized_sequence_alone():
+    lengths = [30, 5000, 30, 31]
+    batches = list(TokenBudgetBatcher(100).batches(lengths))
+    assert batches == [[1], [3, 0, 2]]
+
+
+def test_max_batch_size():
+    batches = list(TokenBudgetBatcher(10_000, max_batch_size=3).batches([4] * 7))
+    assert [len(b) for b in batches] == [3, 3, 1]

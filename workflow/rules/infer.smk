@@ -1,0 +1,35 @@
+rule demo_checkpoint:
+    output:
+        multiext(f"{DEMO_CHECKPOINT}/", *DEMO_CHECKPOINT_FILES),
+    log:
+        "logs/demo_checkpoint/dnabert2-demo.log",
+    benchmark:
+        "benchmarks/demo_checkpoint/dnabert2-demo.tsv"
+    conda:
+        "../../envs/seqshard.yaml"
+    threads: 1
+    script:
+        "../../scripts/demo_checkpoint.py"
+
+
+rule infer_shard:
+    input:
+        shard="results/{sample}/shards/{shard}.fa",
+        checkpoint=get_checkpoint_files,
+    output:
+        parquet=temp("results/{sample}/{model}/{task}/shards/{shard}.parquet"),
+        figures="results/{sample}/{model}/{task}/figures/{shard}.json",
+    log:
+        "logs/infer_shard/{sample}/{model}/{task}/{shard}.log",
+    benchmark:
+        "benchmarks/infer_shard/{sample}/{model}/{task}/{shard}.tsv"
+    conda:
+        "../../envs/seqshard.yaml"
+    threads: 2
+    params:
+        settings=get_model_settings,
+        run=get_run_settings,
+        molecule=get_molecule,
+        allowed_ambiguity=config["allowed_ambiguity"],
+    script:
+        "../../scripts/infer_shard.py"
