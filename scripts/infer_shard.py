@@ -4,7 +4,9 @@ from seqshard.inference import run_embed
 from seqshard.logs import setup_logging
 
 setup_logging(snakemake.log[0])
-settings, run = snakemake.params.settings, snakemake.params.run
+settings = snakemake.params.settings
+# Speed-only settings come from the config, not params, so changing them never reruns finished shards.
+run = snakemake.config["models"][snakemake.wildcards.model]
 run_embed(
     snakemake.input.shard,
     snakemake.output.parquet,

@@ -113,9 +113,13 @@ def embed_records(
     batch_tokens: int,
     dtype: str,
     figures: RunFigures,
+    max_padding: float = 0.03,
     progress_seconds: float = 30.0,
 ) -> tuple[np.ndarray, list[int]]:
-    """Pooled embeddings [len(records), hidden] in input order, and each record's token count."""
+    """Pooled embeddings [len(records), hidden] in input order, and each record's token count.
+
+    Batches are planned by `TokenBudgetBatcher(batch_tokens, max_padding)`; results do not depend on the plan.
+    """
     if pooling not in POOLINGS:
         raise ValueError(f"unknown pooling {pooling!r}; expected one of {POOLINGS}")
     device = next(loaded.model.parameters()).device
@@ -126,7 +130,7 @@ def embed_records(
     started = last_report = time.perf_counter()
     done = 0
     with torch.inference_mode(), autocast:
-        for batch in TokenBudgetBatcher(batch_tokens).batches(lengths):
+        for batch in TokenBudgetBatcher(batch_tokens, max_padding).batches(lengths):
             width = max(lengths[i] for i in batch)
             input_ids = torch.full((len(batch), width), loaded.tokenizer.pad_id, dtype=torch.long)
             for row, index in enumerate(batch):

@@ -114,12 +114,6 @@ def get_model_settings(wildcards):
     }
 
 
-def get_run_settings(wildcards):
-    """Settings that change speed and memory, never the numbers: read by the script, not a rerun trigger."""
-    settings = config["models"][wildcards.model]
-    return {"device": settings["device"], "batch_tokens": settings["batch_tokens"]}
-
-
 def shard_names(sample):
     manifest = os.path.join(
         checkpoints.shard_fasta.get(sample=sample).output.shards, "manifest.tsv"

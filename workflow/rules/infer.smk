@@ -28,7 +28,6 @@ rule infer_shard:
     threads: 2
     params:
         settings=get_model_settings,
-        run=get_run_settings,
         molecule=get_molecule,
         allowed_ambiguity=config["allowed_ambiguity"],
     script:

@@ -1,0 +1,177 @@
+"""The workflow, run for real: snakemake on the demo data in a temporary directory, then its report and lint.
+
+One module-scoped run serves the output checks; the rerun test dry-runs against that completed run.
+"""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from seqshard.fasta import read_valid_records
+from seqshard.parquet import read_provenance
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEFILE = REPO / "workflow" / "Snakefile"
+DEMO = REPO / "resources" / "demo"
+
+pytestmark = pytest.mark.workflow
+
+
+def snakemake(workdir: Path, *args: str, config: str = "config.yaml") -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(workdir),
+               "--configfile", str(workdir / config), "--cores", "2", *args]  # fmt: skip
+    return subprocess.run(command, capture_output=True, text=True, cwd=workdir)
+
+
+def write_config(workdir: Path, name: str = "config.yaml", **changes) -> dict:
+    config = {
+        "samples": "samples.tsv",
+        "on_invalid": "skip",
+        "shards": {"target_tokens": 30000},
+        "models": {
+            "dnabert2": {"architecture": "dnabert2", "checkpoint": "resources/checkpoints/dnabert2-demo"},
+            "dnabert2_cls": {
+                "architecture": "dnabert2",
+                "checkpoint": "resources/checkpoints/dnabert2-demo",
+                "pooling": "cls",
+                "samples": ["sample_b"],
+            },
+        },
+    }
+    for key, value in changes.items():
+        config[key] = value
+    (workdir / name).write_text(yaml.safe_dump(config))
+    return config
+
+
+def write_sheet(workdir: Path, rows: list[tuple[str, str, str]]) -> None:
+    lines = ["sample\tfasta\tmolecule"] + ["\t".join(row) for row in rows]
+    (workdir / "samples.tsv").write_text("\n".join(lines) + "\n")
+
+
+def planned_jobs(dry_run_output: str) -> list[tuple[str, dict[str, str]]]:
+    """(rule, wildcards) for every job a dry run lists."""
+    jobs = []
+    for block in re.split(r"\n(?=(?:local)?(?:rule|checkpoint) \w+:)", dry_run_output):
+        header = re.match(r"(?:local)?(?:rule|checkpoint) (\w+):", block)
+        if not header:
+            continue
+        wildcards = re.search(r"^\s+wildcards: (.*)$", block, re.MULTILINE)
+        pairs = dict(pair.split("=", 1) for pair in wildcards.group(1).split(", ")) if wildcards else {}
+        jobs.append((header.group(1), pairs))
+    return jobs
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("workflow")
+    write_sheet(
+        workdir, [("sample_a", str(DEMO / "sample_a.fa"), "dna"), ("sample_b", str(DEMO / "sample_b.fa.gz"), "dna")]
+    )
+    write_config(workdir)
+    result = snakemake(workdir)
+    assert result.returncode == 0, result.stderr[-5000:]
+    return workdir
+
+
+def test_full_run_merges_every_valid_record_in_input_order(demo_run):
+    for sample, fasta, n_valid in [("sample_a", "sample_a.fa", 150), ("sample_b", "sample_b.fa.gz", 60)]:
+        records, report = read_valid_records(DEMO / fasta, "dna", on_invalid="skip")
+        assert len(records) == n_valid
+        merged = demo_run / "results" / sample / "dnabert2" / "embed.parquet"
+        frame = pd.read_parquet(merged)  # pandas and pyarrow both read it
+        table = pq.read_table(merged)
+        assert len(frame) == table.num_rows == n_valid
+        assert list(frame["id"]) == [r.id for r in records]
+        assert list(frame["length"]) == [len(r.sequence) for r in records]
+        assert np.stack(frame["embedding"]).shape == (n_valid, 64)
+        provenance = read_provenance(merged)
+        assert provenance["model"] == "dnabert2" and provenance["pooling"] == "mean"
+        assert provenance["checkpoint_digest"].startswith("sha256:")
+        rejects = pd.read_csv(demo_run / "results" / sample / "rejects.tsv", sep="\t")
+        assert len(rejects) == len(report.rejected) == report.n_records - n_valid
+    assert int(read_provenance(demo_run / "results/sample_a/dnabert2/embed.parquet")["n_shards"]) == 3
+    rejected = pd.read_csv(demo_run / "results/sample_a/rejects.tsv", sep="\t")
+    assert list(rejected["record_id"]) == ["seq_a_empty", "seq_a0010", "seq_a_bad"]
+    # The second model ran only on the sample listed for it, with its own pooling.
+    assert not (demo_run / "results/sample_a/dnabert2_cls").exists()
+    cls = np.stack(pd.read_parquet(demo_run / "results/sample_b/dnabert2_cls/embed.parquet")["embedding"])
+    mean = np.stack(pd.read_parquet(demo_run / "results/sample_b/dnabert2/embed.parquet")["embedding"])
+    assert cls.shape == mean.shape and not np.allclose(cls, mean)
+
+
+def test_resource_report_covers_every_job(demo_run):
+    usage = pd.read_csv(demo_run / "results/report/resource_usage.tsv", sep="\t")
+    counts = usage["rule"].value_counts().to_dict()
+    assert counts == {"infer_shard": 5, "merge_shards": 3, "shard_fasta": 2}
+    inference = usage[usage["rule"] == "infer_shard"]
+    assert inference["n_sequences"].sum() == 150 + 60 + 60
+    assert (inference["n_computed_tokens"] >= inference["n_tokens"]).all()
+    html = (demo_run / "results/report/resource_usage.html").read_text()
+    assert html.count("data:image/png;base64,") >= 5
+    plots = sorted(p.name for p in (demo_run / "results/report/plots").glob("*.png"))
+    assert plots == sorted(
+        ["wall_time.png", "max_rss.png", "cpu_efficiency.png", "throughput.png", "padding.png", "load_vs_compute.png"]
+    )
+
+
+def test_snakemake_report(demo_run):
+    result = snakemake(demo_run, "--report", "report.html")
+    assert result.returncode == 0, result.stderr[-3000:]
+    html = (demo_run / "report.html").read_text()
+    assert "resource_usage.html" in html and "embed.parquet" in html and "rejects.tsv" in html
+
+
+def test_lint_has_no_findings(demo_run):
+    result = snakemake(demo_run, "--lint")
+    assert result.returncode == 0, result.stderr
+    assert "Congratulations, your workflow is in a good condition!" in result.stdout + result.stderr
+
+
+def test_config_change_reruns_only_the_affected_model(demo_run):
+    assert planned_jobs(snakemake(demo_run, "-n").stdout) == []  # the completed run is up to date
+    write_config(demo_run, "changed.yaml")
+    changed = yaml.safe_load((demo_run / "changed.yaml").read_text())
+    changed["models"]["dnabert2"]["batch_tokens"] = 512  # speed only: nothing reruns
+    (demo_run / "changed.yaml").write_text(yaml.safe_dump(changed))
+    assert planned_jobs(snakemake(demo_run, "-n", config="changed.yaml").stdout) == []
+
+    changed["models"]["dnabert2"]["pooling"] = "cls"  # shapes dnabert2's numbers
+    (demo_run / "changed.yaml").write_text(yaml.safe_dump(changed))
+    result = snakemake(demo_run, "-n", config="changed.yaml")
+    assert result.returncode == 0, result.stderr
+    jobs = planned_jobs(result.stdout)
+    rules = sorted(rule for rule, _ in jobs)
+    assert rules == ["all", "infer_shard", "infer_shard", "infer_shard", "infer_shard"] + ["merge_shards"] * 2 + [
+        "resource_report"
+    ]
+    assert {w["model"] for rule, w in jobs if rule in ("infer_shard", "merge_shards")} == {"dnabert2"}
+
+
+def test_invalid_record_stops_the_run_naming_file_record_and_line(tmp_path):
+    bad = tmp_path / "bad.fa"
+    bad.write_text(">fine\nACGT\n>broken\nAC GT\n")
+    write_sheet(tmp_path, [("bad", str(bad), "dna")])
+    write_config(tmp_path, on_invalid="error", models={"dnabert2": {"architecture": "dnabert2", "checkpoint": "x/y"}})
+    result = snakemake(tmp_path, "results/bad/shards")
+    assert result.returncode != 0
+    log = (tmp_path / "logs/shard_fasta/bad.log").read_text()
+    assert f"{bad}: record 'broken' (line 3): whitespace inside the sequence at line 4, column 3" in log
+
+
+def test_sample_model_mismatch_fails_before_any_job(tmp_path):
+    protein = tmp_path / "p.fa"
+    protein.write_text(">p\nMKTAYIAK\n")
+    write_sheet(tmp_path, [("prot", str(protein), "protein"), ("sample_b", str(DEMO / "sample_b.fa.gz"), "dna")])
+    write_config(tmp_path)
+    result = snakemake(tmp_path, "-n")
+    assert result.returncode != 0
+    assert "models.dnabert2 (dnabert2) accepts ['dna'] but would run on prot (protein)" in result.stdout + result.stderr
+    assert not (tmp_path / "results").exists()
