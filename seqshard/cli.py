@@ -18,20 +18,15 @@ def create_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     embed = commands.add_parser("embed", help="embed every sequence of a FASTA file into a Parquet file")
-    embed.add_argument("fasta", type=Path, help="input FASTA, plain or gzip")
-    embed.add_argument("-o", "--output", type=Path, required=True, help="output Parquet file")
-    embed.add_argument("--model", default="dnabert2", choices=["dnabert2"], help="model architecture")
-    embed.add_argument("--checkpoint", required=True, help="checkpoint directory or hub id (owner/name)")
-    embed.add_argument("--molecule", default="dna", choices=["dna", "rna", "protein"])
-    embed.add_argument("--pooling", default="mean", choices=["mean", "cls"])
-    embed.add_argument("--batch-tokens", type=int, default=16384, help="token budget per batch, padding included")
-    embed.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    embed.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"])
-    embed.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
-    embed.add_argument(
-        "--allowed-ambiguity", default="N", help="IUPAC ambiguity codes accepted in DNA/RNA (default: N)"
+    add_run_arguments(embed)
+    embed.add_argument("--pooling", default="mean", choices=["mean", "max", "cls"])
+    embed.add_argument("--per-token", action="store_true", help="also write every token's vector (float16)")
+
+    score = commands.add_parser(
+        "score", help="score sequences: mlm_score (pseudo-log-likelihood), classify or regress (fine-tuned head)"
     )
-    embed.add_argument("--figures", type=Path, help="also write run figures (timings, tokens) as JSON here")
+    add_run_arguments(score)
+    score.add_argument("--task", required=True, choices=["mlm_score", "classify", "regress"])
 
     demo = commands.add_parser(
         "demo-checkpoint", help="write a small RANDOM-weight checkpoint in the published DNABERT-2 layout"
@@ -41,17 +36,47 @@ def create_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run(args: argparse.Namespace) -> None:
-    if args.command == "embed":
-        from seqshard.inference import run_embed
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments shared by every task: input, output, model, long-sequence handling, device and speed."""
+    parser.add_argument("fasta", type=Path, help="input FASTA, plain or gzip")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="output Parquet file")
+    parser.add_argument("--model", default="dnabert2", choices=["dnabert2", "lucaone"], help="model architecture")
+    parser.add_argument("--checkpoint", required=True, help="checkpoint directory or hub id (owner/name)")
+    parser.add_argument("--molecule", default="dna", choices=["dna", "rna", "protein"])
+    parser.add_argument("--long-sequences", default="window", choices=["window", "truncate"])
+    parser.add_argument("--window-length", type=int, help="residues per window (default: the model's)")
+    parser.add_argument("--window-overlap", type=int, help="residues shared by neighbouring windows")
+    parser.add_argument("--max-tokens", type=int, help="longest model input in tokens (default: the checkpoint's)")
+    parser.add_argument("--batch-tokens", type=int, default=16384, help="token budget per batch, padding included")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"])
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
+    parser.add_argument(
+        "--allowed-ambiguity", default="N", help="IUPAC ambiguity codes accepted in DNA/RNA (default: N)"
+    )
+    parser.add_argument("--figures", type=Path, help="also write run figures (timings, tokens) as JSON here")
 
-        run_embed(
+
+def run(args: argparse.Namespace) -> None:
+    if args.command in ("embed", "score"):
+        from seqshard.inference import TaskSettings, run_task
+
+        settings = TaskSettings(
+            task="embed" if args.command == "embed" else args.task,
+            pooling=getattr(args, "pooling", "mean"),
+            per_token=getattr(args, "per_token", False),
+            long_sequences=args.long_sequences,
+            window_length=args.window_length,
+            window_overlap=args.window_overlap,
+            max_tokens=args.max_tokens,
+        )
+        run_task(
             args.fasta,
             args.output,
             architecture=args.model,
             checkpoint=args.checkpoint,
+            settings=settings,
             molecule=args.molecule,
-            pooling=args.pooling,
             batch_tokens=args.batch_tokens,
             device=args.device,
             dtype=args.dtype,

@@ -1,8 +1,16 @@
-"""Run a model over one FASTA file (a shard or a user's file) and write the task's Parquet plus run figures.
+"""Run a model task over one FASTA file (a shard or a user's file) and write its Parquet plus run figures.
 
-This is the one code path behind both the workflow's `infer_shard` rule and the `seqshard embed` command:
-validate, tokenize, sort by length into token-budget batches, run under `torch.inference_mode()`, pool, and
-write rows back in input order.
+This is the one code path behind the workflow's `infer_shard` rule and the `seqshard` command: validate,
+fit each sequence to the model's length limit (truncate or overlapping windows), sort the model inputs by length
+into token-budget batches, run under `torch.inference_mode()`, reduce per task, and write rows in input order.
+
+Tasks:
+- `embed`: pooled last hidden state (`mean` over the sequence's own tokens, `max`, or `cls`), optionally every
+  token's vector (`per_token`, float16).
+- `mlm_score`: pseudo-log-likelihood from the masked-LM head: every token is masked once and scored, several
+  masked copies sharing a forward pass. Costs one forward pass of the whole input per token.
+- `classify` / `regress`: a fine-tuned head's probabilities per label and predicted label, or its values.
+With windows, pooled and head outputs combine the windows weighted by the tokens each window owns.
 """
 
 from __future__ import annotations
@@ -10,9 +18,9 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,12 +29,32 @@ import torch
 from seqshard.batching import TokenBudgetBatcher, padded_tokens
 from seqshard.fasta import SequenceRecord, read_valid_records
 from seqshard.models import LoadedModel, get_loader
-from seqshard.parquet import embedding_table, write_table
+from seqshard.parquet import TASKS, per_token_array, results_table, task_schema, vectors_array, write_table
+from seqshard.windows import EncodedSequence, EncodedWindow, encode_sequence
 
 log = logging.getLogger(__name__)
 
-POOLINGS = ("mean", "cls")
+POOLINGS = ("mean", "cls", "max")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class TaskSettings:
+    """What to compute and how sequences are fitted to the model; these settings shape the numbers."""
+
+    task: str = "embed"
+    pooling: str = "mean"
+    per_token: bool = False
+    long_sequences: str = "window"  # or "truncate"
+    window_length: int | None = None  # residues; None: the model's default
+    window_overlap: int | None = None  # residues; None: a quarter of the window
+    max_tokens: int | None = None  # None: the checkpoint's limit
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r}; expected one of {TASKS}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {self.pooling!r}; expected one of {POOLINGS}")
 
 
 def resolve_device(device: str) -> str:
@@ -47,22 +75,19 @@ def resolve_dtype(dtype: str, device: str) -> str:
     return dtype
 
 
-def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
-    """Pool a [B, L, H] batch framed as `[CLS] content [SEP] pad...` into [B, H] float32.
+def pool(hidden: torch.Tensor, owned: torch.Tensor, pooling: str) -> torch.Tensor:
+    """Pool a [B, L, H] batch over the positions `owned` marks (the sequence's own tokens) into [B, H] float32.
 
-    `mean` averages the sequence's own tokens only: [CLS], [SEP] and padding are excluded.
-    `cls` takes the [CLS] row.
+    `mean` averages the owned rows, `max` takes their element-wise maximum, `cls` the [CLS] row (position 0).
     """
     if pooling == "cls":
         return hidden[:, 0].float()
-    if pooling != "mean":
-        raise ValueError(f"unknown pooling {pooling!r}; expected one of {POOLINGS}")
-    content = attention_mask.clone()
-    content[:, 0] = False
-    last = attention_mask.sum(dim=1) - 1
-    content[torch.arange(content.shape[0], device=content.device), last] = False
-    weights = content.unsqueeze(-1).to(torch.float32)
-    return (hidden.float() * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+    weights = owned.unsqueeze(-1)
+    if pooling == "mean":
+        return (hidden.float() * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
+    if pooling == "max":
+        return hidden.float().masked_fill(~weights, float("-inf")).amax(dim=1)
+    raise ValueError(f"unknown pooling {pooling!r}; expected one of {POOLINGS}")
 
 
 @dataclass
@@ -78,13 +103,15 @@ class RunFigures:
     n_tokens: int = 0
     n_computed_tokens: int = 0
     n_batches: int = 0
+    n_windows: int = 0
+    n_truncated: int = 0
     load_seconds: float = 0.0
     compute_seconds: float = 0.0
     peak_gpu_memory_bytes: int | None = None
     extra: dict[str, object] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, object]:
-        compute = self.compute_seconds or float("nan")
+        compute = self.compute_seconds
         return {
             **self.labels,
             "device": self.device,
@@ -96,78 +123,223 @@ class RunFigures:
             "n_computed_tokens": self.n_computed_tokens,
             "useful_token_fraction": self.n_tokens / self.n_computed_tokens if self.n_computed_tokens else None,
             "n_batches": self.n_batches,
+            "n_windows": self.n_windows,
+            "n_truncated": self.n_truncated,
             "load_seconds": round(self.load_seconds, 4),
-            "compute_seconds": round(self.compute_seconds, 4),
-            "sequences_per_second": round(self.n_sequences / compute, 3) if self.compute_seconds else None,
-            "tokens_per_second": round(self.n_tokens / compute, 1) if self.compute_seconds else None,
+            "compute_seconds": round(compute, 4),
+            "sequences_per_second": round(self.n_sequences / compute, 3) if compute else None,
+            "tokens_per_second": round(self.n_tokens / compute, 1) if compute else None,
             "peak_gpu_memory_bytes": self.peak_gpu_memory_bytes,
             **self.extra,
         }
 
 
-def embed_records(
+@dataclass
+class ModelInput:
+    """One row of a batch: token ids, which positions to read results from, and whose they are."""
+
+    record: int
+    ids: list[int]
+    owned: list[bool]
+    masked_position: int | None = None  # mlm_score: the position replaced by [MASK]
+
+
+class Runner:
+    """Runs batches of model inputs on one loaded model, keeping the run's figures."""
+
+    def __init__(
+        self, loaded: LoadedModel, *, molecule: str, batch_tokens: int, dtype: str, figures: RunFigures,
+        max_padding: float = 0.03, progress_seconds: float = 30.0,
+    ) -> None:  # fmt: skip
+        self.loaded = loaded
+        self.device = next(loaded.model.parameters()).device
+        self.token_type = loaded.token_types.get(molecule, 0)
+        self.batcher = TokenBudgetBatcher(batch_tokens, max_padding)
+        self.dtype = dtype
+        self.figures = figures
+        self.progress_seconds = progress_seconds
+
+    def autocast(self) -> object:
+        if self.dtype == "fp32":
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=DTYPES[self.dtype])
+
+    def batches(self, inputs: Sequence[ModelInput]) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
+        """Yield (input indices, last hidden state [B, L, H], owned mask [B, L]) batch by batch."""
+        lengths = [len(item.ids) for item in inputs]
+        pad_id = self.loaded.tokenizer.pad_id
+        started = last_report = time.perf_counter()
+        done = 0
+        with torch.inference_mode(), self.autocast():
+            for batch in self.batcher.batches(lengths):
+                width = max(lengths[i] for i in batch)
+                ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+                owned = torch.zeros((len(batch), width), dtype=torch.bool)
+                for row, index in enumerate(batch):
+                    item = inputs[index]
+                    ids[row, : lengths[index]] = torch.tensor(item.ids)
+                    owned[row, : lengths[index]] = torch.tensor(item.owned)
+                    if item.masked_position is not None:
+                        ids[row, item.masked_position] = self.loaded.tokenizer.mask_id
+                # The mask follows each row's length, so a pad id inside a sequence could never hide a position.
+                attention_mask = torch.arange(width)[None, :] < torch.tensor([lengths[i] for i in batch])[:, None]
+                token_types = torch.full_like(ids, self.token_type)
+                hidden = self.loaded.model(
+                    ids.to(self.device), attention_mask.to(self.device), token_types.to(self.device)
+                )
+                yield batch, hidden, owned.to(self.device)
+                self.figures.n_batches += 1
+                self.figures.n_tokens += sum(lengths[i] for i in batch)
+                self.figures.n_computed_tokens += padded_tokens(lengths, batch)
+                done += len(batch)
+                now = time.perf_counter()
+                if now - last_report >= self.progress_seconds:
+                    log.info("%d/%d model inputs done (%.1f per second)", done, len(inputs), done / (now - started))
+                    last_report = now
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.figures.peak_gpu_memory_bytes = int(torch.cuda.max_memory_allocated(self.device))
+        self.figures.compute_seconds += time.perf_counter() - started
+
+
+def window_inputs(encoded: Sequence[EncodedSequence]) -> list[ModelInput]:
+    return [
+        ModelInput(record, window.ids, window.owned)
+        for record, sequence in enumerate(encoded)
+        for window in sequence.windows
+    ]
+
+
+def weighted_rows(values: np.ndarray, inputs: Sequence[ModelInput], n_records: int) -> np.ndarray:
+    """Combine one row per input into one row per record, weighted by the tokens each input owns."""
+    out = np.zeros((n_records, values.shape[1]), dtype=np.float64)
+    weights = np.zeros(n_records, dtype=np.float64)
+    for row, item in enumerate(inputs):
+        weight = sum(item.owned)
+        out[item.record] += weight * values[row]
+        weights[item.record] += weight
+    return out / weights[:, None]
+
+
+def run_embed_task(runner: Runner, encoded: Sequence[EncodedSequence], settings: TaskSettings) -> dict[str, object]:
+    inputs = window_inputs(encoded)
+    hidden_size = runner.loaded.hidden_size
+    per_input = np.zeros((len(inputs), hidden_size), dtype=np.float32)
+    tokens: list[np.ndarray | None] = [None] * len(inputs)
+    for batch, hidden, owned in runner.batches(inputs):
+        pooled = pool(hidden, owned, settings.pooling)
+        per_input[batch] = pooled.cpu().numpy()
+        if settings.per_token:
+            for row, index in enumerate(batch):
+                tokens[index] = hidden[row][owned[row]].float().cpu().numpy()
+    if settings.pooling == "max":
+        embedding = np.full((len(encoded), hidden_size), -np.inf, dtype=np.float32)
+        for row, item in enumerate(inputs):
+            embedding[item.record] = np.maximum(embedding[item.record], per_input[row])
+    else:  # a window's mean (or [CLS] row) counts as many times as it has tokens of its own
+        embedding = weighted_rows(per_input, inputs, len(encoded)).astype(np.float32)
+    columns: dict[str, object] = {"embedding": vectors_array(embedding)}
+    if settings.per_token:
+        by_record: list[list[np.ndarray]] = [[] for _ in encoded]
+        for index, item in enumerate(inputs):  # inputs are in window order within each record
+            by_record[item.record].append(tokens[index])
+        columns["per_token"] = per_token_array([np.concatenate(parts) for parts in by_record], hidden_size)
+    return columns
+
+
+def run_mlm_score_task(runner: Runner, encoded: Sequence[EncodedSequence]) -> dict[str, object]:
+    head = runner.loaded.mlm_head
+    if head is None:
+        raise ValueError(f"{runner.loaded.checkpoint_dir}: the checkpoint has no masked-LM head; mlm_score needs one")
+    inputs = [
+        ModelInput(record, window.ids, window.owned, masked_position=position)
+        for record, sequence in enumerate(encoded)
+        for window in sequence.windows
+        for position, owned in enumerate(window.owned)
+        if owned
+    ]
+    log_likelihood = np.zeros(len(encoded), dtype=np.float64)
+    n_scored = np.zeros(len(encoded), dtype=np.int64)
+    for batch, hidden, _ in runner.batches(inputs):
+        positions = torch.tensor([inputs[i].masked_position for i in batch], device=hidden.device)
+        rows = torch.arange(len(batch), device=hidden.device)
+        logits = head(hidden[rows, positions]).float()
+        true_ids = torch.tensor([inputs[i].ids[inputs[i].masked_position] for i in batch], device=hidden.device)
+        scores = torch.log_softmax(logits, dim=-1)[rows, true_ids].double().cpu().numpy()
+        for row, index in enumerate(batch):
+            log_likelihood[inputs[index].record] += scores[row]
+            n_scored[inputs[index].record] += 1
+    return {"pll": log_likelihood, "pll_per_token": log_likelihood / n_scored, "n_scored": n_scored}
+
+
+def run_head_task(runner: Runner, encoded: Sequence[EncodedSequence], task: str) -> dict[str, object]:
+    head = runner.loaded.sequence_head
+    if head is None:
+        raise ValueError(f"{runner.loaded.checkpoint_dir}: the checkpoint has no fine-tuned head; {task} needs one")
+    if head.kind != task:
+        raise ValueError(f"{runner.loaded.checkpoint_dir}: its head is for {head.kind}, not {task}")
+    inputs = window_inputs(encoded)
+    outputs = np.zeros((len(inputs), len(head.labels)), dtype=np.float32)
+    for batch, hidden, owned in runner.batches(inputs):
+        outputs[batch] = head.module(hidden, owned).float().cpu().numpy()
+    combined = weighted_rows(outputs, inputs, len(encoded))
+    if task == "regress":
+        return {label: combined[:, i].astype(np.float32) for i, label in enumerate(head.labels)}
+    logits = torch.from_numpy(combined)
+    probabilities = torch.softmax(logits, dim=-1).numpy().astype(np.float32)
+    columns: dict[str, object] = {f"prob_{label}": probabilities[:, i] for i, label in enumerate(head.labels)}
+    columns["predicted_label"] = [head.labels[i] for i in probabilities.argmax(axis=1)]
+    return columns
+
+
+def score_records(
     loaded: LoadedModel,
     records: Sequence[SequenceRecord],
+    settings: TaskSettings,
     *,
-    pooling: str,
+    molecule: str,
     batch_tokens: int,
     dtype: str,
     figures: RunFigures,
     max_padding: float = 0.03,
-    progress_seconds: float = 30.0,
-) -> tuple[np.ndarray, list[int]]:
-    """Pooled embeddings [len(records), hidden] in input order, and each record's token count.
-
-    Batches are planned by `TokenBudgetBatcher(batch_tokens, max_padding)`; results do not depend on the plan.
-    """
-    if pooling not in POOLINGS:
-        raise ValueError(f"unknown pooling {pooling!r}; expected one of {POOLINGS}")
-    device = next(loaded.model.parameters()).device
-    token_ids = [loaded.tokenizer.encode(record.sequence) for record in records]
-    lengths = [len(ids) for ids in token_ids]
-    out = np.empty((len(records), loaded.hidden_size), dtype=np.float32)
-    autocast = torch.autocast(device_type=device.type, dtype=DTYPES[dtype]) if dtype != "fp32" else nullcontext()
-    started = last_report = time.perf_counter()
-    done = 0
-    with torch.inference_mode(), autocast:
-        for batch in TokenBudgetBatcher(batch_tokens, max_padding).batches(lengths):
-            width = max(lengths[i] for i in batch)
-            input_ids = torch.full((len(batch), width), loaded.tokenizer.pad_id, dtype=torch.long)
-            for row, index in enumerate(batch):
-                input_ids[row, : lengths[index]] = torch.tensor(token_ids[index])
-            input_ids = input_ids.to(device)
-            # The mask follows each row's length rather than comparing ids with [PAD], so a pad id that a
-            # tokenizer might emit inside a sequence could never hide a real position.
-            attention_mask = (
-                torch.arange(width, device=device)[None, :]
-                < torch.tensor([lengths[i] for i in batch], device=device)[:, None]
-            )
-            hidden = loaded.model(input_ids, attention_mask)
-            out[batch] = pool(hidden, attention_mask, pooling).cpu().numpy()
-            figures.n_batches += 1
-            figures.n_computed_tokens += padded_tokens(lengths, batch)
-            done += len(batch)
-            now = time.perf_counter()
-            if now - last_report >= progress_seconds:
-                log.info("%d/%d sequences embedded (%.1f seq/s)", done, len(records), done / (now - started))
-                last_report = now
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        figures.peak_gpu_memory_bytes = int(torch.cuda.max_memory_allocated(device))
-    figures.compute_seconds += time.perf_counter() - started
+) -> tuple[dict[str, object], list[EncodedSequence]]:
+    """Task columns (without the base columns) for `records`, in input order, and how each was encoded."""
+    loaded = loaded.for_molecule(molecule)
+    max_tokens = settings.max_tokens or loaded.max_tokens
+    window = settings.window_length or loaded.default_window
+    overlap = settings.window_overlap if settings.window_overlap is not None else window // 4
+    encoded = [
+        encode_sequence(
+            record.sequence, loaded.tokenizer, max_tokens=max_tokens, mode=settings.long_sequences,
+            window=window, overlap=overlap, record_id=record.id,
+        )
+        for record in records
+    ]  # fmt: skip
+    figures.n_windows += sum(len(e.windows) for e in encoded)
+    figures.n_truncated += sum(e.truncated for e in encoded)
+    if figures.n_truncated:
+        log.warning("%d sequence(s) longer than %d tokens were truncated", figures.n_truncated, max_tokens)
+    runner = Runner(
+        loaded, molecule=molecule, batch_tokens=batch_tokens, dtype=dtype, figures=figures, max_padding=max_padding
+    )
+    if settings.task == "embed":
+        columns = run_embed_task(runner, encoded, settings)
+    elif settings.task == "mlm_score":
+        columns = run_mlm_score_task(runner, encoded)
+    else:
+        columns = run_head_task(runner, encoded, settings.task)
     figures.n_sequences += len(records)
-    figures.n_tokens += sum(lengths)
-    return out, lengths
+    return columns, encoded
 
 
-def run_embed(
+def run_task(
     fasta: Path | str,
     out: Path | str,
     *,
     architecture: str,
     checkpoint: str,
+    settings: TaskSettings = TaskSettings(),
     molecule: str = "dna",
-    pooling: str = "mean",
     batch_tokens: int = 16384,
     device: str = "auto",
     dtype: str = "auto",
@@ -177,13 +349,13 @@ def run_embed(
     labels: Mapping[str, str] | None = None,
     provenance: Mapping[str, object] | None = None,
 ) -> RunFigures:
-    """Embed every record of `fasta` with one model and write the `embed` Parquet to `out`."""
+    """Run one model task over every record of `fasta` and write the task's Parquet to `out`."""
     torch.set_num_threads(max(1, threads))
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
     figures = RunFigures(dict(labels or {}), device, dtype, threads, batch_tokens)
-    records, report = read_valid_records(fasta, molecule, allowed_ambiguity=allowed_ambiguity)
-    log.info("%s: %d valid records", fasta, len(records))
+    records, _ = read_valid_records(fasta, molecule, allowed_ambiguity=allowed_ambiguity)
+    log.info("%s: %d valid records; task %s", fasta, len(records), settings.task)
 
     started = time.perf_counter()
     loaded = get_loader(architecture)(checkpoint, device, torch.float32)
@@ -192,31 +364,41 @@ def run_embed(
     if molecule not in loaded.molecules:
         raise ValueError(f"{architecture} does not accept {molecule} sequences (accepts {sorted(loaded.molecules)})")
 
-    embeddings, lengths = embed_records(
-        loaded, records, pooling=pooling, batch_tokens=batch_tokens, dtype=dtype, figures=figures
+    columns, encoded = score_records(
+        loaded, records, settings, molecule=molecule, batch_tokens=batch_tokens, dtype=dtype, figures=figures
     )
+    head_labels = loaded.sequence_head.labels if loaded.sequence_head is not None else []
+    schema = task_schema(settings.task, loaded.hidden_size, head_labels, settings.per_token)
+    base = {
+        "id": [r.id for r in records],
+        "length": [len(r.sequence) for r in records],
+        "n_tokens": [e.n_tokens for e in encoded],
+        "n_windows": [len(e.windows) for e in encoded],
+        "truncated": [e.truncated for e in encoded],
+    }
     metadata = {
-        "task": "embed",
+        **asdict(settings),
         "architecture": architecture,
         "checkpoint": str(checkpoint),
         "checkpoint_digest": loaded.digest,
-        "pooling": pooling,
         "dtype": dtype,
         "molecule": molecule,
         "hidden_size": loaded.hidden_size,
+        "max_tokens": settings.max_tokens or loaded.max_tokens,
         **(provenance or {}),
     }
-    table = embedding_table([r.id for r in records], [len(r.sequence) for r in records], lengths, embeddings, metadata)
-    write_table(table, out)
+    write_table(results_table(schema, base | columns, metadata), out)
     log.info(
-        "wrote %d rows to %s: %d tokens, useful-token fraction %.3f, %.1f seq/s",
-        len(records),
-        out,
-        figures.n_tokens,
-        figures.n_tokens / max(1, figures.n_computed_tokens),
-        figures.n_sequences / max(figures.compute_seconds, 1e-9),
-    )
+        "wrote %d rows to %s: %d windows, %d truncated; useful-token fraction %.3f, %.1f seq/s",
+        len(records), out, figures.n_windows, figures.n_truncated,
+        figures.n_tokens / max(1, figures.n_computed_tokens), figures.n_sequences / max(figures.compute_seconds, 1e-9),
+    )  # fmt: skip
     if figures_out is not None:
         Path(figures_out).parent.mkdir(parents=True, exist_ok=True)
         Path(figures_out).write_text(json.dumps(figures.as_dict(), indent=2) + "\n")
     return figures
+
+
+def run_embed(fasta: Path | str, out: Path | str, *, pooling: str = "mean", **options: object) -> RunFigures:
+    """`run_task` for task `embed`."""
+    return run_task(fasta, out, settings=TaskSettings(task="embed", pooling=pooling), **options)  # type: ignore[arg-type]

@@ -17,22 +17,48 @@ import pyarrow.parquet as pq
 from seqshard import __version__
 
 METADATA_PREFIX = "seqshard."
+TASKS = ("embed", "mlm_score", "classify", "regress")
 
 
 class RowCountMismatchError(RuntimeError):
     """A merged output does not hold exactly one row per valid input record."""
 
 
+BASE_FIELDS = [
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("length", pa.int32(), nullable=False),  # residues
+    pa.field("n_tokens", pa.int32(), nullable=False),  # model tokens including [CLS] and [SEP] (once)
+    pa.field("n_windows", pa.int32(), nullable=False),  # model inputs the sequence was cut into
+    pa.field("truncated", pa.bool_(), nullable=False),  # True when `long_sequences: truncate` cut it
+]
+
+
+def task_schema(task: str, hidden_size: int = 0, labels: Sequence[str] = (), per_token: bool = False) -> pa.Schema:
+    """The one definition of every output table's columns, per task."""
+    fields = list(BASE_FIELDS)
+    if task == "embed":
+        fields.append(pa.field("embedding", pa.list_(pa.float32(), hidden_size), nullable=False))
+        if per_token:
+            fields.append(pa.field("per_token", pa.list_(pa.list_(pa.float16(), hidden_size)), nullable=False))
+    elif task == "mlm_score":
+        fields += [
+            pa.field("pll", pa.float64(), nullable=False),  # sum of log P(true token | rest), natural log
+            pa.field("pll_per_token", pa.float64(), nullable=False),
+            pa.field("n_scored", pa.int32(), nullable=False),
+        ]
+    elif task == "classify":
+        fields += [pa.field(f"prob_{label}", pa.float32(), nullable=False) for label in labels]
+        fields.append(pa.field("predicted_label", pa.string(), nullable=False))
+    elif task == "regress":
+        fields += [pa.field(label, pa.float32(), nullable=False) for label in labels]
+    else:
+        raise ValueError(f"unknown task {task!r}")
+    return pa.schema(fields)
+
+
 def embedding_schema(hidden_size: int) -> pa.Schema:
     """Schema of task `embed`: one pooled vector per sequence."""
-    return pa.schema(
-        [
-            pa.field("id", pa.string(), nullable=False),
-            pa.field("length", pa.int32(), nullable=False),  # residues
-            pa.field("n_tokens", pa.int32(), nullable=False),  # model tokens including [CLS] and [SEP]
-            pa.field("embedding", pa.list_(pa.float32(), hidden_size), nullable=False),
-        ]
-    )
+    return task_schema("embed", hidden_size)
 
 
 def provenance_metadata(values: Mapping[str, object]) -> dict[bytes, bytes]:
@@ -54,6 +80,33 @@ def read_provenance(path: Path | str) -> dict[str, str]:
     }
 
 
+def vectors_array(vectors: np.ndarray, value_type: pa.DataType = pa.float32()) -> pa.Array:
+    """[rows, width] numbers as a fixed_size_list column."""
+    rows, width = vectors.shape
+    flat = pa.array(np.ascontiguousarray(vectors).reshape(-1), value_type)
+    return pa.FixedSizeListArray.from_arrays(flat, width)
+
+
+def per_token_array(matrices: Sequence[np.ndarray], hidden_size: int) -> pa.Array:
+    """One [tokens, hidden] matrix per row as list<fixed_size_list<float16>>."""
+    offsets = np.zeros(len(matrices) + 1, dtype=np.int32)
+    np.cumsum([len(m) for m in matrices], out=offsets[1:])
+    stacked = np.concatenate(matrices).astype(np.float16) if matrices else np.zeros((0, hidden_size), np.float16)
+    return pa.ListArray.from_arrays(pa.array(offsets), vectors_array(stacked, pa.float16()))
+
+
+def results_table(schema: pa.Schema, columns: Mapping[str, object], metadata: Mapping[str, object]) -> pa.Table:
+    """A table in `schema`'s column order from arrays or Python sequences, with provenance metadata."""
+    missing = [name for name in schema.names if name not in columns]
+    if missing or len(columns) != len(schema.names):
+        raise ValueError(f"columns {sorted(columns)} do not match the schema's {schema.names}")
+    arrays = [
+        value if isinstance(value, pa.Array) else pa.array(value, field.type)
+        for field, value in ((field, columns[field.name]) for field in schema)
+    ]
+    return pa.Table.from_arrays(arrays, schema=schema.with_metadata(provenance_metadata(metadata)))
+
+
 def embedding_table(
     ids: Sequence[str],
     lengths: Sequence[int],
@@ -61,20 +114,19 @@ def embedding_table(
     embeddings: np.ndarray,
     metadata: Mapping[str, object],
 ) -> pa.Table:
-    """Build an `embed` table from parallel columns; `embeddings` is float32 [rows, hidden]."""
+    """An `embed` table for unwindowed, untruncated sequences (one window each)."""
     rows, hidden = embeddings.shape
-    if not len(ids) == len(lengths) == len(n_tokens) == rows:
-        raise ValueError(f"column lengths differ: {len(ids)} ids, {len(lengths)} lengths, {rows} embeddings")
-    flat = pa.array(np.ascontiguousarray(embeddings, dtype=np.float32).reshape(-1), pa.float32())
-    schema = embedding_schema(hidden).with_metadata(provenance_metadata(metadata))
-    return pa.Table.from_arrays(
-        [
-            pa.array(ids, pa.string()),
-            pa.array(lengths, pa.int32()),
-            pa.array(n_tokens, pa.int32()),
-            pa.FixedSizeListArray.from_arrays(flat, hidden),
-        ],
-        schema=schema,
+    return results_table(
+        task_schema("embed", hidden),
+        {
+            "id": ids,
+            "length": lengths,
+            "n_tokens": n_tokens,
+            "n_windows": [1] * rows,
+            "truncated": [False] * rows,
+            "embedding": vectors_array(embeddings.astype(np.float32)),
+        },
+        metadata,
     )
 
 

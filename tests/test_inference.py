@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from seqshard.inference import RunFigures, embed_records, pool, run_embed
+from seqshard.inference import RunFigures, TaskSettings, pool, run_embed, score_records
 from seqshard.models.dnabert2 import load_dnabert2, write_demo_checkpoint
 from seqshard.parquet import read_provenance
 
@@ -29,14 +29,15 @@ def fasta(tmp_path_factory):
     return path
 
 
-def test_mean_pooling_excludes_cls_sep_and_padding():
+def test_pooling_reads_only_owned_positions():
     hidden = torch.arange(2 * 5 * 1, dtype=torch.float32).reshape(2, 5, 1)  # values 0..4 and 5..9
-    mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
-    # row 0: [CLS]=0, content 1 and 2, [SEP]=3, pad 4 -> mean 1.5; row 1: content 6, 7, 8 -> 7
-    assert pool(hidden, mask, "mean").squeeze(-1).tolist() == [1.5, 7.0]
-    assert pool(hidden, mask, "cls").squeeze(-1).tolist() == [0.0, 5.0]
+    # row 0: [CLS]=0, content 1 and 2, [SEP]=3, pad 4; row 1: [CLS]=5, content 6 7 8, [SEP]=9
+    owned = torch.tensor([[0, 1, 1, 0, 0], [0, 1, 1, 1, 0]], dtype=torch.bool)
+    assert pool(hidden, owned, "mean").squeeze(-1).tolist() == [1.5, 7.0]
+    assert pool(hidden, owned, "max").squeeze(-1).tolist() == [2.0, 8.0]
+    assert pool(hidden, owned, "cls").squeeze(-1).tolist() == [0.0, 5.0]
     with pytest.raises(ValueError, match="unknown pooling"):
-        pool(hidden, mask, "max")
+        pool(hidden, owned, "median")
 
 
 def test_embeddings_do_not_depend_on_batching(checkpoint, fasta):
@@ -44,17 +45,20 @@ def test_embeddings_do_not_depend_on_batching(checkpoint, fasta):
 
     loaded = load_dnabert2(str(checkpoint))
     records, _ = read_valid_records(fasta, "dna")
-    figures = RunFigures({}, "cpu", "fp32", 1, 1)
-    one_by_one, lengths = embed_records(loaded, records, pooling="mean", batch_tokens=1, dtype="fp32", figures=figures)
-    assert figures.n_batches == len(records)
-    figures = RunFigures({}, "cpu", "fp32", 1, 100_000)
-    batched, _ = embed_records(
-        loaded, records, pooling="mean", batch_tokens=100_000, dtype="fp32", figures=figures, max_padding=0.99
-    )
-    assert figures.n_batches == 1 and figures.n_computed_tokens > 2 * figures.n_tokens  # heavily padded
-
+    results = {}
+    for budget, max_padding in [(1, 0.03), (100_000, 0.99)]:
+        figures = RunFigures({}, "cpu", "fp32", 1, budget)
+        columns, encoded = score_records(
+            loaded, records, TaskSettings(), molecule="dna", batch_tokens=budget, dtype="fp32", figures=figures,
+            max_padding=max_padding,
+        )  # fmt: skip
+        results[budget] = (np.array(columns["embedding"].to_pylist()), figures)
+    one_by_one, alone = results[1]
+    batched, together = results[100_000]
+    assert alone.n_batches == len(records) and together.n_batches == 1
+    assert together.n_computed_tokens > 2 * together.n_tokens  # heavily padded, yet the same numbers
     np.testing.assert_allclose(batched, one_by_one, atol=1e-5, rtol=0)
-    assert lengths == [len(loaded.tokenizer.encode(r.sequence)) for r in records]
+    assert [e.n_tokens for e in encoded] == [len(loaded.tokenizer.encode(r.sequence)) for r in records]
 
 
 def test_cli_embed_writes_rows_in_input_order_with_provenance(checkpoint, fasta, tmp_path):

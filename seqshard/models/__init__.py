@@ -20,8 +20,22 @@ class SequenceTokenizer(Protocol):
     """Turns one validated, upper-case sequence into token ids framed as `[CLS] ... [SEP]`."""
 
     pad_id: int
+    mask_id: int
 
     def encode(self, sequence: str) -> list[int]: ...
+
+    def encode_with_offsets(self, sequence: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Ids as `encode`, plus each token's residue span `[start, end)`; (0, 0) for [CLS] and [SEP]."""
+        ...
+
+
+@dataclass
+class SequenceHead:
+    """A fine-tuned head on top of the backbone: classification (one logit per label) or regression."""
+
+    module: torch.nn.Module  # forward(hidden [B, L, H], attention_mask [B, L] bool) -> [B, len(labels)]
+    labels: list[str]  # class names, or the regression target name(s)
+    kind: str  # "classify" or "regress"
 
 
 @dataclass
@@ -29,14 +43,24 @@ class LoadedModel:
     """A backbone ready for inference plus what callers need to feed it and describe its output."""
 
     name: str  # architecture name, e.g. "dnabert2"
-    model: torch.nn.Module  # forward(input_ids [B, L] long, attention_mask [B, L] bool) -> [B, L, hidden]
+    # forward(input_ids [B, L] long, attention_mask [B, L] bool, token_type_ids [B, L] long) -> [B, L, hidden]
+    model: torch.nn.Module
     tokenizer: SequenceTokenizer
     hidden_size: int
     checkpoint: str  # what the user asked for: a directory or a hub id
     checkpoint_dir: Path  # where the files were actually read from
     digest: str  # sha256 of the weights file, for provenance
     molecules: frozenset[str]  # molecule types the model accepts: subset of {"dna", "rna", "protein"}
+    max_tokens: int = 512  # longest input, [CLS] and [SEP] included, the model is run on
+    default_window: int = 1000  # residues per window when `long_sequences: window` and no length is set
+    token_types: dict[str, int] = field(default_factory=dict)  # molecule -> token type id the model is given
+    mlm_head: torch.nn.Module | None = None  # hidden [.., H] -> logits [.., vocab], when the checkpoint has one
+    sequence_head: SequenceHead | None = None  # when the checkpoint is a fine-tune with a head
     extra: dict[str, object] = field(default_factory=dict)
+
+    def for_molecule(self, molecule: str) -> LoadedModel:
+        """The model ready for one molecule type; models whose ids depend on it (LucaOne) return a bound copy."""
+        return self
 
 
 ModelLoader = Callable[[str, str, "torch.dtype"], LoadedModel]
@@ -48,9 +72,14 @@ def get_loader(architecture: str) -> ModelLoader:
         from seqshard.models.dnabert2 import load_dnabert2
 
         return load_dnabert2
-    raise ValueError(f"unknown model architecture {architecture!r}; known: dnabert2")
+    if architecture == "lucaone":
+        from seqshard.models.lucaone import load_lucaone
+
+        return load_lucaone
+    raise ValueError(f"unknown model architecture {architecture!r}; known: dnabert2, lucaone")
 
 
 ARCHITECTURE_MOLECULES: dict[str, frozenset[str]] = {
     "dnabert2": frozenset({"dna"}),
+    "lucaone": frozenset({"dna", "rna", "protein"}),
 }

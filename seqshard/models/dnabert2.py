@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from seqshard.checkpoints import file_digest, find_weights_file, load_state_dict, resolve_checkpoint
-from seqshard.models import LoadedModel
+from seqshard.models import LoadedModel, SequenceHead
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -68,6 +68,7 @@ class DNABERT2Config:
     num_labels: int | None = None
     id2label: dict[int, str] | None = None
     label2id: dict[str, int] | None = None
+    problem_type: str | None = None  # "regression" or "single_label_classification", as transformers writes it
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_attention_heads:
@@ -93,7 +94,7 @@ class DNABERT2Config:
     def to_dict(self) -> dict[str, object]:
         """The config as config.json holds it; label fields only when set, like the published file."""
         data: dict[str, object] = asdict(self)
-        for key in ("num_labels", "id2label", "label2id"):
+        for key in ("num_labels", "id2label", "label2id", "problem_type"):
             if data[key] is None:
                 del data[key]
         if self.id2label is not None:
@@ -326,6 +327,31 @@ class DNABERT2MLMHead(nn.Module):
         return self.predictions(hidden)
 
 
+class DNABERT2Pooler(nn.Module):
+    def __init__(self, config: DNABERT2Config) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(hidden[:, 0]))
+
+
+class DNABERT2SequenceHead(nn.Module):
+    """The sequence-classification fine-tune's head: tanh pooler on [CLS], then a linear layer.
+
+    Its state keys are the published ones without the model prefix: `pooler.dense.*` (under `bert.` in the
+    checkpoint) and `classifier.*`.
+    """
+
+    def __init__(self, config: DNABERT2Config) -> None:
+        super().__init__()
+        self.pooler = DNABERT2Pooler(config)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels or 1)
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.classifier(self.pooler(hidden))
+
+
 class DNABERT2ForMaskedLM(nn.Module):
     """Encoder plus masked-LM head: the published checkpoint's layout (142 tensors for the 117M model)."""
 
@@ -390,6 +416,13 @@ class DNABERT2Tokenizer:
         """Token ids of one sequence, `[CLS] ... [SEP]`."""
         return self._framed(self._tokenizer.encode(sequence.upper()).ids)
 
+    def encode_with_offsets(self, sequence: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Ids as `encode`, plus each token's base span `[start, end)` in `sequence`; (0, 0) for [CLS]/[SEP]."""
+        encoding = self._tokenizer.encode(sequence.upper())
+        if self._frames_itself:
+            return encoding.ids, [tuple(span) for span in encoding.offsets]
+        return self._framed(encoding.ids), [(0, 0), *(tuple(span) for span in encoding.offsets), (0, 0)]
+
     def encode_batch(self, sequences: list[str]) -> list[list[int]]:
         """`encode` for many sequences at once, through the tokenizer's parallel batch API."""
         encodings = self._tokenizer.encode_batch([sequence.upper() for sequence in sequences])
@@ -442,7 +475,8 @@ def load_dnabert2(checkpoint: str | Path, device: str = "cpu", dtype: torch.dtyp
     directory = resolve_checkpoint(checkpoint, required=("config.json", "tokenizer.json"))
     config = DNABERT2Config.from_json_file(directory / "config.json")
     weights = find_weights_file(directory)
-    encoder_state, layout = _encoder_state_dict(load_state_dict(weights), weights)
+    state = load_state_dict(weights)
+    encoder_state, layout = _encoder_state_dict(state, weights)
 
     # Built on meta and filled by assignment: no time spent on a random init that is overwritten anyway.
     with torch.device("meta"):
@@ -460,6 +494,8 @@ def load_dnabert2(checkpoint: str | Path, device: str = "cpu", dtype: torch.dtyp
         raise ValueError(f"{weights} is not a DNABERT-2 checkpoint ({layout} layout); {'; '.join(problems)}")
     # A no-op for fp32 weights asked for in fp32; otherwise casts (bf16 works without autocast too).
     model = model.to(device=device, dtype=dtype).eval()
+    mlm_head = _mlm_head(config, state, model, weights, device, dtype)
+    sequence_head = _sequence_head(config, state, weights, device, dtype)
 
     return LoadedModel(
         name="dnabert2",
@@ -470,8 +506,77 @@ def load_dnabert2(checkpoint: str | Path, device: str = "cpu", dtype: torch.dtyp
         checkpoint_dir=directory,
         digest=file_digest(weights),
         molecules=frozenset({"dna"}),
-        extra={"config": config.to_dict(), "layout": layout, "masked_lm": None},
+        # ALiBi has no hard length limit, but the model was trained and is published for 512 tokens.
+        max_tokens=_model_max_length(directory, config),
+        # About 4-5 bp per token on genomes: 1,000 bp windows stay well inside 512 tokens.
+        default_window=1000,
+        token_types={"dna": 0},
+        mlm_head=mlm_head,
+        sequence_head=sequence_head,
+        extra={"config": config.to_dict(), "layout": layout},
     )
+
+
+def _model_max_length(directory: Path, config: DNABERT2Config) -> int:
+    """`model_max_length` of tokenizer_config.json when it is a real number, else the config's 512."""
+    path = directory / "tokenizer_config.json"
+    if path.exists():
+        value = json.loads(path.read_text()).get("model_max_length")
+        if isinstance(value, int) and 0 < value < 1_000_000:  # transformers writes 1e30 for "no limit"
+            return value
+    return config.max_position_embeddings
+
+
+def _mlm_head(
+    config: DNABERT2Config,
+    state: dict[str, torch.Tensor],
+    model: DNABERT2Model,
+    source: Path,
+    device: str,
+    dtype: torch.dtype,
+) -> DNABERT2MLMHead | None:
+    """The masked-LM head when the checkpoint has `cls.*`; the decoder shares the word embeddings."""
+    head_state = {key.removeprefix("cls."): value for key, value in state.items() if key.startswith("cls.")}
+    if not head_state:
+        return None
+    # safetensors cannot store shared tensors, so converted checkpoints may lack the tied decoder weight.
+    head_state.setdefault("predictions.decoder.weight", model.embeddings.word_embeddings.weight)
+    with torch.device("meta"):
+        head = DNABERT2MLMHead(config)
+    try:
+        head.load_state_dict(head_state, strict=True, assign=True)
+    except RuntimeError as error:
+        raise ValueError(f"{source}: the masked-LM head (cls.*) does not match config.json: {error}") from error
+    return head.to(device=device, dtype=dtype).eval()
+
+
+def _sequence_head(
+    config: DNABERT2Config, state: dict[str, torch.Tensor], source: Path, device: str, dtype: torch.dtype
+) -> SequenceHead | None:
+    """The fine-tune's pooler + classifier when the checkpoint has `classifier.*`."""
+    if "classifier.weight" not in state:
+        return None
+    head_state = {
+        key.removeprefix("bert."): value
+        for key, value in state.items()
+        if key.startswith(("classifier.", "bert.pooler."))
+    }
+    n_outputs = state["classifier.weight"].shape[0]
+    if config.num_labels not in (None, n_outputs):
+        raise ValueError(f"{source}: classifier has {n_outputs} outputs but config.json says {config.num_labels}")
+    config = replace(config, num_labels=n_outputs)
+    with torch.device("meta"):
+        head = DNABERT2SequenceHead(config)
+    try:
+        head.load_state_dict(head_state, strict=True, assign=True)
+    except RuntimeError as error:
+        raise ValueError(f"{source}: the sequence head (bert.pooler.*, classifier.*) is incomplete: {error}") from error
+    regression = config.problem_type == "regression"
+    if config.id2label:
+        labels = [config.id2label[i] for i in range(n_outputs)]
+    else:
+        labels = ["value"] if regression and n_outputs == 1 else [f"LABEL_{i}" for i in range(n_outputs)]
+    return SequenceHead(head.to(device=device, dtype=dtype).eval(), labels, "regress" if regression else "classify")
 
 
 def load_dnabert2_masked_lm(
@@ -568,22 +673,51 @@ def write_demo_checkpoint(
     num_attention_heads: int = 4,
     intermediate_size: int = 128,
     seed: int = 0,
+    labels: list[str] | None = None,
+    regression: bool = False,
 ) -> Path:
-    """Write a small random-weight DNABERT-2 checkpoint with the published file names, keys and tokenizer."""
+    """Write a small random-weight DNABERT-2 checkpoint with the published file names, keys and tokenizer.
+
+    By default the published masked-LM layout (`bert.*` + `cls.*`). With `labels` (or `regression=True`), the
+    layout of a sequence-classification fine-tune such as a GUE promoter model: `bert.*` with
+    `bert.pooler.dense.*`, `classifier.*`, and `id2label`/`label2id`/`num_labels` in config.json.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    head_fields: dict[str, object] = {}
+    if regression:
+        labels = labels or ["value"]
+        head_fields["problem_type"] = "regression"
+    if labels:
+        head_fields |= {
+            "num_labels": len(labels),
+            "id2label": dict(enumerate(labels)),
+            "label2id": {label: i for i, label in enumerate(labels)},
+        }
     config = DNABERT2Config(
         hidden_size=hidden_size,
         num_hidden_layers=num_hidden_layers,
         num_attention_heads=num_attention_heads,
         intermediate_size=intermediate_size,
+        **head_fields,
     )
     _write_json(out_dir / "config.json", config.to_dict())
 
+    generator = torch.Generator().manual_seed(seed)
     model = DNABERT2ForMaskedLM(config)
-    _init_weights(model, torch.Generator().manual_seed(seed))
-    # The decoder weight is saved under its own key but shares storage with the embeddings, as published.
-    torch.save(model.state_dict(), out_dir / "pytorch_model.bin")
+    _init_weights(model, generator)
+    if labels:
+        head = DNABERT2SequenceHead(config)
+        with torch.no_grad():
+            for parameter in head.parameters():
+                parameter.normal_(0.0, 0.02 if parameter.dim() > 1 else 0.5, generator=generator)
+        state = {f"bert.{key}": value for key, value in model.bert.state_dict().items()}
+        state |= {f"bert.{key}": value for key, value in head.pooler.state_dict(prefix="pooler.").items()}
+        state |= head.classifier.state_dict(prefix="classifier.")
+        torch.save(state, out_dir / "pytorch_model.bin")
+    else:
+        # The decoder weight is saved under its own key but shares storage with the embeddings, as published.
+        torch.save(model.state_dict(), out_dir / "pytorch_model.bin")
 
     _train_demo_tokenizer(seed).save(str(out_dir / "tokenizer.json"))
     special = {

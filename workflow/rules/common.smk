@@ -5,6 +5,7 @@ import pandas as pd
 from snakemake.utils import validate
 
 from seqshard.models import ARCHITECTURE_MOLECULES
+from seqshard.parquet import TASKS
 from seqshard.sharding import read_manifest
 
 validate(config, "../schemas/config.schema.yaml")
@@ -73,7 +74,7 @@ FINAL_OUTPUTS = [
 wildcard_constraints:
     sample="|".join(map(str, samples.index)),
     model="|".join(config["models"]),
-    task="embed",
+    task="|".join(TASKS),
     shard=r"\d+",
 
 
@@ -102,15 +103,32 @@ def get_checkpoint_files(wildcards):
     return [os.path.join(location, "config.json")]
 
 
+def get_container(wildcards):
+    """The image of the model's architecture (config `containers`); used only under `--sdm apptainer`."""
+    architecture = config["models"][wildcards.model]["architecture"]
+    if architecture not in config["containers"]:
+        raise ValueError(
+            f"containers.{architecture} is not set; add the image for models.{wildcards.model} to the config"
+        )
+    return config["containers"][architecture]
+
+
 def get_model_settings(wildcards):
-    """Everything that shapes one model's numbers; a change here reruns that model's jobs and no others."""
+    """Everything that shapes one model's numbers for one task; a change reruns that model's jobs only."""
     settings = config["models"][wildcards.model]
     return {
         "architecture": settings["architecture"],
         "checkpoint": settings["checkpoint"],
-        "task": wildcards.task,
-        "pooling": settings["pooling"],
         "dtype": settings["dtype"],
+        "task": {
+            "task": wildcards.task,
+            "pooling": settings["pooling"],
+            "per_token": settings["per_token"],
+            "long_sequences": settings["long_sequences"],
+            "window_length": settings["window_length"],
+            "window_overlap": settings["window_overlap"],
+            "max_tokens": settings["max_tokens"],
+        },
     }
 
 
@@ -151,3 +169,71 @@ def get_report_inputs(wildcards):
     for sample in sorted({sample for sample, _, _ in RUNS}):
         benchmarks.append(f"benchmarks/shard_fasta/{sample}.tsv")
     return {"figures": figures, "benchmarks": benchmarks, "results": FINAL_OUTPUTS}
+
+
+# Executor resources. A rule's GPUs are asked for once, with the standard resources in a profile or on the
+# command line (`--set-resources infer_shard:gpu=1 infer_shard:gpu_model=a100`); the functions below derive
+# every executor's own tag from that one request: `gpu`/`gpu_model` (Slurm: --gpus=[model:]N; local:
+# counted against --resources gpu=N), `gpu_manufacturer` (Kubernetes), `nvidia_gpu` (Google Batch, which
+# ignores `gpu`). No request means a CPU job on every executor. config.yaml stays free of hardware settings.
+# Memory and time are derived likewise: mem_mb (Slurm, Kubernetes), googlebatch_memory (Google Batch).
+
+# Host memory (MB) and wall time (minutes) of one inference job on its first attempt. Each retry doubles the
+# memory and adds the first attempt's time, so `--retries` escalates after an out-of-memory kill or a timeout.
+INFER_MEM_MB = 4000
+INFER_RUNTIME_MIN = 60
+
+
+def gpu_request(rulename):
+    """(count, model) of GPUs a rule was given with --set-resources; (0, None) when none were asked for."""
+    asked = workflow.resource_settings.overwrite_resources.get(rulename, {})
+    # The CLI parses `gpu=1` to a Resource whose raw text is the literal; the Python API may pass plain values.
+    count, model = (
+        getattr(asked[name], "raw", asked[name]) if name in asked else None
+        for name in ("gpu", "gpu_model")
+    )
+    try:
+        count = int(count or 0)
+    except ValueError:
+        raise ValueError(
+            f"{rulename}:gpu must be a whole number of GPUs per job, got {count!r}"
+        ) from None
+    return count, (str(model) if count and model else None)
+
+
+def gpu_count(wildcards, rulename):
+    return gpu_request(rulename)[0] or None
+
+
+def gpu_model(wildcards, rulename):
+    return gpu_request(rulename)[1]
+
+
+def gpu_manufacturer(wildcards, rulename):
+    """Kubernetes refuses a `gpu` request without it; the models here need CUDA, so NVIDIA."""
+    return "nvidia" if gpu_request(rulename)[0] else None
+
+
+def nvidia_gpu(wildcards, rulename):
+    """Google Batch's accelerator: one GPU of a named type (gpu_model, e.g. nvidia-l4) or N of its default type.
+
+    The plugin's default type is nvidia-tesla-t4; it has no way to ask for several GPUs of a named type.
+    """
+    count, model = gpu_request(rulename)
+    if not count:
+        return None
+    return model if model and count == 1 else count
+
+
+def infer_mem_mb(wildcards, attempt):
+    return INFER_MEM_MB * 2 ** (attempt - 1)
+
+
+def infer_runtime(wildcards, attempt):
+    return INFER_RUNTIME_MIN * attempt
+
+
+def googlebatch_memory(wildcards, attempt):
+    """Google Batch sizes a task by its own tag, in MiB, and ignores mem_mb: the same memory, converted."""
+    # Rounded up, as Snakemake rounds mem_mib.
+    return -(-infer_mem_mb(wildcards, attempt) * 10**6 // 2**20)

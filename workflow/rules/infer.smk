@@ -25,7 +25,17 @@ rule infer_shard:
         "benchmarks/infer_shard/{sample}/{model}/{task}/{shard}.tsv"
     conda:
         "../../envs/seqshard.yaml"
+    container:
+        get_container
     threads: 2
+    resources:
+        gpu=gpu_count,
+        gpu_model=gpu_model,
+        gpu_manufacturer=gpu_manufacturer,
+        nvidia_gpu=nvidia_gpu,
+        mem_mb=infer_mem_mb,
+        googlebatch_memory=googlebatch_memory,
+        runtime=infer_runtime,
     params:
         settings=get_model_settings,
         molecule=get_molecule,

@@ -1,0 +1,184 @@
+"""Tasks beyond pooled embeddings, and long sequences: windows, truncation, mlm_score, classify, regress."""
+
+import itertools
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from seqshard.fasta import SequenceRecord
+from seqshard.inference import RunFigures, TaskSettings, run_task, score_records
+from seqshard.models.dnabert2 import load_dnabert2, load_dnabert2_masked_lm, write_demo_checkpoint
+from seqshard.windows import encode_sequence, plan_windows
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ckpts")
+    return {
+        "mlm": write_demo_checkpoint(root / "mlm"),
+        "classify": write_demo_checkpoint(root / "promoter", labels=["non_promoter", "promoter"], seed=1),
+        "regress": write_demo_checkpoint(root / "regress", regression=True, seed=2),
+    }
+
+
+def random_dna(n, seed):
+    return "".join(np.random.default_rng(seed).choice(list("ACGT"), n))
+
+
+def vectors(columns):
+    return np.array(columns["embedding"].to_pylist(), dtype=np.float32)
+
+
+def run(loaded, sequences, **settings):
+    records = [SequenceRecord(i, f"r{i}", s, 1) for i, s in enumerate(sequences)]
+    figures = RunFigures({}, "cpu", "fp32", 1, 4096)
+    columns, encoded = score_records(
+        loaded, records, TaskSettings(**settings), molecule="dna", batch_tokens=4096, dtype="fp32", figures=figures
+    )
+    return columns, encoded
+
+
+def test_every_residue_belongs_to_the_window_with_the_nearest_centre():
+    for length, window, overlap in itertools.product(range(1, 50), range(1, 12), range(0, 11)):
+        if overlap >= window:
+            continue
+        windows = plan_windows(length, window, overlap)
+        owners = [k for k, w in enumerate(windows) for _ in range(w.own_start, w.own_stop)]
+        nearest = [
+            min(range(len(windows)), key=lambda k: (abs(p + 0.5 - (windows[k].start + windows[k].stop) / 2), k))
+            for p in range(length)
+        ]
+        assert owners == nearest
+        assert all(w.stop - w.start == min(window, length) for w in windows)
+        assert windows[0].start == 0 and windows[-1].stop == length
+
+
+def test_window_plan_values():
+    assert [(w.start, w.stop, w.own_start, w.own_stop) for w in plan_windows(30, 10, 3)] == [
+        (0, 10, 0, 9),
+        (7, 17, 9, 16),
+        (14, 24, 16, 22),
+        (20, 30, 22, 30),
+    ]
+
+
+def test_a_sequence_that_fits_gives_identical_results_in_both_modes(checkpoints):
+    loaded = load_dnabert2(str(checkpoints["mlm"]))
+    sequence = random_dna(600, 1)
+    window, _ = run(loaded, [sequence], long_sequences="window")
+    truncate, encoded = run(loaded, [sequence], long_sequences="truncate")
+    assert len(encoded[0].windows) == 1 and not encoded[0].truncated
+    np.testing.assert_array_equal(vectors(window), vectors(truncate))
+
+
+def test_long_sequence_is_represented_token_by_token_exactly_once(checkpoints):
+    loaded = load_dnabert2(str(checkpoints["mlm"]))
+    window_length, overlap = 300, 100
+    sequence = random_dna(3 * window_length, 2)
+    columns, encoded = run(
+        loaded, [sequence], per_token=True, window_length=window_length, window_overlap=overlap, max_tokens=200
+    )
+    (item,) = encoded
+    planned = plan_windows(len(sequence), window_length, overlap)
+    assert len(item.windows) == len(planned) == 4
+    # Each window run on its own; keep the tokens whose middle base lies in the window's own residues.
+    expected, owned_spans = [], []
+    for window in planned:
+        ids, offsets = loaded.tokenizer.encode_with_offsets(sequence[window.start : window.stop])
+        with torch.inference_mode():
+            hidden = loaded.model(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.bool))[0]
+        for position, (begin, end) in enumerate(offsets):
+            middle = window.start + (begin + end - 1) / 2
+            if end > begin and window.own_start <= middle < window.own_stop:
+                expected.append(hidden[position].numpy())
+                owned_spans.append((window.start + begin, window.start + end))
+    per_token = np.array(columns["per_token"].to_pylist()[0], dtype=np.float32)
+    np.testing.assert_allclose(per_token, np.array(expected), atol=2e-3)  # stored as float16
+    assert item.n_tokens == len(expected) + 2
+    middles = [(b + e - 1) / 2 for b, e in owned_spans]
+    assert middles == sorted(middles) and len(set(middles)) == len(middles)  # in order, none twice
+    # The mean embedding is the mean over exactly those tokens.
+    np.testing.assert_allclose(vectors(columns)[0], np.mean(expected, axis=0), atol=1e-5, rtol=0)
+
+
+def test_truncation_is_recorded_and_too_long_windows_are_refused(checkpoints):
+    loaded = load_dnabert2(str(checkpoints["mlm"]))
+    sequence = random_dna(2000, 3)
+    _, encoded = run(loaded, [sequence], long_sequences="truncate", max_tokens=64)
+    assert encoded[0].truncated and encoded[0].n_tokens == 64 and len(encoded[0].windows[0].ids) == 64
+    with pytest.raises(ValueError, match="record 'r0': the window of residues 0-1000 gives .* tokens, more than"):
+        encode_sequence(
+            "N" * 1500, loaded.tokenizer, max_tokens=512, mode="window", window=1000, overlap=250, record_id="r0"
+        )
+
+
+def test_max_pooling(checkpoints):
+    loaded = load_dnabert2(str(checkpoints["mlm"]))
+    sequence = random_dna(150, 4)
+    columns, _ = run(loaded, [sequence], pooling="max")
+    ids = loaded.tokenizer.encode(sequence)
+    with torch.inference_mode():
+        hidden = loaded.model(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.bool))[0]
+    np.testing.assert_allclose(vectors(columns)[0], hidden[1:-1].amax(0).numpy(), atol=1e-6)
+
+
+def test_mlm_score_equals_masking_each_token_alone(checkpoints):
+    loaded = load_dnabert2(str(checkpoints["mlm"]))
+    full = load_dnabert2_masked_lm(str(checkpoints["mlm"]))
+    sequences = [random_dna(60, 5), random_dna(130, 6)]
+    columns, encoded = run(loaded, sequences, task="mlm_score")
+    for row, sequence in enumerate(sequences):
+        ids = loaded.tokenizer.encode(sequence)
+        total = 0.0
+        for position in range(1, len(ids) - 1):
+            masked = list(ids)
+            masked[position] = loaded.tokenizer.mask_id
+            with torch.inference_mode():
+                logits = full(torch.tensor([masked]))[0, position]
+            total += torch.log_softmax(logits, -1)[ids[position]].item()
+        assert columns["pll"][row] == pytest.approx(total, abs=1e-4)
+        assert columns["n_scored"][row] == len(ids) - 2
+        assert columns["pll_per_token"][row] == pytest.approx(total / (len(ids) - 2), abs=1e-6)
+
+
+def test_classify_with_a_fine_tuned_head(checkpoints, tmp_path):
+    fasta = tmp_path / "in.fa"
+    sequences = [random_dna(n, n) for n in (80, 300, 45)]
+    fasta.write_text("".join(f">s{i}\n{s}\n" for i, s in enumerate(sequences)))
+    out = tmp_path / "classify.parquet"
+    run_task(fasta, out, architecture="dnabert2", checkpoint=str(checkpoints["classify"]),
+             settings=TaskSettings(task="classify"))  # fmt: skip
+    frame = pd.read_parquet(out)
+    assert list(frame.columns) == [
+        "id", "length", "n_tokens", "n_windows", "truncated", "prob_non_promoter", "prob_promoter", "predicted_label",
+    ]  # fmt: skip
+    loaded = load_dnabert2(str(checkpoints["classify"]))
+    for row, sequence in enumerate(sequences):
+        ids = loaded.tokenizer.encode(sequence)
+        with torch.inference_mode():
+            hidden = loaded.model(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.bool))
+            logits = loaded.sequence_head.module(hidden)[0]
+        probabilities = torch.softmax(logits, -1).numpy()
+        np.testing.assert_allclose(frame.loc[row, ["prob_non_promoter", "prob_promoter"]].to_numpy(float),
+                                   probabilities, atol=1e-6)  # fmt: skip
+        assert frame.loc[row, "predicted_label"] == ["non_promoter", "promoter"][int(probabilities.argmax())]
+    with pytest.raises(ValueError, match="its head is for classify, not regress"):
+        run_task(fasta, tmp_path / "x.parquet", architecture="dnabert2", checkpoint=str(checkpoints["classify"]),
+                 settings=TaskSettings(task="regress"))  # fmt: skip
+    with pytest.raises(ValueError, match="has no fine-tuned head"):
+        run_task(fasta, tmp_path / "x.parquet", architecture="dnabert2", checkpoint=str(checkpoints["mlm"]),
+                 settings=TaskSettings(task="classify"))  # fmt: skip
+
+
+def test_regress_writes_the_value_column(checkpoints, tmp_path):
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(">a\nACGTACGTAAAC\n>b\nGGGGCCCCAATT\n")
+    out = tmp_path / "regress.parquet"
+    run_task(fasta, out, architecture="dnabert2", checkpoint=str(checkpoints["regress"]),
+             settings=TaskSettings(task="regress"))  # fmt: skip
+    table = pq.read_table(out)
+    assert table.column_names[-1] == "value" and table.num_rows == 2
+    assert len(set(table.column("value").to_pylist())) == 2
