@@ -30,7 +30,7 @@ from seqshard.batching import TokenBudgetBatcher, padded_tokens
 from seqshard.fasta import SequenceRecord, read_valid_records
 from seqshard.models import LoadedModel, get_loader
 from seqshard.parquet import TASKS, per_token_array, results_table, task_schema, vectors_array, write_table
-from seqshard.windows import EncodedSequence, EncodedWindow, encode_sequence
+from seqshard.windows import EncodedSequence, encode_sequence
 
 log = logging.getLogger(__name__)
 

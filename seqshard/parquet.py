@@ -80,10 +80,10 @@ def read_provenance(path: Path | str) -> dict[str, str]:
     }
 
 
-def vectors_array(vectors: np.ndarray, value_type: pa.DataType = pa.float32()) -> pa.Array:
+def vectors_array(vectors: np.ndarray, value_type: pa.DataType | None = None) -> pa.Array:
     """[rows, width] numbers as a fixed_size_list column."""
     rows, width = vectors.shape
-    flat = pa.array(np.ascontiguousarray(vectors).reshape(-1), value_type)
+    flat = pa.array(np.ascontiguousarray(vectors).reshape(-1), value_type or pa.float32())
     return pa.FixedSizeListArray.from_arrays(flat, width)
 
 
