@@ -1,9 +1,7 @@
-"""Rule demo_checkpoint: write the small random-weight DNABERT-2 checkpoint the demo config points at."""
+"""Rule demo_checkpoint: write one of the demo's random-weight checkpoints or heads (seqshard.demo)."""
 
-from pathlib import Path
-
+from seqshard.demo import write_demo
 from seqshard.logs import setup_logging
-from seqshard.models.dnabert2 import write_demo_checkpoint
 
 setup_logging(snakemake.log[0])
-write_demo_checkpoint(Path(snakemake.output[0]).parent)
+write_demo(snakemake.wildcards.demo, snakemake.output[0])

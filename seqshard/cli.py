@@ -27,12 +27,17 @@ def create_parser() -> argparse.ArgumentParser:
     )
     add_run_arguments(score)
     score.add_argument("--task", required=True, choices=["mlm_score", "classify", "regress"])
+    score.add_argument("--head", type=Path, help="linear head directory for classify/regress (README, 'Heads')")
 
     demo = commands.add_parser(
-        "demo-checkpoint", help="write a small RANDOM-weight checkpoint in the published DNABERT-2 layout"
+        "demo-checkpoint", help="write a small RANDOM-weight checkpoint (or head) in a published layout"
     )
     demo.add_argument("output", type=Path, help="directory to create")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument(
+        "--kind",
+        default="dnabert2-demo",
+        choices=["dnabert2-demo", "dnabert2-promoter-demo", "lucaone-demo", "lucaone-location-head-demo"],
+    )
     return parser
 
 
@@ -69,6 +74,7 @@ def run(args: argparse.Namespace) -> None:
             window_length=args.window_length,
             window_overlap=args.window_overlap,
             max_tokens=args.max_tokens,
+            head=str(args.head) if getattr(args, "head", None) else None,
         )
         run_task(
             args.fasta,
@@ -85,9 +91,9 @@ def run(args: argparse.Namespace) -> None:
             figures_out=args.figures,
         )
     elif args.command == "demo-checkpoint":
-        from seqshard.models.dnabert2 import write_demo_checkpoint
+        from seqshard.demo import write_demo
 
-        path = write_demo_checkpoint(args.output, seed=args.seed)
+        path = write_demo(args.kind, args.output)
         logging.getLogger("seqshard").info("wrote random-weight demo checkpoint to %s", path)
 
 

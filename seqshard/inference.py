@@ -20,7 +20,7 @@ import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,13 +28,14 @@ import torch
 
 from seqshard.batching import TokenBudgetBatcher, padded_tokens
 from seqshard.fasta import SequenceRecord, read_valid_records
+from seqshard.heads import head_digest, load_linear_head
 from seqshard.models import LoadedModel, get_loader
 from seqshard.parquet import TASKS, per_token_array, results_table, task_schema, vectors_array, write_table
+from seqshard.pooling import POOLINGS, pool
 from seqshard.windows import EncodedSequence, encode_sequence
 
 log = logging.getLogger(__name__)
 
-POOLINGS = ("mean", "cls", "max")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -49,6 +50,7 @@ class TaskSettings:
     window_length: int | None = None  # residues; None: the model's default
     window_overlap: int | None = None  # residues; None: a quarter of the window
     max_tokens: int | None = None  # None: the checkpoint's limit
+    head: str | None = None  # classify/regress: a linear head directory (seqshard.heads); None: the checkpoint's
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -73,21 +75,6 @@ def resolve_dtype(dtype: str, device: str) -> str:
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; expected auto, fp32 or bf16")
     return dtype
-
-
-def pool(hidden: torch.Tensor, owned: torch.Tensor, pooling: str) -> torch.Tensor:
-    """Pool a [B, L, H] batch over the positions `owned` marks (the sequence's own tokens) into [B, H] float32.
-
-    `mean` averages the owned rows, `max` takes their element-wise maximum, `cls` the [CLS] row (position 0).
-    """
-    if pooling == "cls":
-        return hidden[:, 0].float()
-    weights = owned.unsqueeze(-1)
-    if pooling == "mean":
-        return (hidden.float() * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
-    if pooling == "max":
-        return hidden.float().masked_fill(~weights, float("-inf")).amax(dim=1)
-    raise ValueError(f"unknown pooling {pooling!r}; expected one of {POOLINGS}")
 
 
 @dataclass
@@ -305,6 +292,9 @@ def score_records(
 ) -> tuple[dict[str, object], list[EncodedSequence]]:
     """Task columns (without the base columns) for `records`, in input order, and how each was encoded."""
     loaded = loaded.for_molecule(molecule)
+    if settings.head is not None:
+        device = next(loaded.model.parameters()).device
+        loaded = replace(loaded, sequence_head=load_linear_head(settings.head, loaded.hidden_size, device))
     max_tokens = settings.max_tokens or loaded.max_tokens
     window = settings.window_length or loaded.default_window
     overlap = settings.window_overlap if settings.window_overlap is not None else window // 4
@@ -367,7 +357,11 @@ def run_task(
     columns, encoded = score_records(
         loaded, records, settings, molecule=molecule, batch_tokens=batch_tokens, dtype=dtype, figures=figures
     )
-    head_labels = loaded.sequence_head.labels if loaded.sequence_head is not None else []
+    # A head's labels are its output columns: prob_<label> for classify, one column per target for regress.
+    head_labels = {
+        "classify": [name.removeprefix("prob_") for name in columns if name.startswith("prob_")],
+        "regress": list(columns),
+    }.get(settings.task, [])
     schema = task_schema(settings.task, loaded.hidden_size, head_labels, settings.per_token)
     base = {
         "id": [r.id for r in records],
@@ -385,6 +379,7 @@ def run_task(
         "molecule": molecule,
         "hidden_size": loaded.hidden_size,
         "max_tokens": settings.max_tokens or loaded.max_tokens,
+        **({"head_digest": head_digest(settings.head)} if settings.head else {}),
         **(provenance or {}),
     }
     write_table(results_table(schema, base | columns, metadata), out)

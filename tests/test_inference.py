@@ -10,9 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from seqshard.inference import RunFigures, TaskSettings, pool, run_embed, score_records
+from seqshard.inference import RunFigures, TaskSettings, run_embed, score_records
 from seqshard.models.dnabert2 import load_dnabert2, write_demo_checkpoint
 from seqshard.parquet import read_provenance
+from seqshard.pooling import pool
 
 
 @pytest.fixture(scope="module")

@@ -69,50 +69,83 @@ def planned_jobs(dry_run_output: str) -> list[tuple[str, dict[str, str]]]:
     return jobs
 
 
+DEMO_SAMPLES = {"sample_a": 150, "sample_b": 60, "promoters": 16, "proteins": 30, "peptides": 12}
+
+
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
+    """The shipped config/config.yaml and sample sheet, run in a fresh directory with the demo data linked in."""
     workdir = tmp_path_factory.mktemp("workflow")
-    write_sheet(
-        workdir, [("sample_a", str(DEMO / "sample_a.fa"), "dna"), ("sample_b", str(DEMO / "sample_b.fa.gz"), "dna")]
-    )
-    write_config(workdir)
-    result = snakemake(workdir)
+    (workdir / "config").mkdir()
+    (workdir / "resources").mkdir()
+    (workdir / "resources" / "demo").symlink_to(DEMO)
+    for name in ("config.yaml", "samples.tsv"):
+        (workdir / "config" / name).write_text((REPO / "config" / name).read_text())
+    result = snakemake(workdir, config="config/config.yaml")
     assert result.returncode == 0, result.stderr[-5000:]
     return workdir
 
 
-def test_full_run_merges_every_valid_record_in_input_order(demo_run):
-    for sample, fasta, n_valid in [("sample_a", "sample_a.fa", 150), ("sample_b", "sample_b.fa.gz", 60)]:
-        records, report = read_valid_records(DEMO / fasta, "dna", on_invalid="skip")
-        assert len(records) == n_valid
-        merged = demo_run / "results" / sample / "dnabert2" / "embed.parquet"
+def shipped_outputs(workdir):
+    config = yaml.safe_load((workdir / "config/config.yaml").read_text())
+    sheet = pd.read_csv(workdir / "config/samples.tsv", sep="\t").set_index("sample")
+    for model, settings in config["models"].items():
+        for sample in settings["samples"]:
+            for task in settings["tasks"]:
+                yield sample, sheet.loc[sample, "molecule"], sheet.loc[sample, "fasta"], model, task
+
+
+def test_demo_writes_every_task_with_one_row_per_valid_record_in_input_order(demo_run):
+    outputs = list(shipped_outputs(demo_run))
+    assert {task for *_, task in outputs} == {"embed", "mlm_score", "classify"}
+    assert {molecule for _, molecule, *_ in outputs} == {"dna", "protein"}
+    assert len(outputs) == 8
+    for sample, molecule, fasta, model, task in outputs:
+        records, report = read_valid_records(demo_run / fasta, molecule, on_invalid="skip")
+        assert len(records) == DEMO_SAMPLES[sample]
+        merged = demo_run / "results" / sample / model / f"{task}.parquet"
         frame = pd.read_parquet(merged)  # pandas and pyarrow both read it
-        table = pq.read_table(merged)
-        assert len(frame) == table.num_rows == n_valid
+        assert len(frame) == pq.read_table(merged).num_rows == len(records)
         assert list(frame["id"]) == [r.id for r in records]
         assert list(frame["length"]) == [len(r.sequence) for r in records]
-        assert np.stack(frame["embedding"]).shape == (n_valid, 64)
         provenance = read_provenance(merged)
-        assert provenance["model"] == "dnabert2" and provenance["pooling"] == "mean"
+        assert provenance["model"] == model and provenance["task"] == task
         assert provenance["checkpoint_digest"].startswith("sha256:")
         rejects = pd.read_csv(demo_run / "results" / sample / "rejects.tsv", sep="\t")
-        assert len(rejects) == len(report.rejected) == report.n_records - n_valid
-    assert int(read_provenance(demo_run / "results/sample_a/dnabert2/embed.parquet")["n_shards"]) == 3
+        assert len(rejects) == len(report.rejected) == report.n_records - len(records)
+        if task == "embed":
+            assert np.stack(frame["embedding"]).shape == (len(records), 64)
+        elif task == "mlm_score":
+            assert (frame["pll"] < 0).all() and (frame["n_scored"] == frame["n_tokens"] - 2).all()
+        else:
+            probabilities = frame[[c for c in frame.columns if c.startswith("prob_")]].to_numpy()
+            np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
     rejected = pd.read_csv(demo_run / "results/sample_a/rejects.tsv", sep="\t")
     assert list(rejected["record_id"]) == ["seq_a_empty", "seq_a0010", "seq_a_bad"]
-    # The second model ran only on the sample listed for it, with its own pooling.
-    assert not (demo_run / "results/sample_a/dnabert2_cls").exists()
-    cls = np.stack(pd.read_parquet(demo_run / "results/sample_b/dnabert2_cls/embed.parquet")["embedding"])
-    mean = np.stack(pd.read_parquet(demo_run / "results/sample_b/dnabert2/embed.parquet")["embedding"])
-    assert cls.shape == mean.shape and not np.allclose(cls, mean)
+    assert int(read_provenance(demo_run / "results/sample_a/dnabert2/embed.parquet")["n_shards"]) == 4
+    # LucaOne on DNA and on protein: the token type follows the molecule, so the two runs differ in kind.
+    assert read_provenance(demo_run / "results/sample_b/lucaone_dna/embed.parquet")["molecule"] == "dna"
+    assert read_provenance(demo_run / "results/proteins/lucaone/embed.parquet")["molecule"] == "protein"
 
 
 def test_resource_report_covers_every_job(demo_run):
     usage = pd.read_csv(demo_run / "results/report/resource_usage.tsv", sep="\t")
+    n_shards = {
+        sample: len(pd.read_csv(demo_run / "results" / sample / "shards/manifest.tsv", sep="\t"))
+        for sample in DEMO_SAMPLES
+    }
+    outputs = list(shipped_outputs(demo_run))
     counts = usage["rule"].value_counts().to_dict()
-    assert counts == {"infer_shard": 5, "merge_shards": 3, "shard_fasta": 2}
+    assert counts == {
+        "infer_shard": sum(n_shards[sample] for sample, *_ in outputs),
+        "merge_shards": len(outputs),
+        "shard_fasta": len(DEMO_SAMPLES),
+    }
     inference = usage[usage["rule"] == "infer_shard"]
-    assert inference["n_sequences"].sum() == 150 + 60 + 60
+    assert set(inference["model"]) == {"dnabert2", "dnabert2_pll", "dnabert2_promoter", "lucaone", "lucaone_pll",
+                                       "lucaone_dna"}  # fmt: skip
+    embed = inference[inference["task"] == "embed"]
+    assert embed["n_sequences"].sum() == 150 + 60 + 30 + 60
     assert (inference["n_computed_tokens"] >= inference["n_tokens"]).all()
     html = (demo_run / "results/report/resource_usage.html").read_text()
     assert html.count("data:image/png;base64,") >= 5
@@ -123,35 +156,37 @@ def test_resource_report_covers_every_job(demo_run):
 
 
 def test_snakemake_report(demo_run):
-    result = snakemake(demo_run, "--report", "report.html")
+    result = snakemake(demo_run, "--report", "report.html", config="config/config.yaml")
     assert result.returncode == 0, result.stderr[-3000:]
     html = (demo_run / "report.html").read_text()
     assert "resource_usage.html" in html and "embed.parquet" in html and "rejects.tsv" in html
 
 
 def test_lint_has_no_findings(demo_run):
-    result = snakemake(demo_run, "--lint")
+    result = snakemake(demo_run, "--lint", config="config/config.yaml")
     assert result.returncode == 0, result.stderr
     assert "Congratulations, your workflow is in a good condition!" in result.stdout + result.stderr
 
 
 def test_config_change_reruns_only_the_affected_model(demo_run):
-    assert planned_jobs(snakemake(demo_run, "-n").stdout) == []  # the completed run is up to date
-    write_config(demo_run, "changed.yaml")
-    changed = yaml.safe_load((demo_run / "changed.yaml").read_text())
+    shipped = "config/config.yaml"
+    assert planned_jobs(snakemake(demo_run, "-n", config=shipped).stdout) == []  # the completed run is up to date
+    changed = yaml.safe_load((demo_run / shipped).read_text())
     changed["models"]["dnabert2"]["batch_tokens"] = 512  # speed only: nothing reruns
     (demo_run / "changed.yaml").write_text(yaml.safe_dump(changed))
     assert planned_jobs(snakemake(demo_run, "-n", config="changed.yaml").stdout) == []
 
-    changed["models"]["dnabert2"]["pooling"] = "cls"  # shapes dnabert2's numbers
+    changed["models"]["dnabert2"]["pooling"] = "cls"  # shapes dnabert2's numbers, and nothing else's
     (demo_run / "changed.yaml").write_text(yaml.safe_dump(changed))
     result = snakemake(demo_run, "-n", config="changed.yaml")
     assert result.returncode == 0, result.stderr
     jobs = planned_jobs(result.stdout)
+    n_shards = sum(
+        len(pd.read_csv(demo_run / "results" / sample / "shards/manifest.tsv", sep="\t"))
+        for sample in ("sample_a", "sample_b")
+    )
     rules = sorted(rule for rule, _ in jobs)
-    assert rules == ["all", "infer_shard", "infer_shard", "infer_shard", "infer_shard"] + ["merge_shards"] * 2 + [
-        "resource_report"
-    ]
+    assert rules == ["all"] + ["infer_shard"] * n_shards + ["merge_shards"] * 2 + ["resource_report"]
     assert {w["model"] for rule, w in jobs if rule in ("infer_shard", "merge_shards")} == {"dnabert2"}
 
 

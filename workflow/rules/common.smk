@@ -4,6 +4,7 @@ import os
 import pandas as pd
 from snakemake.utils import validate
 
+from seqshard.demo import DEMOS
 from seqshard.models import ARCHITECTURE_MOLECULES
 from seqshard.parquet import TASKS
 from seqshard.sharding import read_manifest
@@ -19,15 +20,6 @@ if samples.index.has_duplicates:
         f"{config['samples']}: sample names must be unique; repeated: "
         f"{sorted(set(samples.index[samples.index.duplicated()]))}"
     )
-
-DEMO_CHECKPOINT = "resources/checkpoints/dnabert2-demo"
-DEMO_CHECKPOINT_FILES = [
-    "config.json",
-    "pytorch_model.bin",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-]
 
 
 def samples_of(model):
@@ -76,6 +68,7 @@ wildcard_constraints:
     model="|".join(config["models"]),
     task="|".join(TASKS),
     shard=r"\d+",
+    demo="|".join(DEMOS),
 
 
 def get_fasta(wildcards):
@@ -96,11 +89,12 @@ def is_local_checkpoint(location):
 
 
 def get_checkpoint_files(wildcards):
-    """The checkpoint's config.json when it is a local directory, so the demo rule can make it if missing."""
-    location = config["models"][wildcards.model]["checkpoint"]
-    if not is_local_checkpoint(location):
-        return []
-    return [os.path.join(location, "config.json")]
+    """Local checkpoint and head directories, so the demo rule can make them if they are missing."""
+    settings = config["models"][wildcards.model]
+    locations = [settings["checkpoint"]] + (
+        [settings["head"]] if settings["head"] else []
+    )
+    return [location for location in locations if is_local_checkpoint(location)]
 
 
 def get_container(wildcards):
@@ -128,6 +122,7 @@ def get_model_settings(wildcards):
             "window_length": settings["window_length"],
             "window_overlap": settings["window_overlap"],
             "max_tokens": settings["max_tokens"],
+            "head": settings["head"],
         },
     }
 
@@ -154,6 +149,11 @@ def get_shard_manifest(wildcards):
         checkpoints.shard_fasta.get(sample=wildcards.sample).output.shards,
         "manifest.tsv",
     )
+
+
+def get_report_thresholds():
+    """Report thresholds in a fixed key order: Snakemake compares params as text, and YAML order may vary."""
+    return {key: config["report"][key] for key in sorted(config["report"])}
 
 
 def get_report_inputs(wildcards):

@@ -1,10 +1,10 @@
 rule demo_checkpoint:
     output:
-        multiext(f"{DEMO_CHECKPOINT}/", *DEMO_CHECKPOINT_FILES),
+        directory("resources/checkpoints/{demo}"),
     log:
-        "logs/demo_checkpoint/dnabert2-demo.log",
+        "logs/demo_checkpoint/{demo}.log",
     benchmark:
-        "benchmarks/demo_checkpoint/dnabert2-demo.tsv"
+        "benchmarks/demo_checkpoint/{demo}.tsv"
     conda:
         "../../envs/seqshard.yaml"
     threads: 1

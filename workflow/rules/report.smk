@@ -27,6 +27,6 @@ rule resource_report:
     threads: 1
     params:
         benchmark_root="benchmarks",
-        thresholds=config["report"],
+        thresholds=get_report_thresholds(),
     script:
         "../../scripts/resource_report.py"
