@@ -182,3 +182,36 @@ def test_regress_writes_the_value_column(checkpoints, tmp_path):
     table = pq.read_table(out)
     assert table.column_names[-1] == "value" and table.num_rows == 2
     assert len(set(table.column("value").to_pylist())) == 2
+
+
+def test_lucaone_long_protein_is_represented_residue_by_residue_exactly_once(tmp_path):
+    from seqshard.models.lucaone import load_lucaone, write_demo_checkpoint
+
+    loaded = load_lucaone(str(write_demo_checkpoint(tmp_path / "lucaone")))
+    window_length, overlap = 40, 12
+    sequence = "".join(np.random.default_rng(9).choice(list("ACDEFGHIKLMNPQRSTVWY"), 3 * window_length))
+    records = [SequenceRecord(0, "p", sequence, 1)]
+    figures = RunFigures({}, "cpu", "fp32", 1, 4096)
+    settings = TaskSettings(per_token=True, window_length=window_length, window_overlap=overlap, max_tokens=50)
+    columns, encoded = score_records(
+        loaded, records, settings, molecule="protein", batch_tokens=4096, dtype="fp32", figures=figures
+    )
+    planned = plan_windows(len(sequence), window_length, overlap)
+    assert len(encoded[0].windows) == len(planned) == 4
+    bound = loaded.for_molecule("protein")
+    expected = np.zeros((len(sequence), loaded.hidden_size), dtype=np.float32)
+    source = np.full(len(sequence), -1)
+    for k, window in enumerate(planned):
+        ids = bound.tokenizer.encode(sequence[window.start : window.stop])
+        with torch.inference_mode():
+            hidden = bound.model(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.bool), 1)[0]
+        for residue in range(window.own_start, window.own_stop):
+            assert source[residue] == -1  # no residue is taken twice
+            source[residue] = k
+            expected[residue] = hidden[1 + residue - window.start].numpy()  # +1 for [CLS]
+    assert (source >= 0).all()
+    centres = [(w.start + w.stop) / 2 for w in planned]
+    assert all(np.argmin([abs(p + 0.5 - c) for c in centres]) == source[p] for p in range(len(sequence)))
+    per_token = np.array(columns["per_token"].to_pylist()[0], dtype=np.float32)
+    np.testing.assert_allclose(per_token, expected, atol=2e-3)  # float16 storage
+    np.testing.assert_allclose(vectors(columns)[0], expected.mean(axis=0), atol=1e-5, rtol=0)
