@@ -92,6 +92,7 @@ class RunFigures:
     n_batches: int = 0
     n_windows: int = 0
     n_truncated: int = 0
+    n_oom_splits: int = 0  # batches halved after a GPU out-of-memory
     load_seconds: float = 0.0
     compute_seconds: float = 0.0
     peak_gpu_memory_bytes: int | None = None
@@ -112,6 +113,7 @@ class RunFigures:
             "n_batches": self.n_batches,
             "n_windows": self.n_windows,
             "n_truncated": self.n_truncated,
+            "n_oom_splits": self.n_oom_splits,
             "load_seconds": round(self.load_seconds, 4),
             "compute_seconds": round(compute, 4),
             "sequences_per_second": round(self.n_sequences / compute, 3) if compute else None,
@@ -154,31 +156,16 @@ class Runner:
     def batches(self, inputs: Sequence[ModelInput]) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
         """Yield (input indices, last hidden state [B, L, H], owned mask [B, L]) batch by batch."""
         lengths = [len(item.ids) for item in inputs]
-        pad_id = self.loaded.tokenizer.pad_id
         started = last_report = time.perf_counter()
         done = 0
         with torch.inference_mode(), self.autocast():
-            for batch in self.batcher.batches(lengths):
-                width = max(lengths[i] for i in batch)
-                ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-                owned = torch.zeros((len(batch), width), dtype=torch.bool)
-                for row, index in enumerate(batch):
-                    item = inputs[index]
-                    ids[row, : lengths[index]] = torch.tensor(item.ids)
-                    owned[row, : lengths[index]] = torch.tensor(item.owned)
-                    if item.masked_position is not None:
-                        ids[row, item.masked_position] = self.loaded.tokenizer.mask_id
-                # The mask follows each row's length, so a pad id inside a sequence could never hide a position.
-                attention_mask = torch.arange(width)[None, :] < torch.tensor([lengths[i] for i in batch])[:, None]
-                token_types = torch.full_like(ids, self.token_type)
-                hidden = self.loaded.model(
-                    ids.to(self.device), attention_mask.to(self.device), token_types.to(self.device)
-                )
-                yield batch, hidden, owned.to(self.device)
-                self.figures.n_batches += 1
-                self.figures.n_tokens += sum(lengths[i] for i in batch)
-                self.figures.n_computed_tokens += padded_tokens(lengths, batch)
-                done += len(batch)
+            for planned in self.batcher.batches(lengths):
+                for batch, hidden, owned in self._forward(inputs, lengths, planned):
+                    yield batch, hidden, owned
+                    self.figures.n_batches += 1
+                    self.figures.n_tokens += sum(lengths[i] for i in batch)
+                    self.figures.n_computed_tokens += padded_tokens(lengths, batch)
+                    done += len(batch)
                 now = time.perf_counter()
                 if now - last_report >= self.progress_seconds:
                     log.info("%d/%d model inputs done (%.1f per second)", done, len(inputs), done / (now - started))
@@ -187,6 +174,37 @@ class Runner:
             torch.cuda.synchronize(self.device)
             self.figures.peak_gpu_memory_bytes = int(torch.cuda.max_memory_allocated(self.device))
         self.figures.compute_seconds += time.perf_counter() - started
+
+    def _forward(
+        self, inputs: Sequence[ModelInput], lengths: Sequence[int], batch: list[int]
+    ) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
+        """One batch through the model; on a GPU out-of-memory, the two halves one after the other instead."""
+        width = max(lengths[i] for i in batch)
+        ids = torch.full((len(batch), width), self.loaded.tokenizer.pad_id, dtype=torch.long)
+        owned = torch.zeros((len(batch), width), dtype=torch.bool)
+        for row, index in enumerate(batch):
+            item = inputs[index]
+            ids[row, : lengths[index]] = torch.tensor(item.ids)
+            owned[row, : lengths[index]] = torch.tensor(item.owned)
+            if item.masked_position is not None:
+                ids[row, item.masked_position] = self.loaded.tokenizer.mask_id
+        # The mask follows each row's length, so a pad id inside a sequence could never hide a position.
+        attention_mask = torch.arange(width)[None, :] < torch.tensor([lengths[i] for i in batch])[:, None]
+        token_types = torch.full_like(ids, self.token_type)
+        try:
+            hidden = self.loaded.model(ids.to(self.device), attention_mask.to(self.device), token_types.to(self.device))
+        except torch.OutOfMemoryError:
+            if len(batch) == 1:
+                raise
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            self.figures.n_oom_splits += 1
+            log.warning("out of memory on a batch of %d x %d tokens: running it in two halves", len(batch), width)
+            half = len(batch) // 2
+            yield from self._forward(inputs, lengths, batch[:half])
+            yield from self._forward(inputs, lengths, batch[half:])
+            return
+        yield batch, hidden, owned.to(self.device)
 
 
 def window_inputs(encoded: Sequence[EncodedSequence]) -> list[ModelInput]:

@@ -97,3 +97,37 @@ def test_cli_reports_bad_input_clearly(checkpoint, tmp_path):
     assert result.returncode == 1
     assert f"{bad}: record 'broken' (line 3): character 'X'" in result.stderr
     assert not (tmp_path / "o.parquet").exists()
+
+
+class MemoryLimitedModel(torch.nn.Module):
+    """Stands in for a GPU with little memory (none here): raises torch's out-of-memory error above a batch size."""
+
+    def __init__(self, model, max_tokens):
+        super().__init__()
+        self.model, self.max_tokens = model, max_tokens
+
+    def forward(self, ids, attention_mask, token_types):
+        if ids.numel() > self.max_tokens:
+            raise torch.OutOfMemoryError(f"simulated: {ids.numel()} tokens")
+        return self.model(ids, attention_mask, token_types)
+
+
+def test_out_of_memory_halves_the_batch_and_goes_on(checkpoint, fasta):
+    from dataclasses import replace
+
+    from seqshard.fasta import read_valid_records
+
+    loaded = load_dnabert2(str(checkpoint))
+    records, _ = read_valid_records(fasta, "dna")
+    kwargs = dict(molecule="dna", batch_tokens=100_000, dtype="fp32", max_padding=0.99)
+    reference, _ = score_records(loaded, records, TaskSettings(), figures=RunFigures({}, "cpu", "fp32", 1, 1), **kwargs)
+    figures = RunFigures({}, "cpu", "fp32", 1, 100_000)
+    limited = replace(loaded, model=MemoryLimitedModel(loaded.model, max_tokens=700))
+    columns, _ = score_records(limited, records, TaskSettings(), figures=figures, **kwargs)
+    assert figures.n_oom_splits >= 2 and figures.as_dict()["n_oom_splits"] == figures.n_oom_splits
+    np.testing.assert_allclose(
+        np.array(columns["embedding"].to_pylist()), np.array(reference["embedding"].to_pylist()), atol=1e-5
+    )
+    tiny = replace(loaded, model=MemoryLimitedModel(loaded.model, max_tokens=10))
+    with pytest.raises(torch.OutOfMemoryError):  # one sequence that does not fit is an error, not a loop
+        score_records(tiny, records, TaskSettings(), figures=RunFigures({}, "cpu", "fp32", 1, 1), **kwargs)
