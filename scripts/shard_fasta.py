@@ -13,4 +13,5 @@ shard_fasta(
     max_sequences=snakemake.params.max_sequences,
     allowed_ambiguity=snakemake.params.allowed_ambiguity,
     on_invalid=snakemake.params.on_invalid,
+    manifest=snakemake.output.manifest,
 )

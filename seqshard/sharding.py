@@ -125,8 +125,11 @@ def shard_fasta(
     max_sequences: int | None = None,
     allowed_ambiguity: str = "N",
     on_invalid: str = "error",
+    manifest: Path | str | None = None,
 ) -> tuple[list[Shard], ValidationReport]:
-    """Validate a FASTA file and write its valid records as shard FASTA files plus `manifest.tsv`.
+    """Validate a FASTA file and write its valid records as shard FASTA files plus a manifest.
+
+    The manifest goes to `manifest` (default: `manifest.tsv` inside `out_dir`).
 
     Two passes over the input keep memory flat: the first validates and collects token estimates, the second
     writes each record into its shard. The rejects table is always written (empty with `on_invalid: error`).
@@ -145,7 +148,7 @@ def shard_fasta(
     records = iter_valid_records(fasta, molecule, allowed_ambiguity=allowed_ambiguity, on_invalid=on_invalid)
     for shard in shards:
         write_fasta((next(records) for _ in range(shard.n_sequences)), out_dir / f"{shard.name}.fa")
-    write_manifest(shards, out_dir / MANIFEST_NAME)
+    write_manifest(shards, Path(manifest) if manifest is not None else out_dir / MANIFEST_NAME)
     log.info(
         "%s: %d records, %d valid, %d rejected; %d shard(s) of about %d estimated tokens",
         fasta,

@@ -88,6 +88,16 @@ def is_local_checkpoint(location):
     )
 
 
+def local_checkpoints():
+    """Every local checkpoint and head directory the config names: built first, beside sharding, if a demo."""
+    locations = []
+    for settings in config["models"].values():
+        for location in (settings["checkpoint"], settings["head"]):
+            if location and is_local_checkpoint(location) and location not in locations:
+                locations.append(location)
+    return locations
+
+
 def get_checkpoint_files(wildcards):
     """Local checkpoint and head directories, so the demo rule can make them if they are missing."""
     settings = config["models"][wildcards.model]
@@ -128,9 +138,8 @@ def get_model_settings(wildcards):
 
 
 def shard_names(sample):
-    manifest = os.path.join(
-        checkpoints.shard_fasta.get(sample=sample).output.shards, "manifest.tsv"
-    )
+    # A declared output of the checkpoint, opened as such, so a storage provider can fetch it first.
+    manifest = checkpoints.shard_fasta.get(sample=sample).output.manifest
     return [shard.name for shard in read_manifest(manifest)]
 
 
@@ -145,10 +154,7 @@ def get_shard_parquets(wildcards):
 
 
 def get_shard_manifest(wildcards):
-    return os.path.join(
-        checkpoints.shard_fasta.get(sample=wildcards.sample).output.shards,
-        "manifest.tsv",
-    )
+    return checkpoints.shard_fasta.get(sample=wildcards.sample).output.manifest
 
 
 def get_report_thresholds():

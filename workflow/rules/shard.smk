@@ -3,6 +3,7 @@ checkpoint shard_fasta:
         fasta=get_fasta,
     output:
         shards=directory("results/{sample}/shards"),
+        manifest="results/{sample}/shards.tsv",
         rejects=report(
             "results/{sample}/rejects.tsv",
             caption="../report/rejects.rst",
