@@ -1,0 +1,489 @@
+"""Build, inspect and smoke-test seqshard's container images through the Docker Engine API.
+
+The images are defined under containers/: containers/base/Dockerfile is the one multi-stage build that installs
+torch and seqshard; containers/<model>/Dockerfile starts FROM that base and adds the model's labels (and, on request,
+a checkpoint baked in as the last layer). This module assembles each build's small context in a temporary folder:
+the repository itself is never sent, since it holds results, logs and multi-gigabyte checkpoints.
+
+It talks to a Docker engine, or to podman's Docker-compatible service (`podman system service --time=0
+unix:///path/podman.sock`, then `DOCKER_HOST=unix:///path/podman.sock`), through the `docker` SDK. The SDK is a
+test extra, imported only when an engine is needed, so `seqshard` itself never depends on it.
+
+    python -m seqshard.images build --model dnabert2 --base IMAGE --tag TAG [--checkpoint DIR]
+    python -m seqshard.images inspect TAG
+    python -m seqshard.images smoke TAG
+    python -m seqshard.images context --model dnabert2 DIR   # the build contexts, for docker buildx
+    python -m seqshard.images lock                # rewrite containers/base/requirements.txt from this environment
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from importlib.metadata import PackageNotFoundError, distribution
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the SDK is optional: see connect()
+    import docker
+
+log = logging.getLogger(__name__)
+
+MODELS = ("dnabert2", "lucaone")
+DEFAULT_TORCH_REQUIREMENT = "torch==2.13.0"
+# The model Dockerfiles' stage that bakes a checkpoint in; the default (last) stage has no weights.
+CHECKPOINT_TARGET = "with-checkpoint"
+# What the seqshard wheel is built from; everything else in the repository stays out of the image.
+PACKAGE_SOURCES = ("pyproject.toml", "README.md", "seqshard")
+
+
+@dataclass
+class ImageInfo:
+    """What `inspect` reports about one image."""
+
+    id: str
+    tags: list[str]
+    size_bytes: int
+    layers: int  # filesystem layers (RootFS); LABEL/ENV/USER instructions add none
+    user: str
+    entrypoint: list[str]
+    env: dict[str, str]
+    labels: dict[str, str]
+
+    @property
+    def size_mb(self) -> float:
+        return self.size_bytes / 1e6
+
+
+@dataclass
+class BuildResult:
+    """The images one `build` made and how long each build took, in seconds."""
+
+    base: ImageInfo
+    image: ImageInfo
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+# --- build contexts ------------------------------------------------------------------------------------------
+
+
+def find_repo(start: Path | None = None) -> Path:
+    """The checkout that holds containers/base/Dockerfile: `start` or a parent of it, else this module's checkout."""
+    candidates = [start or Path.cwd(), Path(__file__).resolve().parent]
+    for candidate in candidates:
+        for folder in (candidate.resolve(), *candidate.resolve().parents):
+            if (folder / "containers" / "base" / "Dockerfile").is_file():
+                return folder
+    raise FileNotFoundError(
+        "containers/base/Dockerfile not found above the current directory; run from a seqshard checkout or pass --repo"
+    )
+
+
+def build_wheel(repo: Path, dest: Path) -> Path:
+    """Build the seqshard wheel from a copy of the package sources, so the checkout gets no build/ folder."""
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="seqshard-wheel-") as tmp:
+        # Not named "src": setuptools takes a folder of that name for a src-layout and finds no package.
+        source = Path(tmp) / "seqshard-source"
+        source.mkdir()
+        for name in PACKAGE_SOURCES:
+            path = repo / name
+            if path.is_dir():
+                shutil.copytree(path, source / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            elif path.is_file():
+                shutil.copy2(path, source / name)
+        command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--wheel-dir", str(dest)]
+        # The environment's own setuptools builds offline; without one, pip fetches it into an isolated env.
+        try:
+            import setuptools  # noqa: F401
+        except ImportError:
+            pass
+        else:
+            command.append("--no-build-isolation")
+        subprocess.run([*command, str(source)], check=True)
+    wheels = sorted(dest.glob("seqshard-*.whl"))
+    if len(wheels) != 1:
+        raise RuntimeError(f"expected one seqshard wheel in {dest}, found {[w.name for w in wheels]}")
+    return wheels[0]
+
+
+def _copy_files(sources: Iterable[Path], dest: Path, pattern: str) -> list[Path]:
+    """Copy files (or the files matching `pattern` in folders) into `dest`."""
+    dest.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for source in sources:
+        files = sorted(source.glob(pattern)) if source.is_dir() else [source]
+        for path in files:
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: no such file")
+            shutil.copy2(path, dest / path.name)
+            copied.append(dest / path.name)
+    return copied
+
+
+def write_base_context(repo: Path, dest: Path, *, wheels: Sequence[Path] = (), extra_ca: Sequence[Path] = ()) -> Path:
+    """The build context of containers/base/Dockerfile: Dockerfile, requirements.txt, dist/, wheels/, extra-ca/.
+
+    `wheels` (files, or folders of *.whl) are offered to pip inside the build, e.g. the torch CPU wheel.
+    `extra_ca` (files, or folders of *.crt) are trusted by the builder stage only; the final image never has them.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(repo / "containers" / "base" / "Dockerfile", dest / "Dockerfile")
+    shutil.copy2(repo / "containers" / "base" / "requirements.txt", dest / "requirements.txt")
+    build_wheel(repo, dest / "dist")
+    _copy_files(wheels, dest / "wheels", "*.whl")
+    _copy_files(extra_ca, dest / "extra-ca", "*.crt")
+    return dest
+
+
+def write_model_context(repo: Path, model: str, dest: Path, *, checkpoint: Path | None = None) -> Path:
+    """The build context of containers/<model>/Dockerfile, with the checkpoint folder as checkpoint/ if given."""
+    if model not in MODELS:
+        raise ValueError(f"unknown model {model!r}; images exist for {', '.join(MODELS)}")
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(repo / "containers" / model / "Dockerfile", dest / "Dockerfile")
+    if checkpoint is not None:
+        if not (checkpoint / "config.json").is_file():
+            raise FileNotFoundError(f"{checkpoint}: not a checkpoint folder (no config.json)")
+        shutil.copytree(checkpoint, dest / "checkpoint", ignore=shutil.ignore_patterns(".cache", "__pycache__"))
+    return dest
+
+
+def context_digest(paths: Iterable[Path], *extra: str) -> str:
+    """sha256 over the files (recursively) and strings given: the base Dockerfile's DEPS_/PACKAGE_DIGEST cache keys."""
+    digest = hashlib.sha256()
+    for text in extra:
+        digest.update(text.encode() + b"\0")
+    for path in paths:
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for file in files:
+            digest.update(file.name.encode() + b"\0")
+            with file.open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()
+
+
+def base_buildargs(
+    context: Path, *, base_image: str | None, torch_requirement: str, torch_index_url: str
+) -> dict[str, str]:
+    """Build arguments of containers/base/Dockerfile for a context written by write_base_context."""
+    buildargs = {
+        "TORCH_REQUIREMENT": torch_requirement,
+        "TORCH_INDEX_URL": torch_index_url,
+        "DEPS_DIGEST": context_digest(
+            [context / "requirements.txt", context / "wheels"], torch_requirement, torch_index_url
+        ),
+        "PACKAGE_DIGEST": context_digest([context / "dist"]),
+    }
+    if base_image:
+        buildargs["BASE_IMAGE"] = base_image
+    return buildargs
+
+
+def base_tag_for(tag: str) -> str:
+    """ghcr.io/seqshard/dnabert2:0.1.0 -> ghcr.io/seqshard/base:0.1.0: the base lives next to its model images."""
+    name, _, version = tag.rpartition(":") if ":" in tag.rsplit("/", 1)[-1] else (tag, "", "latest")
+    head, _, _ = name.rpartition("/")
+    return f"{head}/base:{version}" if head else f"base:{version}"
+
+
+# --- engine --------------------------------------------------------------------------------------------------
+
+
+def connect(base_url: str | None = None) -> docker.DockerClient:
+    """A client for DOCKER_HOST (or `base_url`): a Docker engine or podman's Docker-compatible service."""
+    try:
+        import docker
+    except ImportError as error:  # pragma: no cover - depends on the environment
+        raise RuntimeError(
+            "seqshard.images needs the Docker SDK: pip install 'seqshard[test]' (or pip install docker)"
+        ) from error
+    client = docker.DockerClient(base_url=base_url) if base_url else docker.from_env()
+    client.ping()
+    return client
+
+
+def build_image(
+    client: docker.DockerClient,
+    context: Path,
+    tag: str,
+    *,
+    buildargs: Mapping[str, str] | None = None,
+    target: str | None = None,
+    no_cache: bool = False,
+) -> ImageInfo:
+    """Build `context` (its Dockerfile) as `tag`, logging the build output line by line."""
+    options: dict[str, Any] = {
+        "path": str(context),
+        "tag": tag,
+        "rm": True,
+        "forcerm": True,
+        "decode": True,
+        "nocache": no_cache,
+    }
+    if buildargs:
+        options["buildargs"] = dict(buildargs)
+    if target:
+        options["target"] = target
+    tail: list[str] = []
+    for chunk in client.api.build(**options):
+        if "error" in chunk or "errorDetail" in chunk:
+            detail = chunk.get("errorDetail", {}).get("message") or chunk.get("error")
+            raise RuntimeError(f"building {tag} failed: {detail}\n" + "".join(tail[-30:]))
+        text = chunk.get("stream", "")
+        if text:
+            tail.append(text)
+            for line in text.splitlines():
+                if line.strip():
+                    log.debug("build %s: %s", tag, line)
+    return inspect_image(client, tag)
+
+
+def inspect_image(client: docker.DockerClient, ref: str) -> ImageInfo:
+    """Size, filesystem layer count, user, entrypoint, env and labels of a local image."""
+    attrs = client.images.get(ref).attrs
+    config = attrs.get("Config") or {}
+    env = dict(item.split("=", 1) for item in config.get("Env") or [] if "=" in item)
+    return ImageInfo(
+        id=attrs["Id"],
+        tags=list(attrs.get("RepoTags") or []),
+        size_bytes=int(attrs.get("Size", 0)),
+        layers=len((attrs.get("RootFS") or {}).get("Layers") or []),
+        user=config.get("User") or "",
+        entrypoint=list(config.get("Entrypoint") or []),
+        env=env,
+        labels=dict(config.get("Labels") or {}),
+    )
+
+
+def run_in_image(
+    client: docker.DockerClient,
+    ref: str,
+    command: Sequence[str],
+    *,
+    entrypoint: str | list[str] | None = None,
+    volumes: Mapping[str, Mapping[str, str]] | None = None,
+    working_dir: str | None = None,
+    user: str | None = None,
+) -> str:
+    """Run `command` in a fresh container without network; return its output, raising when it exits non-zero."""
+    container = client.containers.run(
+        ref,
+        list(command),
+        entrypoint=entrypoint,
+        volumes=dict(volumes or {}),
+        working_dir=working_dir,
+        user=user,
+        network_mode="none",
+        detach=True,
+    )
+    try:
+        status = container.wait()
+        output = container.logs(stdout=True, stderr=True).decode("utf-8", "replace")
+    finally:
+        container.remove(force=True)
+    if status.get("StatusCode", 1) != 0:
+        raise RuntimeError(f"{' '.join(command)} in {ref} exited with {status.get('StatusCode')}:\n{output}")
+    return output
+
+
+def smoke(client: docker.DockerClient, ref: str) -> str:
+    """`seqshard --version` through the image's entrypoint, plus the torch it imports; raises when either fails."""
+    version = run_in_image(client, ref, ["--version"]).strip()
+    if not version.startswith("seqshard "):
+        raise RuntimeError(f"{ref}: `seqshard --version` printed {version!r}")
+    torch_version = run_in_image(
+        client, ref, ["-c", "import torch; print(torch.__version__)"], entrypoint="python"
+    ).strip()
+    return f"{version}, torch {torch_version}"
+
+
+def build_model_image(
+    client: docker.DockerClient,
+    model: str,
+    tag: str,
+    *,
+    base_image: str | None = None,
+    base_tag: str | None = None,
+    checkpoint: Path | None = None,
+    wheels: Sequence[Path] = (),
+    extra_ca: Sequence[Path] = (),
+    torch_requirement: str = DEFAULT_TORCH_REQUIREMENT,
+    torch_index_url: str = "",
+    repo: Path | None = None,
+    no_cache: bool = False,
+) -> BuildResult:
+    """Build the seqshard base image, then the model image on top of it; time both."""
+    repo = repo or find_repo()
+    base_tag = base_tag or base_tag_for(tag)
+    seconds: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="seqshard-image-") as tmp:
+        start = time.perf_counter()
+        base_context = write_base_context(repo, Path(tmp) / "base", wheels=wheels, extra_ca=extra_ca)
+        buildargs = base_buildargs(
+            base_context, base_image=base_image, torch_requirement=torch_requirement, torch_index_url=torch_index_url
+        )
+        log.info("building %s from %s", base_tag, base_image or "the Dockerfile's default base image")
+        base = build_image(client, base_context, base_tag, buildargs=buildargs, no_cache=no_cache)
+        seconds["base"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        model_context = write_model_context(repo, model, Path(tmp) / model, checkpoint=checkpoint)
+        log.info("building %s on %s%s", tag, base_tag, f" with checkpoint {checkpoint}" if checkpoint else "")
+        image = build_image(
+            client,
+            model_context,
+            tag,
+            buildargs={"SEQSHARD_BASE": base_tag},
+            target=CHECKPOINT_TARGET if checkpoint else None,
+            no_cache=no_cache,
+        )
+        seconds[model] = time.perf_counter() - start
+    return BuildResult(base=base, image=image, seconds=seconds)
+
+
+# --- the pinned dependency list ------------------------------------------------------------------------------
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def runtime_requirements(package: str = "seqshard", exclude: Iterable[str] = ("seqshard", "torch")) -> list[str]:
+    """`name==version` for every installed distribution `package` needs at run time (markers of this Python).
+
+    torch is left out: its build (CPU or CUDA) is chosen per image with the TORCH_REQUIREMENT build argument.
+    """
+    from packaging.requirements import Requirement
+
+    skip = {_canonical(name) for name in exclude}
+    versions: dict[str, str] = {}
+    pending = [package]
+    while pending:
+        name = pending.pop()
+        key = _canonical(name)
+        if key in versions:
+            continue
+        try:
+            dist = distribution(name)
+        except PackageNotFoundError as error:
+            raise RuntimeError(f"{name} is required by {package} but not installed here") from error
+        versions[key] = dist.version
+        for line in dist.requires or []:
+            requirement = Requirement(line)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                pending.append(requirement.name)
+    return [f"{name}=={version}" for name, version in sorted(versions.items()) if name not in skip]
+
+
+def write_lock(repo: Path) -> Path:
+    """Rewrite containers/base/requirements.txt from the versions installed in this environment."""
+    path = repo / "containers" / "base" / "requirements.txt"
+    header = (
+        "# Pinned runtime dependencies of the seqshard images; torch is chosen with the TORCH_REQUIREMENT build arg.\n"
+        "# Generated from the environment the tests pass in: python -m seqshard.images lock\n"
+    )
+    path.write_text(header + "\n".join(runtime_requirements()) + "\n")
+    return path
+
+
+# --- command line --------------------------------------------------------------------------------------------
+
+
+def create_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m seqshard.images", description=__doc__.split("\n\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="show the build output")
+    parser.add_argument("--repo", type=Path, help="seqshard checkout (default: found above the current directory)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    build = commands.add_parser("build", help="build the seqshard base image and a model image on it")
+    build.add_argument("--model", required=True, choices=MODELS)
+    build.add_argument("--tag", required=True, help="model image tag, e.g. ghcr.io/seqshard/dnabert2:0.1.0")
+    build.add_argument("--base", help="BASE_IMAGE: a CUDA runtime image with Python >= 3.11 (Dockerfile default)")
+    build.add_argument("--base-tag", help="tag of the seqshard base image (default: <tag's registry>/base:<version>)")
+    build.add_argument("--checkpoint", type=Path, help="bake this checkpoint folder in as the last layer")
+    build.add_argument("--wheels", type=Path, action="append", default=[], help="local wheel file or folder for pip")
+    build.add_argument("--torch", default=DEFAULT_TORCH_REQUIREMENT, help="torch requirement, e.g. torch==2.13.0+cpu")
+    build.add_argument("--torch-index-url", default="", help="extra pip index for torch, e.g. .../whl/cu128")
+    build.add_argument(
+        "--extra-ca", type=Path, action="append", default=[], help="*.crt file or folder trusted while building only"
+    )
+    build.add_argument("--no-cache", action="store_true", help="rebuild every layer")
+
+    for name, text in (("inspect", "print size, layer count, user and labels"), ("smoke", "run seqshard --version")):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("ref", help="image tag or id")
+
+    context = commands.add_parser("context", help="write the build contexts for use with docker buildx")
+    context.add_argument("--model", required=True, choices=MODELS)
+    context.add_argument("--checkpoint", type=Path, help="checkpoint folder to include as checkpoint/")
+    context.add_argument("--wheels", type=Path, action="append", default=[])
+    context.add_argument("--extra-ca", type=Path, action="append", default=[])
+    context.add_argument("output", type=Path, help="folder to create; gets base/ and <model>/")
+
+    commands.add_parser("lock", help="rewrite containers/base/requirements.txt from this environment")
+    return parser
+
+
+def run(args: argparse.Namespace) -> None:
+    repo = find_repo(args.repo)
+    if args.command == "build":
+        client = connect()
+        result = build_model_image(
+            client,
+            args.model,
+            args.tag,
+            base_image=args.base,
+            base_tag=args.base_tag,
+            checkpoint=args.checkpoint,
+            wheels=args.wheels,
+            extra_ca=args.extra_ca,
+            torch_requirement=args.torch,
+            torch_index_url=args.torch_index_url,
+            repo=repo,
+            no_cache=args.no_cache,
+        )
+        print(json.dumps(asdict(result), indent=2))
+    elif args.command == "inspect":
+        print(json.dumps(asdict(inspect_image(connect(), args.ref)), indent=2))
+    elif args.command == "smoke":
+        print(smoke(connect(), args.ref))
+    elif args.command == "context":
+        write_base_context(repo, args.output / "base", wheels=args.wheels, extra_ca=args.extra_ca)
+        write_model_context(repo, args.model, args.output / args.model, checkpoint=args.checkpoint)
+        print(args.output)
+    elif args.command == "lock":
+        print(write_lock(repo))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = create_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
+    )
+    try:
+        run(args)
+    except (ValueError, FileNotFoundError, RuntimeError, subprocess.CalledProcessError) as error:
+        log.error("%s", error)
+        return 1
+    except Exception as error:  # the SDK's errors (engine unreachable, API errors) without importing it here
+        if not type(error).__module__.startswith(("docker", "requests", "urllib3")):
+            raise
+        log.error("container engine: %s", error)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
