@@ -18,6 +18,7 @@ from seqshard import __version__
 
 METADATA_PREFIX = "seqshard."
 TASKS = ("embed", "mlm_score", "classify", "regress")
+ROW_GROUP_ROWS = 4096
 
 
 class RowCountMismatchError(RuntimeError):
@@ -135,7 +136,9 @@ def write_table(table: pa.Table, out: Path | str) -> None:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")
-    pq.write_table(table, partial, compression="zstd")
+    # Bounded row groups: a reader (the merge) holds one row group at a time, so its memory stays flat
+    # whatever the shard size.
+    pq.write_table(table, partial, compression="zstd", row_group_size=ROW_GROUP_ROWS)
     partial.replace(out)
 
 
@@ -180,7 +183,7 @@ def merge_parquet(
             theirs.pop("seqshard_version", None)
             if theirs != reference:
                 raise ValueError(f"{path}: provenance differs from {shard_paths[0]}: {theirs} vs {reference}")
-            for batch in shard_file.iter_batches(batch_size=4096):
+            for batch in shard_file.iter_batches(batch_size=ROW_GROUP_ROWS):
                 writer.write_batch(batch)
                 rows += batch.num_rows
     if rows != expected_rows:

@@ -68,3 +68,12 @@ def test_merge_refuses_mixed_provenance(tmp_path):
     paths = [shard(tmp_path, "0000", 0, 2), shard(tmp_path, "0001", 2, 2, meta={**META, "pooling": "cls"})]
     with pytest.raises(ValueError, match="provenance differs"):
         merge_parquet(paths, tmp_path / "merged.parquet", expected_rows=4)
+
+
+def test_shard_files_use_bounded_row_groups(tmp_path):
+    from seqshard.parquet import ROW_GROUP_ROWS
+
+    path = shard(tmp_path, "0000", 0, 2 * ROW_GROUP_ROWS + 5)
+    metadata = pq.ParquetFile(path).metadata
+    assert metadata.num_row_groups == 3
+    assert max(metadata.row_group(i).num_rows for i in range(3)) == ROW_GROUP_ROWS
