@@ -1,0 +1,711 @@
+"""Inference benchmark: seqshard's production path against the way the models' own examples run them.
+
+For each model (DNABERT-2 on DNA, LucaOne on proteins) the suite draws a seeded, realistic length mix, writes a
+random-weight checkpoint of the published architecture in the published layout, loads it with seqshard's loader
+(timed: the model-load figure), and runs three rows over the *same model inputs*:
+
+- `seqshard`: `seqshard.inference.score_records`, the production path (length-sorted token-budget batches with
+  at most 3 % padding, SDPA attention, bf16 autocast on GPU / fp32 on CPU, task `embed`, mean pooling).
+- `fixed_batch`: the models' own examples — batches of 32 consecutive model inputs in input order, padded to the
+  batch's longest, fp32, eager attention `softmax(Q·Kᵀ/√d + bias)·V` written out in full.
+- `one_at_a_time`: each model input alone (no padding), fp32, eager attention.
+
+Same inputs: a sequence longer than the model's limit (DNABERT-2: 512 tokens; LucaOne: 4096) is cut by
+`seqshard.windows.encode_sequence` into the model's default windows (DNABERT-2: 1000 bp; LucaOne: 4094
+residues) overlapping by a quarter; every row runs exactly those windows (checked) and combines them into one
+vector per sequence, weighted by the tokens each window owns. Each row is timed from records to per-record
+embeddings (tokenizing included), after a warm-up on a few records.
+
+Figures per row (a "model input" is one window; "tokens" include [CLS] and [SEP]):
+- sequences/s = records / seconds; real tokens/s = tokens of the model inputs / seconds;
+- useful-token fraction = real tokens / tokens computed (rows x longest row, summed over batches);
+- peak memory: RSS high-water mark of this process during the row (CPU, reset between rows through
+  /proc/self/clear_refs; model weights included) or torch.cuda.max_memory_allocated (GPU);
+- FLOP/s: useful FLOPs / seconds, with per model input of L real tokens
+      FLOPs = 2 · P · L + 4 · L² · hidden · layers
+  P = parameters outside the embedding tables (every matmul weight does one multiply-add per token), and per
+  layer Q·Kᵀ plus attention·V cost 2 · L² · hidden each. Padding FLOPs are not counted as useful.
+- fraction of peak: useful FLOP/s / a dense matmul peak measured in this process (bf16 on GPU, fp32 on CPU).
+
+`--quick` is a smoke run (tiny models, few sequences). Output: a table on stdout and `--out` JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import seqshard.models.dnabert2 as dnabert2_module
+import seqshard.models.lucaone as lucaone_module
+from seqshard.batching import TokenBudgetBatcher
+from seqshard.fasta import SequenceRecord
+from seqshard.inference import (
+    RunFigures,
+    TaskSettings,
+    resolve_device,
+    resolve_dtype,
+    score_records,
+    weighted_rows,
+    window_inputs,
+)
+from seqshard.models import LoadedModel, get_loader
+from seqshard.pooling import pool
+from seqshard.windows import EncodedSequence, encode_sequence
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Architectures: the published configs ("full") and reduced ones for CPU runs and smoke tests.
+DNABERT2_SIZES: dict[str, dict[str, int]] = {
+    # zhihan1996/DNABERT-2-117M config.json
+    "full": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072},
+    "small": {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 1024},
+    "tiny": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128},
+}
+LUCAONE_SIZES: dict[str, dict[str, int]] = {
+    # LucaOne (LucaGroup/LucaOne-default-step36M): 1.5 B parameters, 6 GB in fp32
+    "full": {"hidden_size": 2560, "num_layers": 20, "num_heads": 40},
+    # a twentieth of the published width-squared x depth: runs in about a minute on 2 CPU cores
+    "small": {"hidden_size": 512, "num_layers": 6, "num_heads": 8},
+    "tiny": {"hidden_size": 64, "num_layers": 2, "num_heads": 4},
+}
+AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Inputs
+
+
+@dataclass(frozen=True)
+class LengthMix:
+    """Log-normal lengths in residues: median `median`, log-scale spread `sigma`, clipped to [minimum, maximum]."""
+
+    median: float
+    sigma: float
+    minimum: int
+    maximum: int
+
+    def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        lengths = rng.lognormal(math.log(self.median), self.sigma, n)
+        return np.clip(np.round(lengths), self.minimum, self.maximum).astype(int)
+
+
+def synthetic_records(molecule: str, mix: LengthMix, n: int, seed: int) -> list[SequenceRecord]:
+    """`n` seeded records of uniformly random residues with lengths from `mix`."""
+    rng = np.random.default_rng(seed)
+    alphabet = np.array(list("ACGT" if molecule == "dna" else AMINO_ACIDS))
+    return [
+        SequenceRecord(index, f"{molecule}{index:06d}", "".join(rng.choice(alphabet, length)), 2 * index + 1)
+        for index, length in enumerate(mix.draw(rng, n))
+    ]
+
+
+def encode_records(
+    loaded: LoadedModel, records: Sequence[SequenceRecord], settings: TaskSettings
+) -> list[EncodedSequence]:
+    """The model inputs `score_records` makes for `records`, with the same defaults (window, overlap, limit)."""
+    max_tokens = settings.max_tokens or loaded.max_tokens
+    window = settings.window_length or loaded.default_window
+    overlap = settings.window_overlap if settings.window_overlap is not None else window // 4
+    return [
+        encode_sequence(
+            record.sequence, loaded.tokenizer, max_tokens=max_tokens, mode=settings.long_sequences,
+            window=window, overlap=overlap, record_id=record.id,
+        )
+        for record in records
+    ]  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Checkpoints: published layout, random weights
+
+
+def write_checkpoint(architecture: str, size: str, directory: Path, seed: int) -> Path:
+    """A random-weight checkpoint of `architecture` at `size` in the published layout, reused when present."""
+    out = directory / f"{architecture}-{size}-seed{seed}"
+    if (out / "special_tokens_map.json").exists():  # the last file both writers write
+        return out
+    started = time.perf_counter()
+    if architecture == "dnabert2":
+        dnabert2_module.write_demo_checkpoint(out, seed=seed, **DNABERT2_SIZES[size])
+    else:
+        lucaone_module.write_demo_checkpoint(out, layout="hf", seed=seed, **LUCAONE_SIZES[size])
+    print(f"  wrote {architecture} ({size}) checkpoint to {out} in {time.perf_counter() - started:.1f} s")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The eager-attention baseline: the model files call `F.scaled_dot_product_attention`; the benchmark swaps the
+# `F` those modules see for one whose attention is written out the way the reference implementations write it.
+
+
+def eager_scaled_dot_product_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+) -> torch.Tensor:
+    """softmax(Q·Kᵀ·scale + bias)·V with every intermediate materialised, as MosaicBERT's PyTorch fallback and
+    the LucaOne reference compute it (float masks are added, boolean masks mark the keys to attend to)."""
+    if dropout_p or is_causal or enable_gqa:
+        raise NotImplementedError("the benchmark's eager attention covers inference only")
+    scores = torch.matmul(query, key.transpose(-2, -1)) * (scale or 1.0 / math.sqrt(query.shape[-1]))
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attn_mask, torch.finfo(scores.dtype).min)
+        else:
+            scores = scores + attn_mask
+    return torch.matmul(torch.softmax(scores, dim=-1), value)
+
+
+class _FunctionalWithEagerAttention:
+    """torch.nn.functional with scaled_dot_product_attention replaced by the eager one."""
+
+    scaled_dot_product_attention = staticmethod(eager_scaled_dot_product_attention)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(torch.nn.functional, name)
+
+
+@contextmanager
+def eager_attention(enabled: bool = True) -> Iterator[None]:
+    """Within the block, the model modules run eager attention instead of SDPA."""
+    modules = (dnabert2_module, lucaone_module)
+    saved = [module.F for module in modules]
+    if enabled:
+        for module in modules:
+            module.F = _FunctionalWithEagerAttention()  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        for module, functional in zip(modules, saved, strict=True):
+            module.F = functional
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Measuring
+
+
+class PeakMemory:
+    """Peak memory over a block: CUDA allocator high-water mark, or this process's RSS high-water mark."""
+
+    def __init__(self, device: str) -> None:
+        self.cuda = device.startswith("cuda")
+        self.device = device
+        self.kind = "torch.cuda.max_memory_allocated" if self.cuda else "RSS high-water mark (VmHWM)"
+        self.resettable = True
+
+    def reset(self) -> None:
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return
+        try:  # Linux: writing 5 resets VmHWM to the current RSS
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            self.resettable = False  # then every row reports the process's peak so far
+
+    def read(self) -> int:
+        if self.cuda:
+            return int(torch.cuda.max_memory_allocated(self.device))
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak_flops(device: str, dtype: torch.dtype, quick: bool) -> float:
+    """Best FLOP/s of a square dense matmul in `dtype` on `device` (the probe the fraction-of-peak refers to)."""
+    n = 8192 if device.startswith("cuda") else (1024 if quick else 2048)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    repeats = 20 if device.startswith("cuda") else 2
+    best = 0.0
+    for _ in range(6):  # the best round: the first warms up (kernel selection, clocks), others catch a quiet moment
+        synchronize(device)
+        started = time.perf_counter()
+        for _ in range(repeats):
+            torch.matmul(a, b)
+        synchronize(device)
+        best = max(best, 2 * n**3 * repeats / (time.perf_counter() - started))
+    return best
+
+
+@dataclass(frozen=True)
+class FlopModel:
+    """FLOPs of one forward pass: 2·P per token for the matmul weights, 4·L²·hidden per layer for attention."""
+
+    matmul_parameters: int
+    hidden_size: int
+    num_layers: int
+
+    @classmethod
+    def of(cls, loaded: LoadedModel) -> FlopModel:
+        config = loaded.extra["config"]
+        assert isinstance(config, dict)
+        parameters = sum(p.numel() for name, p in loaded.model.named_parameters() if "embed" not in name)
+        return cls(parameters, int(config["hidden_size"]), int(config["num_hidden_layers"]))
+
+    def forward(self, length: int, rows: int = 1) -> float:
+        return rows * (2.0 * self.matmul_parameters * length + 4.0 * length**2 * self.hidden_size * self.num_layers)
+
+
+@dataclass
+class Row:
+    """One way of running the model over the inputs, and what it measured (seconds: one per repeat)."""
+
+    name: str
+    batching: str
+    dtype: str
+    attention: str
+    seconds: list[float] = field(default_factory=list)
+    n_sequences: int = 0
+    n_inputs: int = 0
+    n_batches: int = 0
+    real_tokens: int = 0
+    computed_tokens: int = 0
+    useful_flops: float = 0.0
+    computed_flops: float = 0.0
+    peak_memory_bytes: list[int] = field(default_factory=list)
+    max_abs_diff_vs_seqshard: float | None = None
+    failed: str | None = None  # e.g. a padded eager batch that does not fit in GPU memory
+
+    @property
+    def median_seconds(self) -> float:
+        return statistics.median(self.seconds)
+
+    def figures(self) -> dict[str, object]:
+        if self.failed:
+            return asdict(self)
+        seconds = self.median_seconds
+        return {
+            **asdict(self),
+            "median_seconds": round(seconds, 3),
+            "sequences_per_second": self.n_sequences / seconds,
+            "real_tokens_per_second": self.real_tokens / seconds,
+            "useful_token_fraction": self.real_tokens / self.computed_tokens,
+            "peak_memory_bytes_median": int(statistics.median(self.peak_memory_bytes)),
+            "useful_flops_per_second": self.useful_flops / seconds,
+        }
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The three ways of running
+
+
+@dataclass
+class Workload:
+    loaded: LoadedModel  # bound to the molecule
+    molecule: str
+    settings: TaskSettings
+    device: str
+    seqshard_dtype: str
+    batch_tokens: int
+    baseline_batch_size: int
+    flop_model: FlopModel
+
+
+def run_seqshard(work: Workload, records: Sequence[SequenceRecord], row: Row | None) -> np.ndarray:
+    """The production path; fills `row` with its batch plan's figures."""
+    figures = RunFigures({}, work.device, work.seqshard_dtype, torch.get_num_threads(), work.batch_tokens)
+    columns, encoded = score_records(
+        work.loaded, records, work.settings, molecule=work.molecule, batch_tokens=work.batch_tokens,
+        dtype=work.seqshard_dtype, figures=figures,
+    )  # fmt: skip
+    embedding = columns["embedding"]
+    values = np.asarray(embedding.flatten(), dtype=np.float32).reshape(len(records), -1)  # type: ignore[attr-defined]
+    if row is not None:
+        lengths = [len(item.ids) for item in window_inputs(encoded)]
+        # score_records does not return its batches; the same batcher on the same lengths gives the same plan
+        # (unless a GPU out-of-memory made it run a batch in halves: then its own token counts stand).
+        plan = list(TokenBudgetBatcher(work.batch_tokens).batches(lengths))
+        fill_row(row, work, encoded, plan)
+        planned = (row.n_batches, row.real_tokens, row.computed_tokens)
+        if (figures.n_batches, figures.n_tokens, figures.n_computed_tokens) != planned:
+            if not getattr(figures, "n_oom_splits", 0):
+                raise RuntimeError("the benchmark's batch plan differs from the one score_records ran")
+            row.n_batches, row.computed_tokens = figures.n_batches, figures.n_computed_tokens
+    return values
+
+
+def fixed_batches(n_inputs: int, batch_size: int) -> list[list[int]]:
+    return [list(range(start, min(start + batch_size, n_inputs))) for start in range(0, n_inputs, batch_size)]
+
+
+def run_baseline(work: Workload, records: Sequence[SequenceRecord], batch_size: int, row: Row | None) -> np.ndarray:
+    """Batches of `batch_size` consecutive model inputs in input order, padded to their longest, fp32, eager."""
+    encoded = encode_records(work.loaded, records, work.settings)
+    inputs = window_inputs(encoded)
+    plan = fixed_batches(len(inputs), batch_size)
+    loaded = work.loaded
+    token_type = loaded.token_types.get(work.molecule, 0)
+    pooled = np.zeros((len(inputs), loaded.hidden_size), dtype=np.float32)
+    device = next(loaded.model.parameters()).device
+    with torch.inference_mode(), eager_attention():
+        for batch in plan:
+            width = max(len(inputs[i].ids) for i in batch)
+            ids = torch.full((len(batch), width), loaded.tokenizer.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.bool)
+            owned = torch.zeros((len(batch), width), dtype=torch.bool)
+            for row_index, index in enumerate(batch):
+                length = len(inputs[index].ids)
+                ids[row_index, :length] = torch.tensor(inputs[index].ids)
+                mask[row_index, :length] = True
+                owned[row_index, :length] = torch.tensor(inputs[index].owned)
+            types = torch.full_like(ids, token_type)
+            hidden = loaded.model(ids.to(device), mask.to(device), types.to(device))
+            pooled[batch] = pool(hidden, owned.to(device), "mean").cpu().numpy()
+    values = weighted_rows(pooled, inputs, len(records)).astype(np.float32)
+    if row is not None:
+        fill_row(row, work, encoded, plan)
+    return values
+
+
+def fill_row(row: Row, work: Workload, encoded: Sequence[EncodedSequence], plan: Sequence[Sequence[int]]) -> None:
+    lengths = [len(item.ids) for item in window_inputs(encoded)]
+    row.n_sequences = len(encoded)
+    row.n_inputs = len(lengths)
+    row.n_batches = len(plan)
+    row.real_tokens = sum(lengths)
+    row.computed_tokens = sum(len(batch) * max(lengths[i] for i in batch) for batch in plan)
+    row.useful_flops = sum(work.flop_model.forward(length) for length in lengths)
+    row.computed_flops = sum(work.flop_model.forward(max(lengths[i] for i in b), len(b)) for b in plan)
+
+
+def timed(
+    work: Workload,
+    memory: PeakMemory,
+    runner: Callable[[Sequence[SequenceRecord], Row | None], np.ndarray],
+    records: Sequence[SequenceRecord],
+    row: Row,
+) -> tuple[float, int, np.ndarray]:
+    """Seconds, peak memory and per-record embeddings of one timed run of `runner`."""
+    synchronize(work.device)
+    memory.reset()
+    started = time.perf_counter()
+    values = runner(records, row)
+    synchronize(work.device)
+    return time.perf_counter() - started, memory.read(), values
+
+
+# ------------------------------------------------------------------------------------------------------------
+# One model
+
+
+def bench_model(args: argparse.Namespace, architecture: str, cache: Path) -> dict[str, object]:
+    molecule = "dna" if architecture == "dnabert2" else "protein"
+    size = args.dnabert2_size if architecture == "dnabert2" else args.lucaone_size
+    n = args.n_dna if architecture == "dnabert2" else args.n_protein
+    mix = args.dna_mix if architecture == "dnabert2" else args.protein_mix
+    device = args.device
+    print(f"\n== {architecture} ({size}) on {molecule}: {n} sequences ==")
+
+    checkpoint = write_checkpoint(architecture, size, cache, args.seed)
+    loader = get_loader(architecture)
+    synchronize(device)
+    started = time.perf_counter()
+    loaded = loader(str(checkpoint), device, torch.float32)
+    synchronize(device)
+    load_seconds = time.perf_counter() - started
+    bound = loaded.for_molecule(molecule)
+    flop_model = FlopModel.of(bound)
+    n_parameters = sum(p.numel() for p in bound.model.parameters())
+
+    settings = TaskSettings(task="embed", pooling="mean")
+    records = synthetic_records(molecule, mix, n, args.seed)
+    work = Workload(
+        bound, molecule, settings, device, resolve_dtype("auto", device), args.batch_tokens,
+        args.baseline_batch_size, flop_model,
+    )  # fmt: skip
+    encoded = encode_records(bound, records, settings)
+    lengths = [len(item.ids) for item in window_inputs(encoded)]
+    residues = [len(record.sequence) for record in records]
+    inputs = {
+        "n_sequences": len(records),
+        "n_model_inputs": len(lengths),
+        "n_windowed_sequences": sum(len(e.windows) > 1 for e in encoded),
+        "residues": {"median": float(np.median(residues)), "mean": float(np.mean(residues)), "max": max(residues)},
+        "tokens_per_input": {"median": float(np.median(lengths)), "mean": float(np.mean(lengths)), "max": max(lengths)},
+        "max_tokens": bound.max_tokens,
+        "window_residues": bound.default_window,
+        "window_overlap_residues": bound.default_window // 4,
+        "length_mix": asdict(mix),
+        "alphabet": "ACGT" if molecule == "dna" else AMINO_ACIDS,
+    }
+    print(
+        f"  {n_parameters / 1e6:.1f} M parameters, loaded in {load_seconds:.2f} s; {len(lengths)} model inputs "
+        f"({inputs['n_windowed_sequences']} sequences windowed), tokens per input median "
+        f"{inputs['tokens_per_input']['median']:.0f} max {max(lengths)}"
+    )
+
+    budget = f"token budget {args.batch_tokens}, <=3% padding, sorted"
+    rows = {
+        "seqshard": Row("seqshard", budget, work.seqshard_dtype, "sdpa"),
+        "fixed_batch": Row("fixed_batch", f"{args.baseline_batch_size} in input order, padded", "fp32", "eager"),
+    }
+    runners: dict[str, Callable[[Sequence[SequenceRecord], Row | None], np.ndarray]] = {
+        "seqshard": lambda recs, row: run_seqshard(work, recs, row),
+        "fixed_batch": lambda recs, row: run_baseline(work, recs, args.baseline_batch_size, row),
+    }
+    if not args.skip_single:
+        rows["one_at_a_time"] = Row("one_at_a_time", "1, no padding", "fp32", "eager")
+        runners["one_at_a_time"] = lambda recs, row: run_baseline(work, recs, 1, row)
+
+    # Same model inputs in every row, by construction (same encoder, same defaults); checked here once.
+    _, seqshard_encoded = score_records(
+        bound, records[:16], settings, molecule=molecule, batch_tokens=args.batch_tokens, dtype=work.seqshard_dtype,
+        figures=RunFigures({}, device, work.seqshard_dtype, 1, args.batch_tokens),
+    )  # fmt: skip
+    if [[w.ids for w in e.windows] for e in seqshard_encoded] != [[w.ids for w in e.windows] for e in encoded[:16]]:
+        raise RuntimeError("the baselines would not run the same model inputs as seqshard")
+
+    memory = PeakMemory(device)
+    results: dict[str, np.ndarray] = {}
+    for repeat in range(-1, args.repeats):  # -1: warm-up (threads, allocator, kernels, ALiBi/rotary caches)
+        for name, runner in runners.items():  # interleaved, so drift in machine speed hits every row alike
+            if rows[name].failed:
+                continue
+            try:
+                if repeat < 0:
+                    runner(records[: args.warmup], None)
+                    continue
+                seconds, peak, values = timed(work, memory, runner, records, rows[name])
+            except torch.OutOfMemoryError:
+                if name == "seqshard":
+                    raise
+                rows[name].failed = "out of memory"
+                print(f"  {name}: out of memory; row left out")
+                if device.startswith("cuda"):
+                    torch.cuda.empty_cache()
+                continue
+            rows[name].seconds.append(seconds)
+            rows[name].peak_memory_bytes.append(peak)
+            results[name] = values
+            print(f"  repeat {repeat + 1}/{args.repeats} {name}: {seconds:.1f} s")
+    for name, values in results.items():
+        rows[name].max_abs_diff_vs_seqshard = float(np.abs(values - results["seqshard"]).max())
+
+    figures = {name: row.figures() for name, row in rows.items()}
+    seqshard = figures["seqshard"]
+    ratios = {
+        name: seqshard["sequences_per_second"] / row["sequences_per_second"]
+        for name, row in figures.items()
+        if name != "seqshard" and not row["failed"]
+    }
+    return {
+        "architecture": architecture,
+        "size": size,
+        "config": bound.extra["config"],
+        "parameters": n_parameters,
+        "matmul_parameters": flop_model.matmul_parameters,
+        "molecule": molecule,
+        "load_seconds": load_seconds,
+        "inputs": inputs,
+        "rows": figures,
+        "seqshard_speedup": ratios,
+        "memory_measure": memory.kind + ("" if memory.resettable else " (not resettable: process peak so far)"),
+    }
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Reporting
+
+
+def machine_description(device: str) -> dict[str, object]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    description: dict[str, object] = {
+        "cpu": cpu,
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": device,
+        "load_average_at_start": os.getloadavg(),
+    }
+    if device.startswith("cuda"):
+        description["gpu"] = torch.cuda.get_device_name(device)
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True)
+        description["git_commit"] = commit.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return description
+
+
+def format_bytes(value: float) -> str:
+    return f"{value / 2**30:.2f} GiB" if value >= 2**30 else f"{value / 2**20:.0f} MiB"
+
+
+def print_table(result: dict[str, Any]) -> None:
+    inputs = result["inputs"]
+    print(
+        f"\n{result['architecture']} ({result['size']}, {result['parameters'] / 1e6:.1f} M parameters), model load "
+        f"{result['load_seconds']:.2f} s; {inputs['n_sequences']} {result['molecule']} sequences -> "
+        f"{inputs['n_model_inputs']} model inputs, every row the same ({inputs['n_windowed_sequences']} sequence(s) "
+        f"over {inputs['max_tokens']} tokens cut into {inputs['window_residues']}-residue windows overlapping by "
+        f"{inputs['window_overlap_residues']})"
+    )
+    header = (
+        f"{'row':<14} {'batching':<40} {'dtype':<5} {'attn':<5} {'seconds':>8} {'seq/s':>8} {'tok/s':>9} "
+        f"{'useful':>6} {'peak mem':>9} {'GFLOP/s':>9} {'%peak':>6} {'speedup':>8}"
+    )
+    print(header)
+    print("-" * len(header))
+    for name, row in result["rows"].items():
+        lead = f"{name:<14} {row['batching']:<40} {row['dtype']:<5} {row['attention']:<5}"
+        if row["failed"]:
+            print(f"{lead} {row['failed']}")
+            continue
+        ratio = "-" if name == "seqshard" else f"{result['seqshard_speedup'][name]:.2f}x"
+        print(
+            f"{lead} {row['median_seconds']:>8.1f} {row['sequences_per_second']:>8.2f} "
+            f"{row['real_tokens_per_second']:>9.0f} {row['useful_token_fraction']:>6.3f} "
+            f"{format_bytes(row['peak_memory_bytes_median']):>9} {row['useful_flops_per_second'] / 1e9:>9.1f} "
+            f"{100 * row['fraction_of_matmul_peak']:>5.1f}% {ratio:>8}"
+        )
+    print(
+        "speedup = seqshard sequences/s / the row's; useful = real tokens / tokens computed; GFLOP/s = useful FLOPs "
+        "(2·P·L + 4·L²·hidden·layers per input) / seconds; %peak = of the dense matmul probe"
+    )
+    for name, row in result["rows"].items():
+        if name != "seqshard" and row["max_abs_diff_vs_seqshard"] is not None:
+            print(f"  {name}: max |embedding difference| vs seqshard {row['max_abs_diff_vs_seqshard']:.2e}")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Command line
+
+
+def create_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["dnabert2", "lucaone"], choices=["dnabert2", "lucaone"])
+    parser.add_argument("--quick", action="store_true", help="smoke run: tiny models, few sequences")
+    parser.add_argument("--n-dna", type=int, help="DNA sequences (default 80 on CPU, 2000 on GPU, 24 quick)")
+    parser.add_argument("--n-protein", type=int, help="proteins (default 60 on CPU, 2000 on GPU, 16 quick)")
+    parser.add_argument("--dnabert2-size", choices=sorted(DNABERT2_SIZES), help="default full (tiny with --quick)")
+    parser.add_argument(
+        "--lucaone-size", choices=sorted(LUCAONE_SIZES),
+        help="default full on GPU; small on CPU (the full 1.5 B model runs at a few tokens/s on a few cores)",
+    )  # fmt: skip
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--threads", type=int, default=os.cpu_count(),
+        help="CPU threads for torch (default: every core; on a busy shared machine 1 gives steadier ratios)",
+    )  # fmt: skip
+    parser.add_argument("--batch-tokens", type=int, default=16384, help="seqshard's token budget (config default)")
+    parser.add_argument("--baseline-batch-size", type=int, default=32, help="the fixed baseline's batch size")
+    parser.add_argument("--repeats", type=int, default=1, help="timed runs of each row, interleaved; medians quoted")
+    parser.add_argument("--warmup", type=int, default=8, help="records run by each row before timing")
+    parser.add_argument("--skip-single", action="store_true", help="leave out the one-at-a-time baseline")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dna-median", type=float, default=600.0, help="bp")
+    parser.add_argument("--dna-sigma", type=float, default=1.0, help="log-normal sigma of DNA lengths")
+    parser.add_argument("--protein-median", type=float, default=300.0, help="aa")
+    parser.add_argument("--protein-sigma", type=float, default=0.6, help="log-normal sigma of protein lengths")
+    parser.add_argument(
+        "--protein-max", type=int, default=2000,
+        help="longest protein (aa); longer padded eager batches of 32 do not fit in memory",
+    )  # fmt: skip
+    parser.add_argument("--cache-dir", type=Path, help="keep the written checkpoints here (default: a temp dir)")
+    parser.add_argument("--out", type=Path, help="write the figures as JSON, e.g. benchmarks/results/<name>.json")
+    return parser
+
+
+def run(args: argparse.Namespace) -> dict[str, object]:
+    torch.set_num_threads(max(1, args.threads))
+    args.device = resolve_device(args.device)
+    on_gpu = args.device.startswith("cuda")
+    defaults = (24, 16) if args.quick else ((2000, 2000) if on_gpu else (80, 60))
+    args.n_dna = args.n_dna or defaults[0]
+    args.n_protein = args.n_protein or defaults[1]
+    args.dnabert2_size = args.dnabert2_size or ("tiny" if args.quick else "full")
+    args.lucaone_size = args.lucaone_size or ("tiny" if args.quick else "full" if on_gpu else "small")
+    args.dna_mix = LengthMix(args.dna_median, args.dna_sigma, 50, 10_000)
+    args.protein_mix = LengthMix(args.protein_median, args.protein_sigma, 30, args.protein_max)
+
+    machine = machine_description(args.device)
+    print(f"machine: {machine['cpu']} ({machine['cpu_cores']} cores, {machine['torch_threads']} torch threads), "
+          f"device {args.device}, torch {machine['torch']}")  # fmt: skip
+    if "lucaone" in args.models and args.lucaone_size != "full":
+        print(
+            f"note: LucaOne runs at size '{args.lucaone_size}' {LUCAONE_SIZES[args.lucaone_size]}, not the published "
+            "1.5 B model (hidden 2560, 20 layers, 40 heads): on CPU the full model would take hours. Pass "
+            "--lucaone-size full on a GPU (the default there)."
+        )
+    peak_dtype = torch.bfloat16 if on_gpu else torch.float32
+    peak_flops = matmul_peak_flops(args.device, peak_dtype, args.quick)
+    print(f"dense matmul peak ({str(peak_dtype).removeprefix('torch.')}): {peak_flops / 1e9:.1f} GFLOP/s")
+
+    with tempfile.TemporaryDirectory(prefix="seqshard-bench-") as scratch:
+        cache = args.cache_dir or Path(scratch)
+        cache.mkdir(parents=True, exist_ok=True)
+        models = [bench_model(args, architecture, cache) for architecture in args.models]
+    # Probed again at the end: on a shared machine either probe may land in a busy moment; the best one counts.
+    peak_flops = max(peak_flops, matmul_peak_flops(args.device, peak_dtype, args.quick))
+    print(f"dense matmul peak, best of the probes before and after: {peak_flops / 1e9:.1f} GFLOP/s")
+    for model in models:
+        for row in model["rows"].values():  # type: ignore[attr-defined]
+            if not row["failed"]:
+                row["fraction_of_matmul_peak"] = row["useful_flops_per_second"] / peak_flops
+    machine["load_average_at_end"] = os.getloadavg()
+
+    result = {
+        "benchmark": "bench_inference",
+        "machine": machine,
+        "settings": {
+            key: (asdict(value) if isinstance(value, LengthMix) else value)
+            for key, value in vars(args).items()
+            if key not in ("out", "cache_dir")
+        },
+        "matmul_peak": {"dtype": str(peak_dtype).removeprefix("torch."), "flops_per_second": peak_flops},
+        "flops_formula": "per model input of L real tokens: 2*P*L + 4*L^2*hidden*layers, P = non-embedding parameters",
+        "models": models,
+    }
+    for model in models:
+        print_table(model)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+        print(f"\nwrote {args.out}")
+    return result
+
+
+def main() -> None:
+    sys.stdout.reconfigure(line_buffering=True)  # progress shows as it happens, also when piped to a file
+    run(create_parser().parse_args())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
