@@ -284,6 +284,7 @@ class Row:
     dtype: str
     attention: str
     seconds: list[float] = field(default_factory=list)
+    cpu_seconds: list[float] = field(default_factory=list)  # this process's CPU time: steadier on a busy machine
     n_sequences: int = 0
     n_inputs: int = 0
     n_batches: int = 0
@@ -403,14 +404,14 @@ def timed(
     runner: Callable[[Sequence[SequenceRecord], Row | None], np.ndarray],
     records: Sequence[SequenceRecord],
     row: Row,
-) -> tuple[float, int, np.ndarray]:
-    """Seconds, peak memory and per-record embeddings of one timed run of `runner`."""
+) -> tuple[float, float, int, np.ndarray]:
+    """Wall seconds, CPU seconds, peak memory and per-record embeddings of one timed run of `runner`."""
     synchronize(work.device)
     memory.reset()
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     values = runner(records, row)
     synchronize(work.device)
-    return time.perf_counter() - started, memory.read(), values
+    return time.perf_counter() - started, time.process_time() - cpu_started, memory.read(), values
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -494,7 +495,7 @@ def bench_model(args: argparse.Namespace, architecture: str, cache: Path) -> dic
                 if repeat < 0:
                     runner(records[: args.warmup], None)
                     continue
-                seconds, peak, values = timed(work, memory, runner, records, rows[name])
+                seconds, cpu_seconds, peak, values = timed(work, memory, runner, records, rows[name])
             except torch.OutOfMemoryError:
                 if name == "seqshard":
                     raise
@@ -504,6 +505,7 @@ def bench_model(args: argparse.Namespace, architecture: str, cache: Path) -> dic
                     torch.cuda.empty_cache()
                 continue
             rows[name].seconds.append(seconds)
+            rows[name].cpu_seconds.append(cpu_seconds)
             rows[name].peak_memory_bytes.append(peak)
             results[name] = values
             print(f"  repeat {repeat + 1}/{args.repeats} {name}: {seconds:.1f} s")
@@ -519,6 +521,13 @@ def bench_model(args: argparse.Namespace, architecture: str, cache: Path) -> dic
         if name != "seqshard" and not row.failed
     }
     ratios = {name: statistics.median(values) for name, values in per_repeat.items()}
+    cpu_ratios = {
+        name: statistics.median(
+            theirs / ours for ours, theirs in zip(rows["seqshard"].cpu_seconds, row.cpu_seconds, strict=False)
+        )
+        for name, row in rows.items()
+        if name in per_repeat
+    }
     return {
         "architecture": architecture,
         "size": size,
@@ -531,6 +540,7 @@ def bench_model(args: argparse.Namespace, architecture: str, cache: Path) -> dic
         "rows": figures,
         "seqshard_speedup": ratios,
         "seqshard_speedup_per_repeat": per_repeat,
+        "seqshard_cpu_time_ratio": cpu_ratios,
         "memory_measure": memory.kind + ("" if memory.resettable else " (not resettable: process peak so far)"),
     }
 
@@ -605,7 +615,10 @@ def print_table(result: dict[str, Any]) -> None:
     )
     for name, row in result["rows"].items():
         if name != "seqshard" and row["max_abs_diff_vs_seqshard"] is not None:
-            print(f"  {name}: max |embedding difference| vs seqshard {row['max_abs_diff_vs_seqshard']:.2e}")
+            print(
+                f"  {name}: CPU-time ratio {result['seqshard_cpu_time_ratio'][name]:.2f}x; max |embedding "
+                f"difference| vs seqshard {row['max_abs_diff_vs_seqshard']:.2e}"
+            )
 
 
 # ------------------------------------------------------------------------------------------------------------
