@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import random
 from pathlib import Path
 
 import pytest
@@ -326,6 +327,98 @@ def test_bf16_runs_on_cpu_close_to_fp32(demo, demo_dir: Path) -> None:
         autocast = demo.model(input_ids, mask)
     assert torch.isfinite(autocast).all()
     assert F.cosine_similarity(autocast.float()[mask], full[mask], dim=-1).min().item() > 0.99
+
+
+# --- the unpadded path -----------------------------------------------------------------------------------
+
+# 5 to 300 bp, so that most rows of the batch are mostly padding; one with Ns (one [UNK] each).
+RAGGED_LENGTHS = [5, 300, 12, 180, 40, 260, 7, 95]
+
+
+def _ragged_sequences(seed: int = 3) -> list[str]:
+    rng = random.Random(seed)
+    sequences = ["".join(rng.choices("ACGT", k=length)) for length in RAGGED_LENGTHS]
+    sequences[3] = sequences[3][:50] + "NNNN" + sequences[3][54:]
+    return sequences
+
+
+def _hidden(model: DNABERT2Model, input_ids: torch.Tensor, mask: torch.Tensor, *, unpad: bool) -> torch.Tensor:
+    """The model's last hidden state with `unpad` set for this call only (the fixture's model is shared)."""
+    saved = model.unpad
+    model.unpad = unpad
+    try:
+        with torch.inference_mode():
+            return model(input_ids, mask)
+    finally:
+        model.unpad = saved
+
+
+def test_unpadded_path_matches_the_padded_one(demo) -> None:
+    assert demo.model.unpad is False  # the padded path stays the default
+    input_ids, mask = _batch(demo.tokenizer, _ragged_sequences())
+    lengths = mask.sum(1)
+    assert lengths.min() < 5 and lengths.max() > 50 and 1 - mask.float().mean() > 0.4
+
+    padded = _hidden(demo.model, input_ids, mask, unpad=False)
+    unpadded = _hidden(demo.model, input_ids, mask, unpad=True)
+    assert unpadded.shape == padded.shape == (len(RAGGED_LENGTHS), input_ids.shape[1], 64)
+    torch.testing.assert_close(unpadded[mask], padded[mask], atol=1e-5, rtol=0)
+    assert torch.all(unpadded[~mask] == 0) and torch.all(padded[~mask] == 0)
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        padded_bf16 = _hidden(demo.model, input_ids, mask, unpad=False)
+        unpadded_bf16 = _hidden(demo.model, input_ids, mask, unpad=True)
+    assert unpadded_bf16.dtype == padded_bf16.dtype and torch.isfinite(unpadded_bf16).all()
+    torch.testing.assert_close(unpadded_bf16[mask].float(), padded_bf16[mask].float(), atol=5e-2, rtol=0)
+    assert torch.all(unpadded_bf16[~mask] == 0)
+
+    # Without padding there is nothing to pack: the unpadded path is the padded one, bit for bit.
+    full = input_ids[:, : int(lengths.min())]
+    all_real = torch.ones_like(full, dtype=torch.bool)
+    torch.testing.assert_close(
+        _hidden(demo.model, full, all_real, unpad=True),
+        _hidden(demo.model, full, all_real, unpad=False),
+        atol=0,
+        rtol=0,
+    )
+
+
+def test_unpadded_path_runs_token_wise_layers_on_real_tokens_only(demo) -> None:
+    input_ids, mask = _batch(demo.tokenizer, _ragged_sequences())
+    layer = demo.model.encoder.layer[1]
+    seen: list[tuple[str, tuple[int, ...]]] = []
+    modules = {"Wqkv": layer.attention.self.Wqkv, "dense": layer.attention.output.dense, "mlp": layer.mlp}
+    handles = [
+        module.register_forward_hook(lambda _module, args, _out, name=name: seen.append((name, tuple(args[0].shape))))
+        for name, module in modules.items()
+    ]
+    try:
+        _hidden(demo.model, input_ids, mask, unpad=True)
+        n_real = int(mask.sum())
+        assert seen == [("Wqkv", (n_real, 64)), ("dense", (n_real, 64)), ("mlp", (n_real, 64))]
+        seen.clear()
+        _hidden(demo.model, input_ids, mask, unpad=False)
+        assert [shape for _, shape in seen] == [(*input_ids.shape, 64)] * 3
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def test_unpadded_path_gives_the_same_mlm_logits_and_head_outputs(demo, tmp_path: Path) -> None:
+    sequences = _ragged_sequences()[:4]
+    input_ids, mask = _batch(demo.tokenizer, sequences)
+    with torch.inference_mode():
+        logits = [demo.mlm_head(_hidden(demo.model, input_ids, mask, unpad=unpad)[mask]) for unpad in (False, True)]
+    torch.testing.assert_close(logits[1], logits[0], atol=1e-4, rtol=0)
+
+    finetune = load_dnabert2(str(write_demo_checkpoint(tmp_path / "finetune", labels=["no", "yes"], seed=2)))
+    with torch.inference_mode():
+        outputs = [
+            finetune.sequence_head.module(_hidden(finetune.model, input_ids, mask, unpad=unpad), mask)
+            for unpad in (False, True)
+        ]
+    assert outputs[0].shape == (len(sequences), 2)
+    torch.testing.assert_close(outputs[1], outputs[0], atol=1e-5, rtol=0)
 
 
 def test_sequence_classification_layout_loads_the_same_encoder(demo, demo_dir: Path, tmp_path: Path) -> None:

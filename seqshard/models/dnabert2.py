@@ -9,6 +9,10 @@ Layer math (post-LayerNorm everywhere), with H hidden, I intermediate:
     embeddings  x = LN(word[ids] + token_type[0])                      (no position embeddings)
     attention   q, k, v = split(Wqkv x); a = softmax(q kᵀ/√d + alibi + pad) v; x = LN(dense(a) + x)
     mlp         g = gated_layers x; u = GELU(g[..., :I]) * g[..., I:]; x = LN(wo u + x)
+
+Everything but the attention itself works token by token, so with `DNABERT2Model.unpad` set those steps run on
+the real tokens of a padded batch only, packed into one [n_real, H] tensor, as the reference does; only q, k, v
+are scattered back to [B, heads, L, head_dim] around `scaled_dot_product_attention`.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from seqshard.checkpoints import file_digest, find_weights_file, load_state_dict
 from seqshard.models import LoadedModel, SequenceHead
 
 if TYPE_CHECKING:
-    from tokenizers import Tokenizer
+    from tokenizers import Encoding, Tokenizer
 
 __all__ = [
     "DNABERT2Config",
@@ -132,6 +136,33 @@ def _activation(name: str) -> nn.Module:
     return activations[name]
 
 
+@dataclass(frozen=True)
+class _Packing:
+    """Where the real tokens of a padded [B, L] batch sit, to move token-wise tensors between the padded
+    [B, L, ...] layout and the packed [n_real, ...] one (real tokens in row-major order, padding dropped)."""
+
+    indices: torch.Tensor  # [n_real] long: row * L + position of each real token
+    batch: int
+    length: int
+
+    @classmethod
+    def from_mask(cls, attention_mask: torch.Tensor) -> _Packing:
+        """From a bool [B, L] mask, True at real tokens (one host sync on GPU, once per forward)."""
+        batch, length = attention_mask.shape
+        return cls(attention_mask.reshape(-1).nonzero().squeeze(1), batch, length)
+
+    def unpad(self, padded: torch.Tensor) -> torch.Tensor:
+        """[B, L, ...] to [n_real, ...]."""
+        return padded.reshape(self.batch * self.length, *padded.shape[2:]).index_select(0, self.indices)
+
+    def pad(self, packed: torch.Tensor) -> torch.Tensor:
+        """[n_real, ...] to [B, L, ...] with zeros at padding: padded keys and values must be finite, since the
+        attention mask only makes their weights zero, and zero rows are what the padded path outputs there."""
+        padded = packed.new_zeros(self.batch * self.length, *packed.shape[1:])
+        padded.index_copy_(0, self.indices, packed)
+        return padded.view(self.batch, self.length, *packed.shape[1:])
+
+
 class DNABERT2Embeddings(nn.Module):
     def __init__(self, config: DNABERT2Config) -> None:
         super().__init__()
@@ -149,6 +180,7 @@ class DNABERT2Embeddings(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Embeddings [..., H] of ids of any shape: [B, L] padded or [n_real] packed."""
         embeddings = self.word_embeddings(input_ids)
         if token_type_ids is None:
             # All-zero token types are just row 0 broadcast; no [B, L] index tensor needed.
@@ -166,10 +198,16 @@ class DNABERT2SelfAttention(nn.Module):
         self.dropout_prob = config.attention_probs_dropout_prob
         self.Wqkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
 
-    def forward(self, hidden: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        batch, length, width = hidden.shape
+    def forward(self, hidden: torch.Tensor, bias: torch.Tensor, packing: _Packing | None = None) -> torch.Tensor:
+        """Attention of hidden [B, L, H], or of packed [n_real, H] with `packing`, returned in the same layout."""
+        qkv = self.Wqkv(hidden)
+        if packing is not None:
+            # Attention needs the [B, L] layout; the projection above ran on real tokens only.
+            qkv = packing.pad(qkv)
+        batch, length, _ = qkv.shape
+        width = self.num_heads * self.head_dim
         # Wqkv's output is three contiguous blocks q | k | v, each heads × head_dim.
-        qkv = self.Wqkv(hidden).view(batch, length, 3, self.num_heads, self.head_dim)
+        qkv = qkv.view(batch, length, 3, self.num_heads, self.head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, L, head_dim]
         if bias.dtype != query.dtype:
             # SDPA wants the float mask in q's dtype; they differ only under unusual autocast setups.
@@ -177,7 +215,8 @@ class DNABERT2SelfAttention(nn.Module):
         context = F.scaled_dot_product_attention(
             query, key, value, attn_mask=bias, dropout_p=self.dropout_prob if self.training else 0.0
         )
-        return context.transpose(1, 2).reshape(batch, length, width)
+        context = context.transpose(1, 2).reshape(batch, length, width)
+        return context if packing is None else packing.unpad(context)
 
 
 class DNABERT2SelfOutput(nn.Module):
@@ -197,8 +236,8 @@ class DNABERT2Attention(nn.Module):
         self.self = DNABERT2SelfAttention(config)  # named `self` to match the published keys
         self.output = DNABERT2SelfOutput(config)
 
-    def forward(self, hidden: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        return self.output(self.self(hidden, bias), hidden)
+    def forward(self, hidden: torch.Tensor, bias: torch.Tensor, packing: _Packing | None = None) -> torch.Tensor:
+        return self.output(self.self(hidden, bias, packing), hidden)
 
 
 class DNABERT2GatedMLP(nn.Module):
@@ -222,8 +261,9 @@ class DNABERT2Layer(nn.Module):
         self.attention = DNABERT2Attention(config)
         self.mlp = DNABERT2GatedMLP(config)
 
-    def forward(self, hidden: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        return self.mlp(self.attention(hidden, bias))
+    def forward(self, hidden: torch.Tensor, bias: torch.Tensor, packing: _Packing | None = None) -> torch.Tensor:
+        """One layer on hidden [B, L, H], or on packed [n_real, H] with `packing` (the MLP is token-wise)."""
+        return self.mlp(self.attention(hidden, bias, packing))
 
 
 class DNABERT2Encoder(nn.Module):
@@ -248,8 +288,14 @@ class DNABERT2Encoder(nn.Module):
             self._alibi = table
         return table[:, :length, :length]
 
-    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        batch, length, _ = hidden.shape
+    def forward(
+        self, hidden: torch.Tensor, attention_mask: torch.Tensor | None, packing: _Packing | None = None
+    ) -> torch.Tensor:
+        """All layers on hidden [B, L, H], or on packed [n_real, H] when `packing` (then `attention_mask` too)
+        is given. `attention_mask` [B, L] bool is True at real tokens; None means no padding."""
+        if packing is not None and attention_mask is None:
+            raise ValueError("packed hidden states need the attention mask they were packed with")
+        batch, length = hidden.shape[:2] if attention_mask is None else attention_mask.shape
         device_type = hidden.device.type
         # The bias must be in the dtype attention computes in: the autocast dtype if autocast is on, else the
         # parameters' dtype (a model cast to bf16 then works without autocast, unlike the reference).
@@ -258,7 +304,7 @@ class DNABERT2Encoder(nn.Module):
         else:
             dtype = hidden.dtype
         bias = self.alibi(length, hidden.device, dtype).unsqueeze(0)  # [1, heads, L, L]
-        if attention_mask is not None and not bool(attention_mask.all()):
+        if attention_mask is not None:
             # Padded keys get the most negative finite value rather than -inf: a row with no real key (which
             # [CLS]/[SEP] framing never produces) then averages instead of turning into NaN.
             key_padding = torch.zeros(batch, 1, 1, length, device=hidden.device, dtype=dtype)
@@ -266,18 +312,26 @@ class DNABERT2Encoder(nn.Module):
             # Materialised once per forward ([B, heads, L, L]) and shared by every layer.
             bias = bias + key_padding
         for layer in self.layer:
-            hidden = layer(hidden, bias)
+            hidden = layer(hidden, bias, packing)
         return hidden
 
 
 class DNABERT2Model(nn.Module):
-    """The DNABERT-2 encoder (the checkpoint's `bert.` prefix): token ids to last hidden states."""
+    """The DNABERT-2 encoder (the checkpoint's `bert.` prefix): token ids to last hidden states.
+
+    `unpad` (default False) picks how a batch with padding is computed: False runs every layer on the padded
+    [B, L, H] tensor; True runs the token-wise work on the real tokens only, as the reference does, which saves
+    the padding's share of the projections and MLP at the cost of a gather and scatter around each attention.
+    Both give the same result; which is faster depends on how much padding the batches carry.
+    """
 
     def __init__(self, config: DNABERT2Config) -> None:
         super().__init__()
         self.config = config
         self.embeddings = DNABERT2Embeddings(config)
         self.encoder = DNABERT2Encoder(config)
+        # A plain attribute, not a config field: it changes speed, not the function, and no checkpoint holds it.
+        self.unpad = False
 
     def forward(
         self,
@@ -291,10 +345,15 @@ class DNABERT2Model(nn.Module):
         which drops padding inside the encoder and pads the result back with zeros.
         """
         mask = None if attention_mask is None else attention_mask.to(device=input_ids.device, dtype=torch.bool)
-        hidden = self.encoder(self.embeddings(input_ids, token_type_ids), mask)
-        if mask is not None:
-            hidden = hidden.masked_fill(~mask[..., None], 0.0)
-        return hidden
+        if mask is not None and bool(mask.all()):
+            mask = None  # no padding: nothing to mask and nothing to pack
+        if mask is None or not self.unpad:
+            hidden = self.encoder(self.embeddings(input_ids, token_type_ids), mask)
+            return hidden if mask is None else hidden.masked_fill(~mask[..., None], 0.0)
+        packing = _Packing.from_mask(mask)
+        token_types = None if token_type_ids is None else packing.unpad(token_type_ids)
+        packed = self.encoder(self.embeddings(packing.unpad(input_ids), token_types), mask, packing)
+        return packing.pad(packed)
 
 
 class DNABERT2PredictionHeadTransform(nn.Module):
@@ -418,7 +477,14 @@ class DNABERT2Tokenizer:
 
     def encode_with_offsets(self, sequence: str) -> tuple[list[int], list[tuple[int, int]]]:
         """Ids as `encode`, plus each token's base span `[start, end)` in `sequence`; (0, 0) for [CLS]/[SEP]."""
-        encoding = self._tokenizer.encode(sequence.upper())
+        return self._with_offsets(self._tokenizer.encode(sequence.upper()))
+
+    def encode_many_with_offsets(self, sequences: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+        """`encode_with_offsets` for many sequences through the tokenizer's batch API, which runs in parallel
+        outside Python's lock (so it also overlaps with model compute running in another thread)."""
+        return [self._with_offsets(e) for e in self._tokenizer.encode_batch([s.upper() for s in sequences])]
+
+    def _with_offsets(self, encoding: Encoding) -> tuple[list[int], list[tuple[int, int]]]:
         if self._frames_itself:
             return encoding.ids, [tuple(span) for span in encoding.offsets]
         return self._framed(encoding.ids), [(0, 0), *(tuple(span) for span in encoding.offsets), (0, 0)]
