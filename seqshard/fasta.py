@@ -8,9 +8,11 @@ skips any text before the first header — and seqshard never drops or rewrites 
 from __future__ import annotations
 
 import gzip
+import re
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import IO, Literal
 
@@ -121,10 +123,20 @@ def open_text(path: Path) -> IO[str]:
     return open(path, encoding="utf-8", newline="")
 
 
+@lru_cache(maxsize=16)
+def _outside(allowed: frozenset[str]) -> re.Pattern[str]:
+    """A pattern matching any character that is not an allowed letter in either case."""
+    letters = "".join(sorted(allowed | {letter.lower() for letter in allowed}))
+    return re.compile(f"[^{re.escape(letters)}]")
+
+
 def _fault_in_sequence(raw: _RawRecord, allowed: frozenset[str], molecule: str) -> str | None:
     """The first reason this record's sequence lines are not acceptable, with its line, or None."""
+    outside = _outside(allowed)
     for number, text in raw.sequence_lines:
         content = text.rstrip(" \t")
+        if outside.search(content) is None:  # the usual case, checked in C; only a faulty line is walked
+            continue
         for column, char in enumerate(content, start=1):
             if char in " \t\r\v\f":
                 return f"whitespace inside the sequence at line {number}, column {column}"

@@ -18,25 +18,29 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from seqshard.batching import TokenBudgetBatcher, padded_tokens
-from seqshard.fasta import SequenceRecord, read_valid_records
+from seqshard.fasta import SequenceRecord, ValidationReport, iter_valid_records
 from seqshard.heads import head_digest, load_linear_head
 from seqshard.models import LoadedModel, get_loader
-from seqshard.parquet import TASKS, per_token_array, results_table, task_schema, vectors_array, write_table
+from seqshard.parquet import TASKS, TableWriter, per_token_array, results_table, task_schema, vectors_array
 from seqshard.pooling import POOLINGS, pool
-from seqshard.windows import EncodedSequence, encode_sequence
+from seqshard.windows import EncodedSequence, encode_sequences
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+# Records per chunk (see score_chunks); one chunk becomes one Parquet row group.
+CHUNK_RECORDS = 4096
 
 
 @dataclass(frozen=True)
@@ -94,7 +98,8 @@ class RunFigures:
     n_truncated: int = 0
     n_oom_splits: int = 0  # batches halved after a GPU out-of-memory
     load_seconds: float = 0.0
-    compute_seconds: float = 0.0
+    compute_seconds: float = 0.0  # in batches: forward passes and the task's reductions
+    run_seconds: float = 0.0  # reading the file to closing the output, model load excluded
     peak_gpu_memory_bytes: int | None = None
     extra: dict[str, object] = field(default_factory=dict)
 
@@ -116,6 +121,7 @@ class RunFigures:
             "n_oom_splits": self.n_oom_splits,
             "load_seconds": round(self.load_seconds, 4),
             "compute_seconds": round(compute, 4),
+            "run_seconds": round(self.run_seconds, 4),
             "sequences_per_second": round(self.n_sequences / compute, 3) if compute else None,
             "tokens_per_second": round(self.n_tokens / compute, 1) if compute else None,
             "peak_gpu_memory_bytes": self.peak_gpu_memory_bytes,
@@ -168,7 +174,12 @@ class Runner:
                     done += len(batch)
                 now = time.perf_counter()
                 if now - last_report >= self.progress_seconds:
-                    log.info("%d/%d model inputs done (%.1f per second)", done, len(inputs), done / (now - started))
+                    log.info(
+                        "%d/%d model inputs of this chunk done (%.1f per second)",
+                        done,
+                        len(inputs),
+                        done / (now - started),
+                    )
                     last_report = now
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -217,13 +228,11 @@ def window_inputs(encoded: Sequence[EncodedSequence]) -> list[ModelInput]:
 
 def weighted_rows(values: np.ndarray, inputs: Sequence[ModelInput], n_records: int) -> np.ndarray:
     """Combine one row per input into one row per record, weighted by the tokens each input owns."""
+    records = np.fromiter((item.record for item in inputs), dtype=np.int64, count=len(inputs))
+    weights = np.fromiter((sum(item.owned) for item in inputs), dtype=np.float64, count=len(inputs))
     out = np.zeros((n_records, values.shape[1]), dtype=np.float64)
-    weights = np.zeros(n_records, dtype=np.float64)
-    for row, item in enumerate(inputs):
-        weight = sum(item.owned)
-        out[item.record] += weight * values[row]
-        weights[item.record] += weight
-    return out / weights[:, None]
+    np.add.at(out, records, weights[:, None] * values)
+    return out / np.bincount(records, weights=weights, minlength=n_records)[:, None]
 
 
 def run_embed_task(runner: Runner, encoded: Sequence[EncodedSequence], settings: TaskSettings) -> dict[str, object]:
@@ -297,6 +306,112 @@ def run_head_task(runner: Runner, encoded: Sequence[EncodedSequence], task: str)
     return columns
 
 
+@dataclass
+class ScoredChunk:
+    """One chunk of consecutive records with how each was encoded and its task columns, in input order."""
+
+    records: list[SequenceRecord]
+    encoded: list[EncodedSequence]
+    columns: dict[str, object]
+
+
+def iter_chunks(
+    records: Iterable[SequenceRecord], max_records: int, max_residues: int
+) -> Iterator[list[SequenceRecord]]:
+    """Consecutive records, at most `max_records` and (unless one record alone is longer) `max_residues` a chunk."""
+    chunk: list[SequenceRecord] = []
+    residues = 0
+    for record in records:
+        if chunk and (len(chunk) >= max_records or residues + len(record.sequence) > max_residues):
+            yield chunk
+            chunk, residues = [], 0
+        chunk.append(record)
+        residues += len(record.sequence)
+    if chunk:
+        yield chunk
+
+
+def score_chunks(
+    loaded: LoadedModel,
+    records: Iterable[SequenceRecord],
+    settings: TaskSettings,
+    *,
+    molecule: str,
+    batch_tokens: int,
+    dtype: str,
+    figures: RunFigures,
+    max_padding: float = 0.03,
+    chunk_records: int = CHUNK_RECORDS,
+    chunk_residues: int | None = None,
+    progress_seconds: float = 30.0,
+) -> Iterator[ScoredChunk]:
+    """Score `records` chunk by chunk, in input order, overlapping the CPU work around the model with compute.
+
+    `records` may be lazy (a FASTA being read): a background thread takes the next chunk from it and tokenizes
+    it while the model runs on the current one, so reading, validating and tokenizing cost no extra wall time
+    as long as they are faster than the model. Inside a chunk, inputs are length-sorted into token-budget
+    batches; a chunk holds at most `chunk_records` records and `chunk_residues` residues (default
+    64 x `batch_tokens`), enough for many full batches while bounding memory whatever the input's size.
+    """
+    loaded = loaded.for_molecule(molecule)
+    if settings.head is not None:
+        device = next(loaded.model.parameters()).device
+        loaded = replace(loaded, sequence_head=load_linear_head(settings.head, loaded.hidden_size, device))
+    max_tokens = settings.max_tokens or loaded.max_tokens
+    window = settings.window_length or loaded.default_window
+    overlap = settings.window_overlap if settings.window_overlap is not None else window // 4
+    chunks = iter_chunks(records, chunk_records, chunk_residues or 64 * batch_tokens)
+
+    def prepare() -> tuple[list[SequenceRecord], list[EncodedSequence]] | None:
+        """Runs in the background thread: read the next chunk and tokenize it."""
+        chunk = next(chunks, None)
+        if chunk is None:
+            return None
+        return chunk, encode_sequences(
+            [record.sequence for record in chunk], loaded.tokenizer, max_tokens=max_tokens,
+            mode=settings.long_sequences, window=window, overlap=overlap, record_ids=[record.id for record in chunk],
+        )  # fmt: skip
+
+    runner = Runner(
+        loaded, molecule=molecule, batch_tokens=batch_tokens, dtype=dtype, figures=figures, max_padding=max_padding
+    )
+    started = last_report = time.perf_counter()
+    n_truncated = figures.n_truncated
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="seqshard-read") as background:
+        upcoming = background.submit(prepare)
+        while (prepared := upcoming.result()) is not None:
+            upcoming = background.submit(prepare)
+            chunk, encoded = prepared
+            figures.n_windows += sum(len(e.windows) for e in encoded)
+            figures.n_truncated += sum(e.truncated for e in encoded)
+            if settings.task == "embed":
+                columns = run_embed_task(runner, encoded, settings)
+            elif settings.task == "mlm_score":
+                columns = run_mlm_score_task(runner, encoded)
+            else:
+                columns = run_head_task(runner, encoded, settings.task)
+            figures.n_sequences += len(chunk)
+            now = time.perf_counter()
+            if now - last_report >= progress_seconds:
+                log.info(
+                    "%d sequences scored (%.1f per second)", figures.n_sequences, figures.n_sequences / (now - started)
+                )
+                last_report = now
+            yield ScoredChunk(chunk, encoded, columns)
+    if figures.n_truncated > n_truncated:
+        log.warning(
+            "%d sequence(s) longer than %d tokens were truncated", figures.n_truncated - n_truncated, max_tokens
+        )
+
+
+def _concatenate(parts: Sequence[object]) -> object:
+    if isinstance(parts[0], pa.Array):
+        return pa.concat_arrays(parts)
+    if isinstance(parts[0], np.ndarray):
+        return np.concatenate(parts)
+    return [value for part in parts for value in part]  # type: ignore[attr-defined]
+
+
 def score_records(
     loaded: LoadedModel,
     records: Sequence[SequenceRecord],
@@ -309,35 +424,16 @@ def score_records(
     max_padding: float = 0.03,
 ) -> tuple[dict[str, object], list[EncodedSequence]]:
     """Task columns (without the base columns) for `records`, in input order, and how each was encoded."""
-    loaded = loaded.for_molecule(molecule)
-    if settings.head is not None:
-        device = next(loaded.model.parameters()).device
-        loaded = replace(loaded, sequence_head=load_linear_head(settings.head, loaded.hidden_size, device))
-    max_tokens = settings.max_tokens or loaded.max_tokens
-    window = settings.window_length or loaded.default_window
-    overlap = settings.window_overlap if settings.window_overlap is not None else window // 4
-    encoded = [
-        encode_sequence(
-            record.sequence, loaded.tokenizer, max_tokens=max_tokens, mode=settings.long_sequences,
-            window=window, overlap=overlap, record_id=record.id,
+    if not records:
+        raise ValueError("no records to score")
+    chunks = list(
+        score_chunks(
+            loaded, records, settings, molecule=molecule, batch_tokens=batch_tokens, dtype=dtype, figures=figures,
+            max_padding=max_padding,
         )
-        for record in records
-    ]  # fmt: skip
-    figures.n_windows += sum(len(e.windows) for e in encoded)
-    figures.n_truncated += sum(e.truncated for e in encoded)
-    if figures.n_truncated:
-        log.warning("%d sequence(s) longer than %d tokens were truncated", figures.n_truncated, max_tokens)
-    runner = Runner(
-        loaded, molecule=molecule, batch_tokens=batch_tokens, dtype=dtype, figures=figures, max_padding=max_padding
-    )
-    if settings.task == "embed":
-        columns = run_embed_task(runner, encoded, settings)
-    elif settings.task == "mlm_score":
-        columns = run_mlm_score_task(runner, encoded)
-    else:
-        columns = run_head_task(runner, encoded, settings.task)
-    figures.n_sequences += len(records)
-    return columns, encoded
+    )  # fmt: skip
+    columns = {name: _concatenate([chunk.columns[name] for chunk in chunks]) for name in chunks[0].columns}
+    return columns, [encoded for chunk in chunks for encoded in chunk.encoded]
 
 
 def run_task(
@@ -356,14 +452,17 @@ def run_task(
     figures_out: Path | str | None = None,
     labels: Mapping[str, str] | None = None,
     provenance: Mapping[str, object] | None = None,
+    chunk_records: int = CHUNK_RECORDS,
 ) -> RunFigures:
-    """Run one model task over every record of `fasta` and write the task's Parquet to `out`."""
+    """Run one model task over every record of `fasta` and write the task's Parquet to `out`.
+
+    The file is read, validated and tokenized chunk by chunk in a background thread, and each chunk's rows are
+    written (one Parquet row group per chunk) in another, while the model computes: see `score_chunks`.
+    """
     torch.set_num_threads(max(1, threads))
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
     figures = RunFigures(dict(labels or {}), device, dtype, threads, batch_tokens)
-    records, _ = read_valid_records(fasta, molecule, allowed_ambiguity=allowed_ambiguity)
-    log.info("%s: %d valid records; task %s", fasta, len(records), settings.task)
 
     started = time.perf_counter()
     loaded = get_loader(architecture)(checkpoint, device, torch.float32)
@@ -372,22 +471,9 @@ def run_task(
     if molecule not in loaded.molecules:
         raise ValueError(f"{architecture} does not accept {molecule} sequences (accepts {sorted(loaded.molecules)})")
 
-    columns, encoded = score_records(
-        loaded, records, settings, molecule=molecule, batch_tokens=batch_tokens, dtype=dtype, figures=figures
-    )
-    # A head's labels are its output columns: prob_<label> for classify, one column per target for regress.
-    head_labels = {
-        "classify": [name.removeprefix("prob_") for name in columns if name.startswith("prob_")],
-        "regress": list(columns),
-    }.get(settings.task, [])
-    schema = task_schema(settings.task, loaded.hidden_size, head_labels, settings.per_token)
-    base = {
-        "id": [r.id for r in records],
-        "length": [len(r.sequence) for r in records],
-        "n_tokens": [e.n_tokens for e in encoded],
-        "n_windows": [len(e.windows) for e in encoded],
-        "truncated": [e.truncated for e in encoded],
-    }
+    started = time.perf_counter()
+    report = ValidationReport(Path(fasta))
+    records = iter_valid_records(fasta, molecule, allowed_ambiguity=allowed_ambiguity, report=report)
     metadata = {
         **asdict(settings),
         "architecture": architecture,
@@ -400,16 +486,52 @@ def run_task(
         **({"head_digest": head_digest(settings.head)} if settings.head else {}),
         **(provenance or {}),
     }
-    write_table(results_table(schema, base | columns, metadata), out)
+    scored = score_chunks(
+        loaded, records, settings, molecule=molecule, batch_tokens=batch_tokens, dtype=dtype, figures=figures,
+        chunk_records=chunk_records,
+    )  # fmt: skip
+    with TableWriter(out) as writer, ThreadPoolExecutor(max_workers=1, thread_name_prefix="seqshard-write") as pool:
+        written: Future[None] | None = None
+        for chunk in scored:
+            table = chunk_table(chunk, settings, loaded.hidden_size, metadata)
+            if written is not None:
+                written.result()
+            written = pool.submit(writer.write, table)
+        if written is not None:
+            written.result()
+    figures.run_seconds = time.perf_counter() - started
     log.info(
-        "wrote %d rows to %s: %d windows, %d truncated; useful-token fraction %.3f, %.1f seq/s",
-        len(records), out, figures.n_windows, figures.n_truncated,
+        "wrote %d rows to %s (%d records read, %d CRLF lines): %d windows, %d truncated; useful-token fraction "
+        "%.3f, %.1f seq/s of model compute, %.1f s in all",
+        writer.n_rows, out, report.n_records, report.crlf_lines, figures.n_windows, figures.n_truncated,
         figures.n_tokens / max(1, figures.n_computed_tokens), figures.n_sequences / max(figures.compute_seconds, 1e-9),
+        figures.run_seconds,
     )  # fmt: skip
     if figures_out is not None:
         Path(figures_out).parent.mkdir(parents=True, exist_ok=True)
         Path(figures_out).write_text(json.dumps(figures.as_dict(), indent=2) + "\n")
     return figures
+
+
+def chunk_table(
+    chunk: ScoredChunk, settings: TaskSettings, hidden_size: int, metadata: Mapping[str, object]
+) -> pa.Table:
+    """A chunk's output rows: the base columns, then the task's."""
+    columns = chunk.columns
+    # A head's labels are its output columns: prob_<label> for classify, one column per target for regress.
+    head_labels = {
+        "classify": [name.removeprefix("prob_") for name in columns if name.startswith("prob_")],
+        "regress": list(columns),
+    }.get(settings.task, [])
+    schema = task_schema(settings.task, hidden_size, head_labels, settings.per_token)
+    base = {
+        "id": [r.id for r in chunk.records],
+        "length": [len(r.sequence) for r in chunk.records],
+        "n_tokens": [e.n_tokens for e in chunk.encoded],
+        "n_windows": [len(e.windows) for e in chunk.encoded],
+        "truncated": [e.truncated for e in chunk.encoded],
+    }
+    return results_table(schema, base | columns, metadata)
 
 
 def run_embed(fasta: Path | str, out: Path | str, *, pooling: str = "mean", **options: object) -> RunFigures:

@@ -131,15 +131,45 @@ def embedding_table(
     )
 
 
+class TableWriter:
+    """Writes one Parquet file table by table, atomically: rows go to `<out>.partial`, which becomes `out` only
+    when the writer closes without an error (a crashed job never leaves a half-written file that looks complete).
+
+    Row groups hold at most ROW_GROUP_ROWS rows, so a reader (the merge) holds one small row group at a time and
+    its memory stays flat whatever the shard size. The first table fixes the schema and its metadata.
+    """
+
+    def __init__(self, out: Path | str) -> None:
+        self.out = Path(out)
+        self.partial = self.out.with_name(self.out.name + ".partial")
+        self._writer: pq.ParquetWriter | None = None
+        self.n_rows = 0
+
+    def write(self, table: pa.Table) -> None:
+        if self._writer is None:
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = pq.ParquetWriter(self.partial, table.schema, compression="zstd")
+        self._writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+        self.n_rows += table.num_rows
+
+    def __enter__(self) -> TableWriter:
+        return self
+
+    def __exit__(self, error_type: type[BaseException] | None, *_: object) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        if error_type is not None:
+            self.partial.unlink(missing_ok=True)
+        elif self._writer is None:
+            raise ValueError(f"{self.out}: nothing was written, so there is no schema to write an empty file with")
+        else:
+            self.partial.replace(self.out)
+
+
 def write_table(table: pa.Table, out: Path | str) -> None:
-    """Write atomically: a crashed job never leaves a half-written file that looks complete."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
-    # Bounded row groups: a reader (the merge) holds one row group at a time, so its memory stays flat
-    # whatever the shard size.
-    pq.write_table(table, partial, compression="zstd", row_group_size=ROW_GROUP_ROWS)
-    partial.replace(out)
+    """Write one table atomically in bounded row groups (see TableWriter)."""
+    with TableWriter(out) as writer:
+        writer.write(table)
 
 
 def merge_parquet(

@@ -9,6 +9,7 @@ BPE tokens (several bases each) it is the middle base of the token.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from seqshard.models import SequenceTokenizer
@@ -78,25 +79,49 @@ def encode_sequence(
     record_id: str = "",
 ) -> EncodedSequence:
     """Token windows for one sequence under the model's `max_tokens` limit ([CLS] and [SEP] included)."""
+    return encode_sequences(
+        [sequence], tokenizer, max_tokens=max_tokens, mode=mode, window=window, overlap=overlap, record_ids=[record_id]
+    )[0]
+
+
+def encode_sequences(
+    sequences: Sequence[str],
+    tokenizer: SequenceTokenizer,
+    *,
+    max_tokens: int,
+    mode: str,
+    window: int,
+    overlap: int,
+    record_ids: Sequence[str] | None = None,
+) -> list[EncodedSequence]:
+    """`encode_sequence` for many sequences: whole sequences in one tokenizer call, then every window of the
+    over-long ones in a second."""
     if mode not in LONG_SEQUENCE_MODES:
         raise ValueError(f"unknown long_sequences mode {mode!r}; expected one of {LONG_SEQUENCE_MODES}")
-    ids, _ = tokenizer.encode_with_offsets(sequence)
-    if len(ids) <= max_tokens:
-        return EncodedSequence([EncodedWindow(ids, [False, *([True] * (len(ids) - 2)), False])], truncated=False)
-    if mode == "truncate":
-        kept = ids[: max_tokens - 1] + ids[-1:]  # keep [SEP] so the input looks like the model's training data
-        return EncodedSequence([EncodedWindow(kept, [False, *([True] * (max_tokens - 2)), False])], truncated=True)
-    windows = []
-    for planned in plan_windows(len(sequence), window, overlap):
-        ids, offsets = tokenizer.encode_with_offsets(sequence[planned.start : planned.stop])
+    encoded: list[EncodedSequence | None] = [None] * len(sequences)
+    pending: list[tuple[int, Window]] = []  # (sequence, window) of the sequences that need windows
+    for index, (ids, _) in enumerate(tokenizer.encode_many_with_offsets(list(sequences))):
+        if len(ids) <= max_tokens:
+            encoded[index] = EncodedSequence([EncodedWindow(ids, [False, *([True] * (len(ids) - 2)), False])], False)
+        elif mode == "truncate":
+            kept = ids[: max_tokens - 1] + ids[-1:]  # keep [SEP] so the input looks like the model's training data
+            encoded[index] = EncodedSequence([EncodedWindow(kept, [False, *([True] * (max_tokens - 2)), False])], True)
+        else:
+            pending.extend((index, planned) for planned in plan_windows(len(sequences[index]), window, overlap))
+    pieces = [sequences[index][planned.start : planned.stop] for index, planned in pending]
+    by_sequence: dict[int, list[EncodedWindow]] = {}
+    for (index, planned), (ids, offsets) in zip(pending, tokenizer.encode_many_with_offsets(pieces), strict=True):
         if len(ids) > max_tokens:
+            name = record_ids[index] if record_ids is not None else str(index)
             raise ValueError(
-                f"record {record_id!r}: the window of residues {planned.start}-{planned.stop} gives {len(ids)} tokens, "
+                f"record {name!r}: the window of residues {planned.start}-{planned.stop} gives {len(ids)} tokens, "
                 f"more than max_tokens {max_tokens} (long runs of N become one token per base); lower window_length"
             )
         owned = [
             end > begin and 2 * planned.own_start <= 2 * planned.start + begin + end - 1 < 2 * planned.own_stop
             for begin, end in offsets
         ]
-        windows.append(EncodedWindow(ids, owned))
-    return EncodedSequence(windows, truncated=False)
+        by_sequence.setdefault(index, []).append(EncodedWindow(ids, owned))
+    for index, windows in by_sequence.items():
+        encoded[index] = EncodedSequence(windows, truncated=False)
+    return encoded  # type: ignore[return-value]  # every slot is filled above

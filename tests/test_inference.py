@@ -131,3 +131,49 @@ def test_out_of_memory_halves_the_batch_and_goes_on(checkpoint, fasta):
     tiny = replace(loaded, model=MemoryLimitedModel(loaded.model, max_tokens=10))
     with pytest.raises(torch.OutOfMemoryError):  # one sequence that does not fit is an error, not a loop
         score_records(tiny, records, TaskSettings(), figures=RunFigures({}, "cpu", "fp32", 1, 1), **kwargs)
+
+
+def test_chunked_scoring_matches_one_chunk_and_keeps_input_order(checkpoint, fasta):
+    from seqshard.fasta import read_valid_records
+    from seqshard.inference import score_chunks
+
+    loaded = load_dnabert2(str(checkpoint))
+    records, _ = read_valid_records(fasta, "dna")
+    runs = {}
+    for chunk_records in (3, 100):
+        figures = RunFigures({}, "cpu", "fp32", 1, 4096)
+        chunks = list(
+            score_chunks(
+                loaded, iter(records), TaskSettings(), molecule="dna", batch_tokens=4096, dtype="fp32",
+                figures=figures, chunk_records=chunk_records,
+            )
+        )  # fmt: skip
+        runs[chunk_records] = (chunks, figures)
+    small, large = runs[3][0], runs[100][0]
+    assert [len(chunk.records) for chunk in small] == [3, 3, 2] and len(large) == 1
+    assert [r.id for chunk in small for r in chunk.records] == [r.id for r in records]
+    stacked = np.concatenate([np.array(chunk.columns["embedding"].to_pylist()) for chunk in small])
+    np.testing.assert_allclose(stacked, np.array(large[0].columns["embedding"].to_pylist()), atol=1e-5, rtol=0)
+    assert runs[3][1].n_sequences == runs[100][1].n_sequences == len(records)
+
+
+def test_run_task_streams_chunks_into_row_groups_and_leaves_nothing_on_failure(checkpoint, tmp_path):
+    import seqshard.inference as inference
+
+    rng = np.random.default_rng(5)
+    fasta = tmp_path / "many.fa"
+    fasta.write_text("".join(f">s{i}\n{''.join(rng.choice(list('ACGT'), 40 + i))}\n" for i in range(10)))
+    out = tmp_path / "out.parquet"
+    options = {"architecture": "dnabert2", "checkpoint": str(checkpoint), "chunk_records": 4}  # chunks of 4, 4, 2
+    inference.run_task(fasta, out, figures_out=tmp_path / "f.json", **options)
+    assert pd.read_parquet(out)["id"].tolist() == [f"s{i}" for i in range(10)]
+    assert [pq.ParquetFile(out).metadata.row_group(i).num_rows for i in range(3)] == [4, 4, 2]
+    figures = json.loads((tmp_path / "f.json").read_text())
+    assert figures["run_seconds"] >= figures["compute_seconds"] > 0
+
+    bad = tmp_path / "bad.fa"  # valid records first, then a fault: the run fails after rows were produced
+    bad.write_text(fasta.read_text() + ">broken\nACGTXX\n")
+    failed = tmp_path / "failed.parquet"
+    with pytest.raises(ValueError, match="broken"):
+        inference.run_task(bad, failed, **options)
+    assert not failed.exists() and not failed.with_name("failed.parquet.partial").exists()

@@ -131,8 +131,7 @@ def test_demo_writes_every_task_with_one_row_per_valid_record_in_input_order(dem
 def test_resource_report_covers_every_job(demo_run):
     usage = pd.read_csv(demo_run / "results/report/resource_usage.tsv", sep="\t")
     n_shards = {
-        sample: len(pd.read_csv(demo_run / "results" / sample / "shards.tsv", sep="\t"))
-        for sample in DEMO_SAMPLES
+        sample: len(pd.read_csv(demo_run / "results" / sample / "shards.tsv", sep="\t")) for sample in DEMO_SAMPLES
     }
     outputs = list(shipped_outputs(demo_run))
     counts = usage["rule"].value_counts().to_dict()
@@ -182,8 +181,7 @@ def test_config_change_reruns_only_the_affected_model(demo_run):
     assert result.returncode == 0, result.stderr
     jobs = planned_jobs(result.stdout)
     n_shards = sum(
-        len(pd.read_csv(demo_run / "results" / sample / "shards.tsv", sep="\t"))
-        for sample in ("sample_a", "sample_b")
+        len(pd.read_csv(demo_run / "results" / sample / "shards.tsv", sep="\t")) for sample in ("sample_a", "sample_b")
     )
     rules = sorted(rule for rule, _ in jobs)
     assert rules == ["all"] + ["infer_shard"] * n_shards + ["merge_shards"] * 2 + ["resource_report"]

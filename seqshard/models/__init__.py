@@ -28,6 +28,10 @@ class SequenceTokenizer(Protocol):
         """Ids as `encode`, plus each token's residue span `[start, end)`; (0, 0) for [CLS] and [SEP]."""
         ...
 
+    def encode_many_with_offsets(self, sequences: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+        """`encode_with_offsets` for many sequences at once (a tokenizer may run them in parallel)."""
+        ...
+
 
 @dataclass
 class SequenceHead:

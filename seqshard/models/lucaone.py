@@ -537,6 +537,10 @@ class LucaOneTokenizer:
         ids = self.encode(sequence)
         return ids, [(0, 0), *((position, position + 1) for position in range(len(ids) - 2)), (0, 0)]
 
+    def encode_many_with_offsets(self, sequences: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+        """`encode_with_offsets` for each sequence (a byte-table lookup: nothing to gain from a batch API)."""
+        return [self.encode_with_offsets(sequence) for sequence in sequences]
+
 
 class _AlphabetRecord:
     """Receives the attributes of a pickled LucaOne `Alphabet` without importing or running its code."""
