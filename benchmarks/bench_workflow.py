@@ -47,7 +47,8 @@ DEMO_CHECKPOINT = "resources/checkpoints/dnabert2-bench"
 # that the model's compute is small and whatever the workflow adds around it shows. `demo` is the workflow demo's.
 MODELS: dict[str, dict[str, int]] = {
     "demo": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128},
-    "tiny": {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 512},
+    "small": {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 512},
+    "tiny": {"hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 512},
 }
 
 
@@ -371,8 +372,8 @@ def create_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n-sequences", type=int, default=100_000, help="(a) sequences in the sample")
     parser.add_argument("--median-length", type=float, default=200.0, help="(a) median length, bp")
     parser.add_argument("--model", default="tiny", choices=sorted(MODELS), help="(a) the checkpoint's size")
-    parser.add_argument("--target-tokens", type=int, default=2_000_000, help="(a) shards.target_tokens")
-    parser.add_argument("--max-sequences", type=int, default=50_000, help="(a, c) shards.max_sequences")
+    parser.add_argument("--target-tokens", type=int, default=10_000_000, help="(a) shards.target_tokens")
+    parser.add_argument("--max-sequences", type=int, default=100_000, help="(a, c) shards.max_sequences")
     parser.add_argument("--dag-shards", type=int, default=10_000, help="(b) shards in the large DAG")
     parser.add_argument("--merge-rows-small", type=int, default=10_000)
     parser.add_argument("--merge-rows-large", type=int, default=1_000_000)
