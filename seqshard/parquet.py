@@ -178,9 +178,10 @@ def merge_parquet(
     expected_rows: int,
     extra_metadata: Mapping[str, object] | None = None,
 ) -> int:
-    """Concatenate shard files in the order given, one record batch at a time, and check the row count.
+    """Concatenate shard files in the order given, one row group at a time, and check the row count.
 
-    Memory stays at one record batch whatever the number of rows. All shards must share one schema and one
+    Memory stays at one row group (at most ROW_GROUP_ROWS rows, as seqshard writes them) whatever the number of
+    rows or the size of a shard. All shards must share one schema and one
     provenance (same model, checkpoint digest, settings); the merged file keeps that provenance, adds
     `extra_metadata`, and is removed again if its row count differs from `expected_rows`.
     """
@@ -206,16 +207,19 @@ def merge_parquet(
     rows = 0
     with pq.ParquetWriter(partial, schema, compression="zstd") as writer:
         for path in shard_paths:
-            shard_file = pq.ParquetFile(path)
+            # Row group by row group, without pre-buffering: pre-buffering reads ahead over every row group the
+            # reader is given, which held a whole shard in memory (peak RSS grew with shard size).
+            shard_file = pq.ParquetFile(path, pre_buffer=False)
             if not shard_file.schema_arrow.remove_metadata().equals(schema.remove_metadata()):
                 raise ValueError(f"{path}: schema differs from {shard_paths[0]}; cannot merge")
             theirs = {k: v for k, v in read_provenance(path).items() if k not in shard_provenance_keys}
             theirs.pop("seqshard_version", None)
             if theirs != reference:
                 raise ValueError(f"{path}: provenance differs from {shard_paths[0]}: {theirs} vs {reference}")
-            for batch in shard_file.iter_batches(batch_size=ROW_GROUP_ROWS):
-                writer.write_batch(batch)
-                rows += batch.num_rows
+            for group in range(shard_file.num_row_groups):
+                table = shard_file.read_row_group(group)
+                writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+                rows += table.num_rows
     if rows != expected_rows:
         partial.unlink()
         raise RowCountMismatchError(
