@@ -187,9 +187,6 @@ def merge_parquet(
     """
     if not shard_paths:
         raise ValueError(f"no shard files to merge into {out}")
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
     first = pq.read_schema(shard_paths[0])
     provenance = read_provenance(shard_paths[0])
     provenance.pop("seqshard_version", None)
@@ -204,8 +201,7 @@ def merge_parquet(
         )
     )
     reference = {k: v for k, v in provenance.items() if k not in shard_provenance_keys}
-    rows = 0
-    with pq.ParquetWriter(partial, schema, compression="zstd") as writer:
+    with TableWriter(out) as writer:
         for path in shard_paths:
             # Row group by row group, without pre-buffering: pre-buffering reads ahead over every row group the
             # reader is given, which held a whole shard in memory (peak RSS grew with shard size).
@@ -217,17 +213,13 @@ def merge_parquet(
             if theirs != reference:
                 raise ValueError(f"{path}: provenance differs from {shard_paths[0]}: {theirs} vs {reference}")
             for group in range(shard_file.num_row_groups):
-                table = shard_file.read_row_group(group)
-                writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
-                rows += table.num_rows
-    if rows != expected_rows:
-        partial.unlink()
-        raise RowCountMismatchError(
-            f"{out}: merged {rows} rows from {len(shard_paths)} shard(s) but the sample has {expected_rows} valid "
-            "input records; refusing to write an incomplete result"
-        )
-    partial.replace(out)
-    return rows
+                writer.write(shard_file.read_row_group(group).replace_schema_metadata(schema.metadata))
+        if writer.n_rows != expected_rows:  # raised inside the writer, so no partial file is left behind
+            raise RowCountMismatchError(
+                f"{out}: merged {writer.n_rows} rows from {len(shard_paths)} shard(s) but the sample has "
+                f"{expected_rows} valid input records; refusing to write an incomplete result"
+            )
+    return writer.n_rows
 
 
 def merge_sample_shards(
