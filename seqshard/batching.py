@@ -1,9 +1,15 @@
-"""Group token sequences into length-sorted batches under a token budget, so padding stays small.
+"""Group token sequences into length-sorted batches under a token budget, so padding stays small, and build the
+padded arrays of a batch with array operations.
 
 The idea is fair-esm's `toks_per_batch`: sort by length, then fill each batch until its padded size
 (rows x longest row) would pass the budget. A budget alone lets one batch span very different lengths when a
 shard is small, so a batch also closes when its padding would pass `max_padding` of the tokens it computes.
 A sequence longer than the budget gets a batch of its own.
+
+Batch widths are rounded up to a bucket (`buckets_per_octave` sizes between each power of two and the next, so
+rounding adds at most 1/buckets_per_octave of a row): a GPU library that plans per shape (cuDNN's attention) then
+meets a few dozen shapes per run instead of one per batch. Rounding is padding like any other and is counted in
+the computed tokens; it is not part of the `max_padding` check, which only looks at how lengths differ.
 """
 
 from __future__ import annotations
@@ -11,18 +17,30 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
+
+def bucket_width(length: int, buckets_per_octave: int | None) -> int:
+    """`length` rounded up to the next bucket: exact below 2 * buckets_per_octave, then steps of 2^k / buckets."""
+    if not buckets_per_octave or length <= 2 * buckets_per_octave:
+        return length
+    step = (1 << (int(length - 1).bit_length() - 1)) // buckets_per_octave
+    return -(-length // step) * step
+
 
 @dataclass(frozen=True)
 class TokenBudgetBatcher:
     """Plans batches of indices into a list of token-id sequences.
 
-    `batch_tokens` bounds rows x longest row of each batch (the tokens the model actually computes);
-    `max_padding` bounds the padded share of those tokens; `max_batch_size` optionally bounds the rows.
+    `batch_tokens` bounds rows x (bucketed) longest row of each batch (the tokens the model actually computes);
+    `max_padding` bounds the share of those tokens that length differences waste; `max_batch_size` optionally
+    bounds the rows.
     """
 
     batch_tokens: int
     max_padding: float = 0.03
     max_batch_size: int | None = None
+    buckets_per_octave: int | None = 32
 
     def __post_init__(self) -> None:
         if self.batch_tokens < 1:
@@ -30,26 +48,43 @@ class TokenBudgetBatcher:
         if not 0.0 <= self.max_padding < 1.0:
             raise ValueError(f"max_padding must be in [0, 1), got {self.max_padding}")
 
-    def batches(self, lengths: Sequence[int]) -> Iterator[list[int]]:
+    def width(self, longest: int) -> int:
+        return bucket_width(longest, self.buckets_per_octave)
+
+    def batches(self, lengths: Sequence[int] | np.ndarray) -> Iterator[list[int]]:
         """Yield lists of indices, longest sequences first (an out-of-memory shows up on the first batch)."""
-        order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+        lengths = np.asarray(lengths, dtype=np.int64)
+        order = np.lexsort((np.arange(len(lengths)), -lengths)).tolist()
+        values = lengths.tolist()
         batch: list[int] = []
-        longest = real = 0
+        width = real = longest = 0
         for index in order:
-            length = lengths[index]
-            computed = max(longest, length) * (len(batch) + 1)
-            too_padded = 1.0 - (real + length) / computed > self.max_padding
+            length = values[index]
+            rows = len(batch) + 1
+            too_padded = batch and 1.0 - (real + length) / (longest * rows) > self.max_padding
             full = self.max_batch_size is not None and len(batch) >= self.max_batch_size
-            if batch and (computed > self.batch_tokens or too_padded or full):
+            if batch and (width * rows > self.batch_tokens or too_padded or full):
                 yield batch
-                batch, longest, real = [], 0, 0
+                batch, real = [], 0
+            if not batch:
+                longest, width = length, self.width(length)
             batch.append(index)
-            longest = max(longest, length)
             real += length
         if batch:
             yield batch
 
 
-def padded_tokens(lengths: Sequence[int], batch: Sequence[int]) -> int:
-    """Tokens the model computes for `batch`, padding included."""
-    return len(batch) * max(lengths[i] for i in batch)
+def padded_tokens(lengths: Sequence[int], batch: Sequence[int], buckets_per_octave: int | None = None) -> int:
+    """Tokens the model computes for `batch`, padding (and bucket rounding) included."""
+    return len(batch) * bucket_width(max(lengths[i] for i in batch), buckets_per_octave)
+
+
+def gather_rows(
+    flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray, width: int, fill: int | bool
+) -> np.ndarray:
+    """[rows, width] array whose row r is `flat[starts[r]:starts[r] + lengths[r]]`, padded with `fill`."""
+    positions = np.arange(width)
+    inside = positions[None, :] < lengths[:, None]
+    index = np.where(inside, starts[:, None] + positions[None, :], 0)
+    rows = flat[index] if len(flat) else np.zeros(index.shape, dtype=flat.dtype)
+    return np.where(inside, rows, np.asarray(fill, dtype=flat.dtype))

@@ -1,8 +1,10 @@
-"""Run a model task over one FASTA file (a shard or a user's file) and write its Parquet plus run figures.
+"""Run a model's tasks over one FASTA file (a shard or a user's file) and write one Parquet per task plus run figures.
 
-This is the one code path behind the workflow's `infer_shard` rule and the `seqshard` command: validate,
-fit each sequence to the model's length limit (truncate or overlapping windows), sort the model inputs by length
-into token-budget batches, run under `torch.inference_mode()`, reduce per task, and write rows in input order.
+This is the one code path behind the workflow's `infer_shard` rule and the `seqshard` command: validate the whole
+file first (cheap, streaming: a bad record at the end fails in seconds, not after hours of scoring), then read it
+again in chunks; fit each sequence to the model's length limit (truncate or overlapping windows); sort the model
+inputs by length into token-budget batches; run under `torch.inference_mode()`; reduce per task; write rows in
+input order.
 
 Tasks:
 - `embed`: pooled last hidden state (`mean` over the sequence's own tokens, `max`, or `cls`), optionally every
@@ -11,36 +13,63 @@ Tasks:
   masked copies sharing a forward pass. Costs one forward pass of the whole input per token.
 - `classify` / `regress`: a fine-tuned head's probabilities per label and predicted label, or its values.
 With windows, pooled and head outputs combine the windows weighted by the tokens each window owns.
+
+Work not done twice:
+- `embed`, `classify` and `regress` read the same last hidden state: asked for together they share one forward
+  pass (`run_tasks`), each still written to its own file with its own schema and provenance. `mlm_score` needs
+  masked inputs and runs its own passes.
+- Identical sequences (after upper-casing) are computed once; every record still gets its row, with its own id, in
+  input order. The validation pass finds them; results a later record will need are kept until its row is written.
+
+Feeding a fast device: tokenizing, windowing and batch assembly work on numpy arrays (no per-token Python
+objects) in background threads — the next chunk is read and tokenized, and the next batches are assembled, while
+the model computes. Results come back from the GPU through pinned buffers and events, so the only host-device
+synchronisation in the loop is the one that collects a finished batch, one batch behind the one running.
+
+Out of memory on a GPU: the failed batch's tensors are released before anything else runs (the recovery happens
+after the `except` block, whose traceback would otherwise keep them alive), the batch runs again in two halves,
+and the token budget is lowered for the rest of the job (raised back after a run of batches that fit). cuBLAS and
+cuDNN allocation failures count as out of memory. A single input that cannot fit on its own is a per-record
+outcome (a reject row or an error naming the record), never a lost shard.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
+import queue
+import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import torch
 
-from seqshard.batching import TokenBudgetBatcher, padded_tokens
-from seqshard.fasta import SequenceRecord, ValidationReport, iter_valid_records
+from seqshard.batching import TokenBudgetBatcher, bucket_width, gather_rows
+from seqshard.fasta import Rejected, SequenceRecord, ValidationReport, iter_valid_records, write_rejects
 from seqshard.heads import head_digest, load_linear_head
-from seqshard.models import LoadedModel, get_loader
+from seqshard.models import LoadedModel, SequenceHead, get_loader
 from seqshard.parquet import TASKS, TableWriter, per_token_array, results_table, task_schema, vectors_array
 from seqshard.pooling import POOLINGS, pool
-from seqshard.windows import EncodedSequence, encode_sequences
+from seqshard.windows import EncodedChunk, EncodedSequence, encode_chunk
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # Records per chunk (see score_chunks); one chunk becomes one Parquet row group.
 CHUNK_RECORDS = 4096
+# Tasks that read the last hidden state of the unmasked input, and so share one forward pass.
+HIDDEN_TASKS = ("embed", "classify", "regress")
+# Settings that decide the model inputs; tasks sharing a forward pass must agree on them.
+INPUT_SETTINGS = ("long_sequences", "window_length", "window_overlap", "max_tokens")
 
 
 @dataclass(frozen=True)
@@ -90,13 +119,18 @@ class RunFigures:
     dtype: str
     threads: int
     batch_tokens: int
-    n_sequences: int = 0
+    n_records: int = 0  # rows written (each record once, duplicates included)
+    n_sequences: int = 0  # distinct sequences scored (a duplicate is scored once)
+    n_duplicates: int = 0  # records whose sequence an earlier record already had
+    n_rejected: int = 0  # records that could not be scored (e.g. too large for the GPU even alone)
     n_tokens: int = 0
     n_computed_tokens: int = 0
     n_batches: int = 0
     n_windows: int = 0
     n_truncated: int = 0
     n_oom_splits: int = 0  # batches halved after a GPU out-of-memory
+    n_budget_changes: int = 0  # times the token budget was lowered after an out-of-memory, or raised back
+    batch_shapes: set[tuple[int, int]] = field(default_factory=set)  # distinct (rows, width) run
     load_seconds: float = 0.0
     compute_seconds: float = 0.0  # in batches: forward passes and the task's reductions
     run_seconds: float = 0.0  # reading the file to closing the output, model load excluded
@@ -111,14 +145,19 @@ class RunFigures:
             "dtype": self.dtype,
             "threads": self.threads,
             "batch_tokens": self.batch_tokens,
+            "n_records": self.n_records,
             "n_sequences": self.n_sequences,
+            "n_duplicates": self.n_duplicates,
+            "n_rejected": self.n_rejected,
             "n_tokens": self.n_tokens,
             "n_computed_tokens": self.n_computed_tokens,
             "useful_token_fraction": self.n_tokens / self.n_computed_tokens if self.n_computed_tokens else None,
             "n_batches": self.n_batches,
+            "n_batch_shapes": len(self.batch_shapes),
             "n_windows": self.n_windows,
             "n_truncated": self.n_truncated,
             "n_oom_splits": self.n_oom_splits,
+            "n_budget_changes": self.n_budget_changes,
             "load_seconds": round(self.load_seconds, 4),
             "compute_seconds": round(compute, 4),
             "run_seconds": round(self.run_seconds, 4),
@@ -129,190 +168,523 @@ class RunFigures:
         }
 
 
-@dataclass
-class ModelInput:
-    """One row of a batch: token ids, which positions to read results from, and whose they are."""
+def is_out_of_memory(error: BaseException) -> bool:
+    """torch's out-of-memory error, or a cuBLAS/cuDNN allocation failure, which arrive as plain RuntimeErrors."""
+    if isinstance(error, torch.OutOfMemoryError):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and any(
+        marker in text for marker in ("CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED", "out of memory")
+    )
 
-    record: int
-    ids: list[int]
-    owned: list[bool]
-    masked_position: int | None = None  # mlm_score: the position replaced by [MASK]
+
+# ------------------------------------------------------------------------------------------------------------
+# Model inputs and batches
+
+
+@dataclass
+class ModelInputs:
+    """The inputs of one pass: windows of a chunk (`EncodedChunk`), each used as it is, or — for mlm_score —
+    once per owned token with that token replaced by [MASK] (`base` names the window, `masked` the position)."""
+
+    chunk: EncodedChunk
+    base: np.ndarray  # int64 [n]: the chunk input (window) each model input is made from
+    masked: np.ndarray | None = None  # int64 [n]: position replaced by [MASK], mlm_score only
+
+    @classmethod
+    def windows(cls, chunk: EncodedChunk) -> ModelInputs:
+        return cls(chunk, np.arange(chunk.n_inputs))
+
+    @classmethod
+    def masked_copies(cls, chunk: EncodedChunk) -> ModelInputs:
+        """One input per owned token of every window, that token masked."""
+        positions = np.flatnonzero(chunk.owned)
+        base = np.searchsorted(chunk.starts, positions, side="right") - 1
+        return cls(chunk, base, positions - chunk.starts[base])
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return self.chunk.lengths[self.base]
+
+
+@dataclass
+class HostBatch:
+    """A batch assembled on the host, ready to go to the device."""
+
+    indices: np.ndarray  # which of the pass's inputs, in row order
+    ids: torch.Tensor  # [B, W] long
+    attention_mask: torch.Tensor | None  # [B, W] bool, None when no row is padded
+    owned: torch.Tensor  # [B, W] bool
+    masked: torch.Tensor | None  # [B] long, mlm_score only
+    true_ids: torch.Tensor | None  # [B] long, mlm_score only
+    n_tokens: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.ids.shape)  # type: ignore[return-value]
+
+
+def assemble_batch(
+    inputs: ModelInputs, indices: np.ndarray, width: int, pad_id: int, mask_id: int, pin: bool
+) -> HostBatch:
+    """Padded arrays for the inputs `indices`, built with array operations (no per-row Python work)."""
+    chunk = inputs.chunk
+    base = inputs.base[indices]
+    lengths = chunk.lengths[base]
+    starts = chunk.starts[base]
+    ids = gather_rows(chunk.ids, starts, lengths, width, pad_id).astype(np.int64)
+    owned = gather_rows(chunk.owned, starts, lengths, width, False)
+    masked = true_ids = None
+    if inputs.masked is not None:
+        positions = inputs.masked[indices]
+        rows = np.arange(len(indices))
+        true_ids = torch.from_numpy(ids[rows, positions].copy())
+        ids[rows, positions] = mask_id
+        masked = torch.from_numpy(positions.astype(np.int64))
+    # The mask follows each row's length, so a pad id inside a sequence could never hide a position.
+    padded = bool((lengths < width).any())
+    attention_mask = torch.from_numpy(np.arange(width)[None, :] < lengths[:, None]) if padded else None
+    tensors = [torch.from_numpy(ids), attention_mask, torch.from_numpy(owned), masked, true_ids]
+    if pin:
+        tensors = [t.pin_memory() if t is not None else None for t in tensors]
+    return HostBatch(indices, tensors[0], tensors[1], tensors[2], tensors[3], tensors[4], int(lengths.sum()))
+
+
+class _Prefetcher:
+    """Assembles the planned batches in a background thread, a few ahead of the model."""
+
+    def __init__(self, plan: list[np.ndarray], build: Callable[[np.ndarray], HostBatch], depth: int = 3) -> None:
+        self._queue: queue.Queue[HostBatch | BaseException | None] = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(plan, build), name="seqshard-batch", daemon=True)
+        self._thread.start()
+
+    def _run(self, plan: list[np.ndarray], build: Callable[[np.ndarray], HostBatch]) -> None:
+        try:
+            for indices in plan:
+                if self._stop.is_set():
+                    return
+                self._put(build(indices))
+        except BaseException as error:  # handed to the consumer, which re-raises it
+            self._put(error)
+            return
+        self._put(None)
+
+    def _put(self, item: HostBatch | BaseException | None) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def __iter__(self) -> Iterator[HostBatch]:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+BatchOutputs = dict[str, torch.Tensor]
+# What a pass computes from one batch: (last hidden state [B, W, H], batch) -> named per-row tensors.
+Reduce = Callable[[torch.Tensor, HostBatch], BatchOutputs]
 
 
 class Runner:
-    """Runs batches of model inputs on one loaded model, keeping the run's figures."""
+    """Runs the inputs of a pass through one loaded model in token-budget batches, keeping the run's figures.
+
+    `run` returns, per output name, one host array with a row per input (rows of inputs that could not be run
+    are left as they were allocated and listed in `failed`).
+    """
 
     def __init__(
         self, loaded: LoadedModel, *, molecule: str, batch_tokens: int, dtype: str, figures: RunFigures,
-        max_padding: float = 0.03, progress_seconds: float = 30.0,
+        max_padding: float = 0.03, buckets_per_octave: int | None = 32, progress_seconds: float = 30.0,
+        recover_after: int = 32,
     ) -> None:  # fmt: skip
         self.loaded = loaded
         self.device = next(loaded.model.parameters()).device
-        self.token_type = loaded.token_types.get(molecule, 0)
-        self.batcher = TokenBudgetBatcher(batch_tokens, max_padding)
+        self.max_batch_tokens = batch_tokens
+        self.budget = batch_tokens  # lowered after an out-of-memory, raised back after `recover_after` good ones
+        self.max_padding = max_padding
+        self.buckets_per_octave = buckets_per_octave
         self.dtype = dtype
         self.figures = figures
         self.progress_seconds = progress_seconds
+        self.recover_after = recover_after
+        self._good_batches = 0
+        self.failed: dict[int, str] = {}  # input index -> why it could not be run
 
     def autocast(self) -> object:
         if self.dtype == "fp32":
             return nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=DTYPES[self.dtype])
 
-    def batches(self, inputs: Sequence[ModelInput]) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
-        """Yield (input indices, last hidden state [B, L, H], owned mask [B, L]) batch by batch."""
-        lengths = [len(item.ids) for item in inputs]
+    def batcher(self) -> TokenBudgetBatcher:
+        return TokenBudgetBatcher(self.budget, self.max_padding, buckets_per_octave=self.buckets_per_octave)
+
+    def _build(self, inputs: ModelInputs, indices: np.ndarray) -> HostBatch:
+        width = bucket_width(int(inputs.lengths[indices].max()), self.buckets_per_octave)
+        tokenizer = self.loaded.tokenizer
+        return assemble_batch(inputs, indices, width, tokenizer.pad_id, tokenizer.mask_id, self.device.type == "cuda")
+
+    def run(self, inputs: ModelInputs, reduce: Reduce, outputs: dict[str, np.ndarray]) -> None:
+        """Run every input and write its reduced outputs into `outputs` (arrays with one row per input)."""
+        if len(inputs) == 0:
+            return
         started = last_report = time.perf_counter()
-        done = 0
+        lengths = inputs.lengths
+        pending = np.ones(len(inputs), dtype=bool)  # not yet run
+        in_flight: deque[tuple[HostBatch, BatchOutputs, torch.cuda.Event | None]] = deque()
         with torch.inference_mode(), self.autocast():
-            for planned in self.batcher.batches(lengths):
-                for batch, hidden, owned in self._forward(inputs, lengths, planned):
-                    yield batch, hidden, owned
-                    self.figures.n_batches += 1
-                    self.figures.n_tokens += sum(lengths[i] for i in batch)
-                    self.figures.n_computed_tokens += padded_tokens(lengths, batch)
-                    done += len(batch)
-                now = time.perf_counter()
-                if now - last_report >= self.progress_seconds:
-                    log.info(
-                        "%d/%d model inputs of this chunk done (%.1f per second)",
-                        done,
-                        len(inputs),
-                        done / (now - started),
-                    )
-                    last_report = now
+            while pending.any():
+                todo = np.flatnonzero(pending)
+                plan = [todo[np.asarray(b)] for b in self.batcher().batches(lengths[todo])]
+                budget = self.budget
+                prefetch = _Prefetcher(plan, lambda indices: self._build(inputs, indices))
+                try:
+                    for batch in prefetch:
+                        pending[batch.indices] = False
+                        self._run_batch(batch, reduce, in_flight, outputs)
+                        now = time.perf_counter()
+                        if now - last_report >= self.progress_seconds:
+                            done = len(inputs) - int(pending.sum())
+                            log.info("%d/%d model inputs of this chunk done (%.1f per second)", done, len(inputs),
+                                     done / (now - started))  # fmt: skip
+                            last_report = now
+                        if self.budget != budget:
+                            break  # the budget changed: plan what is left again
+                finally:
+                    prefetch.close()
+        while in_flight:
+            self._collect(in_flight.popleft(), outputs)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-            self.figures.peak_gpu_memory_bytes = int(torch.cuda.max_memory_allocated(self.device))
+            self.figures.peak_gpu_memory_bytes = max(
+                self.figures.peak_gpu_memory_bytes or 0, int(torch.cuda.max_memory_allocated(self.device))
+            )
         self.figures.compute_seconds += time.perf_counter() - started
 
-    def _forward(
-        self, inputs: Sequence[ModelInput], lengths: Sequence[int], batch: list[int]
-    ) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
-        """One batch through the model; on a GPU out-of-memory, the two halves one after the other instead."""
-        width = max(lengths[i] for i in batch)
-        ids = torch.full((len(batch), width), self.loaded.tokenizer.pad_id, dtype=torch.long)
-        owned = torch.zeros((len(batch), width), dtype=torch.bool)
-        for row, index in enumerate(batch):
-            item = inputs[index]
-            ids[row, : lengths[index]] = torch.tensor(item.ids)
-            owned[row, : lengths[index]] = torch.tensor(item.owned)
-            if item.masked_position is not None:
-                ids[row, item.masked_position] = self.loaded.tokenizer.mask_id
-        # The mask follows each row's length, so a pad id inside a sequence could never hide a position.
-        attention_mask = torch.arange(width)[None, :] < torch.tensor([lengths[i] for i in batch])[:, None]
-        token_types = torch.full_like(ids, self.token_type)
-        try:
-            hidden = self.loaded.model(ids.to(self.device), attention_mask.to(self.device), token_types.to(self.device))
-        except torch.OutOfMemoryError:
-            if len(batch) == 1:
-                raise
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
-            self.figures.n_oom_splits += 1
-            log.warning("out of memory on a batch of %d x %d tokens: running it in two halves", len(batch), width)
-            half = len(batch) // 2
-            yield from self._forward(inputs, lengths, batch[:half])
-            yield from self._forward(inputs, lengths, batch[half:])
+    def _run_batch(
+        self,
+        batch: HostBatch,
+        reduce: Reduce,
+        in_flight: deque[tuple[HostBatch, BatchOutputs, torch.cuda.Event | None]],
+        outputs: dict[str, np.ndarray],
+    ) -> None:
+        """One batch; after an out-of-memory, its halves (and the budget lowered), outside the handler."""
+        result = self._forward(batch, reduce)
+        if result is not None:
+            self._launched(batch, result, in_flight, outputs)
             return
-        yield batch, hidden, owned.to(self.device)
+        # Out of memory. The failed attempt's tensors are gone by now (see _forward), so the halves have room.
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        rows, width = batch.shape
+        if rows == 1:
+            index = int(batch.indices[0])
+            self.failed[index] = f"out of memory even alone ({width} tokens on {self.device})"
+            log.warning("input of %d tokens does not fit on %s even alone", width, self.device)
+            return
+        self.figures.n_oom_splits += 1
+        lowered = max(width, (rows // 2) * width)
+        if lowered < self.budget:
+            self.budget = lowered
+            self.figures.n_budget_changes += 1
+            self._good_batches = 0
+            log.warning(
+                "out of memory on a batch of %d x %d tokens: running it in two halves; token budget lowered to %d "
+                "for the rest of the job", rows, width, self.budget,
+            )  # fmt: skip
+        half = rows // 2
+        for part in (slice(0, half), slice(half, rows)):
+            indices = batch.indices[part]
+            self._run_batch(self._rebuild(batch, indices), reduce, in_flight, outputs)
+
+    def _rebuild(self, batch: HostBatch, indices: np.ndarray) -> HostBatch:
+        keep = np.isin(batch.indices, indices)
+        selected = torch.from_numpy(np.flatnonzero(keep))
+        owned = batch.owned.index_select(0, selected)
+        width = int(owned.shape[1])
+        mask = batch.attention_mask.index_select(0, selected) if batch.attention_mask is not None else None
+        return HostBatch(
+            batch.indices[keep],
+            batch.ids.index_select(0, selected),
+            mask,
+            owned,
+            batch.masked.index_select(0, selected) if batch.masked is not None else None,
+            batch.true_ids.index_select(0, selected) if batch.true_ids is not None else None,
+            int(mask.sum()) if mask is not None else len(indices) * width,
+        )
+
+    def _forward(self, batch: HostBatch, reduce: Reduce) -> BatchOutputs | None:
+        """The batch's reduced outputs, still on the device; None after an out-of-memory.
+
+        Nothing of the failed attempt survives this call: the exception (and its traceback, which holds the
+        forward's frames and their tensors) is dropped when the `except` block ends, so the caller's retry runs
+        with that memory free.
+        """
+        device = self.device
+        non_blocking = device.type == "cuda"
+        try:
+            ids = batch.ids.to(device, non_blocking=non_blocking)
+            mask = batch.attention_mask
+            if mask is not None:
+                mask = mask.to(device, non_blocking=non_blocking)
+            # No token types: every backbone is bound to its molecule (LucaOne's type 1 for proteins included).
+            hidden = self.loaded.model(ids, mask)
+            return reduce(hidden, batch)
+        except (torch.OutOfMemoryError, RuntimeError) as error:
+            if not is_out_of_memory(error):
+                raise
+        return None
+
+    def _launched(
+        self,
+        batch: HostBatch,
+        result: BatchOutputs,
+        in_flight: deque[tuple[HostBatch, BatchOutputs, torch.cuda.Event | None]],
+        outputs: dict[str, np.ndarray],
+    ) -> None:
+        figures = self.figures
+        figures.n_batches += 1
+        figures.n_tokens += batch.n_tokens
+        figures.n_computed_tokens += batch.ids.numel()
+        figures.batch_shapes.add(batch.shape)
+        self._good_batches += 1
+        if self.budget < self.max_batch_tokens and self._good_batches >= self.recover_after:
+            # A run of batches fit: try a larger budget again, a quarter of the way back at a time.
+            self.budget = min(self.max_batch_tokens, self.budget + max(1, (self.max_batch_tokens - self.budget) // 4))
+            self._good_batches = 0
+            figures.n_budget_changes += 1
+        if self.device.type != "cuda":
+            self._collect((batch, result, None), outputs)
+            return
+        # Copy into pinned host memory without waiting; collect the batch once the next one is queued.
+        copies = {}
+        for name, tensor in result.items():
+            host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+            host.copy_(tensor, non_blocking=True)
+            copies[name] = host
+        event = torch.cuda.Event()
+        event.record()
+        in_flight.append((batch, copies, event))
+        while len(in_flight) > 1:
+            self._collect(in_flight.popleft(), outputs)
+
+    @staticmethod
+    def _collect(item: tuple[HostBatch, BatchOutputs, torch.cuda.Event | None], outputs: dict[str, np.ndarray]) -> None:
+        batch, result, event = item
+        if event is not None:
+            event.synchronize()  # the one wait per batch, a batch behind the one the device is running
+        for name, tensor in result.items():
+            values = tensor.numpy()
+            if name == "per_token":  # [B, W, H] float16: keep each input's own rows
+                owned = batch.owned.numpy()
+                target = outputs[name]
+                for row, index in enumerate(batch.indices.tolist()):
+                    target[index] = values[row][owned[row]]
+            else:
+                outputs[name][batch.indices] = values
 
 
-def window_inputs(encoded: Sequence[EncodedSequence]) -> list[ModelInput]:
-    return [
-        ModelInput(record, window.ids, window.owned)
-        for record, sequence in enumerate(encoded)
-        for window in sequence.windows
-    ]
+# ------------------------------------------------------------------------------------------------------------
+# Tasks: what each pass computes per batch, and how per-input rows become per-record columns
 
 
-def weighted_rows(values: np.ndarray, inputs: Sequence[ModelInput], n_records: int) -> np.ndarray:
+@dataclass
+class PassTask:
+    """One task inside a shared forward pass, with what it needs loaded (a head for classify/regress)."""
+
+    settings: TaskSettings
+    head: SequenceHead | None = None
+
+    @property
+    def name(self) -> str:
+        return self.settings.task
+
+
+def _head_for(loaded: LoadedModel, settings: TaskSettings) -> SequenceHead:
+    device = next(loaded.model.parameters()).device
+    head = load_linear_head(settings.head, loaded.hidden_size, device) if settings.head else loaded.sequence_head
+    if head is None:
+        raise ValueError(
+            f"{loaded.checkpoint_dir}: the checkpoint has no fine-tuned head; {settings.task} needs one "
+            "(a sequence-classification checkpoint, or a linear head directory: README, 'Heads')"
+        )
+    if head.kind != settings.task:
+        raise ValueError(f"{settings.head or loaded.checkpoint_dir}: its head is for {head.kind}, not {settings.task}")
+    return head
+
+
+def weighted_rows(values: np.ndarray, records: np.ndarray, weights: np.ndarray, n_records: int) -> np.ndarray:
     """Combine one row per input into one row per record, weighted by the tokens each input owns."""
-    records = np.fromiter((item.record for item in inputs), dtype=np.int64, count=len(inputs))
-    weights = np.fromiter((sum(item.owned) for item in inputs), dtype=np.float64, count=len(inputs))
     out = np.zeros((n_records, values.shape[1]), dtype=np.float64)
-    np.add.at(out, records, weights[:, None] * values)
+    np.add.at(out, records, weights[:, None] * values.astype(np.float64))
     return out / np.bincount(records, weights=weights, minlength=n_records)[:, None]
 
 
-def run_embed_task(runner: Runner, encoded: Sequence[EncodedSequence], settings: TaskSettings) -> dict[str, object]:
-    inputs = window_inputs(encoded)
-    hidden_size = runner.loaded.hidden_size
-    per_input = np.zeros((len(inputs), hidden_size), dtype=np.float32)
-    tokens: list[np.ndarray | None] = [None] * len(inputs)
-    for batch, hidden, owned in runner.batches(inputs):
-        pooled = pool(hidden, owned, settings.pooling)
-        per_input[batch] = pooled.cpu().numpy()
-        if settings.per_token:
-            for row, index in enumerate(batch):
-                tokens[index] = hidden[row][owned[row]].float().cpu().numpy()
-    if settings.pooling == "max":
-        embedding = np.full((len(encoded), hidden_size), -np.inf, dtype=np.float32)
-        for row, item in enumerate(inputs):
-            embedding[item.record] = np.maximum(embedding[item.record], per_input[row])
+def _hidden_reduce(tasks: Sequence[PassTask]) -> Reduce:
+    def reduce(hidden: torch.Tensor, batch: HostBatch) -> BatchOutputs:
+        owned = batch.owned.to(hidden.device, non_blocking=hidden.device.type == "cuda")
+        result: BatchOutputs = {}
+        for task in tasks:
+            if task.name == "embed":
+                result["embed"] = pool(hidden, owned, task.settings.pooling)
+                if task.settings.per_token:
+                    result["per_token"] = hidden.to(torch.float16)
+            else:
+                assert task.head is not None
+                result[task.name] = task.head.module(hidden, owned).float()
+        return result
+
+    return reduce
+
+
+def _mlm_reduce(head: torch.nn.Module) -> Reduce:
+    def reduce(hidden: torch.Tensor, batch: HostBatch) -> BatchOutputs:
+        assert batch.masked is not None and batch.true_ids is not None
+        non_blocking = hidden.device.type == "cuda"
+        positions = batch.masked.to(hidden.device, non_blocking=non_blocking)
+        true_ids = batch.true_ids.to(hidden.device, non_blocking=non_blocking)
+        rows = torch.arange(len(positions), device=hidden.device)
+        logits = head(hidden[rows, positions]).float()
+        return {"mlm_score": torch.log_softmax(logits, dim=-1)[rows, true_ids].double()}
+
+    return reduce
+
+
+def _embed_columns(task: PassTask, chunk: EncodedChunk, per_input: dict[str, np.ndarray]) -> dict[str, object]:
+    values = per_input["embed"]
+    if task.settings.pooling == "max":
+        embedding = np.full((chunk.n_records, values.shape[1]), -np.inf, dtype=np.float32)
+        np.maximum.at(embedding, chunk.record, values)
     else:  # a window's mean (or [CLS] row) counts as many times as it has tokens of its own
-        embedding = weighted_rows(per_input, inputs, len(encoded)).astype(np.float32)
+        embedding = weighted_rows(values, chunk.record, chunk.n_owned.astype(np.float64), chunk.n_records)
+        embedding = embedding.astype(np.float32)
     columns: dict[str, object] = {"embedding": vectors_array(embedding)}
-    if settings.per_token:
-        by_record: list[list[np.ndarray]] = [[] for _ in encoded]
-        for index, item in enumerate(inputs):  # inputs are in window order within each record
-            by_record[item.record].append(tokens[index])
-        columns["per_token"] = per_token_array([np.concatenate(parts) for parts in by_record], hidden_size)
+    if task.settings.per_token:
+        by_record: list[list[np.ndarray]] = [[] for _ in range(chunk.n_records)]
+        for index, record in enumerate(chunk.record.tolist()):  # inputs are in window order within each record
+            by_record[record].append(per_input["per_token"][index])
+        columns["per_token"] = per_token_array([np.concatenate(parts) for parts in by_record], values.shape[1])
     return columns
 
 
-def run_mlm_score_task(runner: Runner, encoded: Sequence[EncodedSequence]) -> dict[str, object]:
-    head = runner.loaded.mlm_head
-    if head is None:
-        raise ValueError(f"{runner.loaded.checkpoint_dir}: the checkpoint has no masked-LM head; mlm_score needs one")
-    inputs = [
-        ModelInput(record, window.ids, window.owned, masked_position=position)
-        for record, sequence in enumerate(encoded)
-        for window in sequence.windows
-        for position, owned in enumerate(window.owned)
-        if owned
-    ]
-    log_likelihood = np.zeros(len(encoded), dtype=np.float64)
-    n_scored = np.zeros(len(encoded), dtype=np.int64)
-    for batch, hidden, _ in runner.batches(inputs):
-        positions = torch.tensor([inputs[i].masked_position for i in batch], device=hidden.device)
-        rows = torch.arange(len(batch), device=hidden.device)
-        logits = head(hidden[rows, positions]).float()
-        true_ids = torch.tensor([inputs[i].ids[inputs[i].masked_position] for i in batch], device=hidden.device)
-        scores = torch.log_softmax(logits, dim=-1)[rows, true_ids].double().cpu().numpy()
-        for row, index in enumerate(batch):
-            log_likelihood[inputs[index].record] += scores[row]
-            n_scored[inputs[index].record] += 1
+def _head_columns(task: PassTask, chunk: EncodedChunk, per_input: dict[str, np.ndarray]) -> dict[str, object]:
+    assert task.head is not None
+    labels = task.head.labels
+    combined = weighted_rows(per_input[task.name], chunk.record, chunk.n_owned.astype(np.float64), chunk.n_records)
+    if task.name == "regress":
+        return {label: combined[:, i].astype(np.float32) for i, label in enumerate(labels)}
+    probabilities = torch.softmax(torch.from_numpy(combined), dim=-1).numpy().astype(np.float32)
+    columns: dict[str, object] = {f"prob_{label}": probabilities[:, i] for i, label in enumerate(labels)}
+    columns["predicted_label"] = [labels[i] for i in probabilities.argmax(axis=1)]
+    return columns
+
+
+def _mlm_columns(inputs: ModelInputs, scores: np.ndarray) -> dict[str, object]:
+    chunk = inputs.chunk
+    records = chunk.record[inputs.base]
+    log_likelihood = np.bincount(records, weights=scores, minlength=chunk.n_records)
+    n_scored = np.bincount(records, minlength=chunk.n_records)
     return {"pll": log_likelihood, "pll_per_token": log_likelihood / n_scored, "n_scored": n_scored}
 
 
-def run_head_task(runner: Runner, encoded: Sequence[EncodedSequence], task: str) -> dict[str, object]:
-    head = runner.loaded.sequence_head
-    if head is None:
-        raise ValueError(f"{runner.loaded.checkpoint_dir}: the checkpoint has no fine-tuned head; {task} needs one")
-    if head.kind != task:
-        raise ValueError(f"{runner.loaded.checkpoint_dir}: its head is for {head.kind}, not {task}")
-    inputs = window_inputs(encoded)
-    outputs = np.zeros((len(inputs), len(head.labels)), dtype=np.float32)
-    for batch, hidden, owned in runner.batches(inputs):
-        outputs[batch] = head.module(hidden, owned).float().cpu().numpy()
-    combined = weighted_rows(outputs, inputs, len(encoded))
-    if task == "regress":
-        return {label: combined[:, i].astype(np.float32) for i, label in enumerate(head.labels)}
-    logits = torch.from_numpy(combined)
-    probabilities = torch.softmax(logits, dim=-1).numpy().astype(np.float32)
-    columns: dict[str, object] = {f"prob_{label}": probabilities[:, i] for i, label in enumerate(head.labels)}
-    columns["predicted_label"] = [head.labels[i] for i in probabilities.argmax(axis=1)]
-    return columns
+def score_encoded(
+    runner: Runner, chunk: EncodedChunk, tasks: Sequence[PassTask]
+) -> tuple[dict[str, dict[str, object]], dict[int, str]]:
+    """Every task's columns for the records of `chunk`, and the records that could not be scored (with why).
+
+    The hidden-state tasks share one pass; mlm_score runs its own. Columns hold a row for every record; a failed
+    record's values are meaningless and must be dropped by the caller.
+    """
+    columns: dict[str, dict[str, object]] = {}
+    failed_inputs: dict[int, str] = {}
+    hidden_tasks = [task for task in tasks if task.name in HIDDEN_TASKS]
+    if hidden_tasks:
+        inputs = ModelInputs.windows(chunk)
+        hidden_size = runner.loaded.hidden_size
+        per_input: dict[str, np.ndarray] = {}
+        for task in hidden_tasks:
+            if task.name == "embed":
+                per_input["embed"] = np.zeros((len(inputs), hidden_size), dtype=np.float32)
+                if task.settings.per_token:
+                    per_input["per_token"] = np.empty(len(inputs), dtype=object)
+            else:
+                assert task.head is not None
+                per_input[task.name] = np.zeros((len(inputs), len(task.head.labels)), dtype=np.float32)
+        runner.failed = {}
+        runner.run(inputs, _hidden_reduce(hidden_tasks), per_input)
+        failed_inputs.update(runner.failed)
+        if "per_token" in per_input:
+            for index in runner.failed:  # an empty block keeps the concatenation going; the record is dropped
+                per_input["per_token"][index] = np.zeros((0, hidden_size), dtype=np.float16)
+        for task in hidden_tasks:
+            builder = _embed_columns if task.name == "embed" else _head_columns
+            columns[task.name] = builder(task, chunk, per_input)
+    if any(task.name == "mlm_score" for task in tasks):
+        head = runner.loaded.mlm_head
+        if head is None:
+            raise ValueError(
+                f"{runner.loaded.checkpoint_dir}: the checkpoint has no masked-LM head; mlm_score needs one"
+            )
+        inputs = ModelInputs.masked_copies(chunk)
+        scores = {"mlm_score": np.zeros(len(inputs), dtype=np.float64)}
+        runner.failed = {}
+        runner.run(inputs, _mlm_reduce(head), scores)
+        failed_inputs.update({int(inputs.base[i]): reason for i, reason in runner.failed.items()})
+        columns["mlm_score"] = _mlm_columns(inputs, scores["mlm_score"])
+    failed_records = {int(chunk.record[index]): reason for index, reason in failed_inputs.items()}
+    return columns, failed_records
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Chunks of records: read and tokenized in the background, scored, duplicates filled in
+
+
+def sequence_digest(sequence: str) -> bytes:
+    """Identity of a sequence for de-duplication (sequences are upper-cased by validation)."""
+    return hashlib.blake2b(sequence.encode(), digest_size=16).digest()
+
+
+@dataclass
+class Duplicates:
+    """Which records repeat an earlier record's sequence: `first[i]` is the earliest record with record i's
+    sequence (i itself for a first occurrence), `last[f]` the last record that needs first occurrence f's row."""
+
+    first: np.ndarray
+    last: np.ndarray
+
+    @classmethod
+    def none(cls, n: int) -> Duplicates:
+        every = np.arange(n)
+        return cls(every, every.copy())
+
+    @property
+    def n_duplicates(self) -> int:
+        return int((self.first != np.arange(len(self.first))).sum())
 
 
 @dataclass
 class ScoredChunk:
-    """One chunk of consecutive records with how each was encoded and its task columns, in input order."""
+    """One chunk of consecutive records with each task's columns, in input order; `failed` names the records
+    (by position in the chunk) that could not be scored, whose values must not be used."""
 
     records: list[SequenceRecord]
-    encoded: list[EncodedSequence]
-    columns: dict[str, object]
+    base: dict[str, np.ndarray]  # n_tokens, n_windows, truncated per record
+    columns: dict[str, dict[str, object]]
+    failed: dict[int, str] = field(default_factory=dict)
 
 
 def iter_chunks(
@@ -331,10 +703,42 @@ def iter_chunks(
         yield chunk
 
 
+def _take(values: object, rows: np.ndarray) -> object:
+    if isinstance(values, pa.Array):
+        return values.take(pa.array(rows))
+    if isinstance(values, np.ndarray):
+        return values[rows]
+    return [values[i] for i in rows.tolist()]  # type: ignore[index]
+
+
+def _concatenate(parts: Sequence[object]) -> object:
+    if isinstance(parts[0], pa.Array):
+        return pa.concat_arrays(parts)
+    if isinstance(parts[0], np.ndarray):
+        return np.concatenate(parts)
+    return [value for part in parts for value in part]  # type: ignore[attr-defined]
+
+
+def prepare_tasks(loaded: LoadedModel, settings: Sequence[TaskSettings]) -> list[PassTask]:
+    """Tasks ready to share passes: heads loaded, and one set of input settings for all."""
+    if not settings:
+        raise ValueError("no task to run")
+    first = settings[0]
+    for other in settings[1:]:
+        differing = [name for name in INPUT_SETTINGS if getattr(other, name) != getattr(first, name)]
+        if differing:
+            raise ValueError(f"tasks {first.task} and {other.task} differ in {differing}; run them separately")
+    if len({s.task for s in settings}) != len(settings):
+        raise ValueError(f"each task may be asked for once, got {[s.task for s in settings]}")
+    return [
+        PassTask(s, _head_for(loaded, s) if s.task in ("classify", "regress") else None) for s in settings
+    ]
+
+
 def score_chunks(
     loaded: LoadedModel,
     records: Iterable[SequenceRecord],
-    settings: TaskSettings,
+    settings: TaskSettings | Sequence[TaskSettings],
     *,
     molecule: str,
     batch_tokens: int,
@@ -344,72 +748,170 @@ def score_chunks(
     chunk_records: int = CHUNK_RECORDS,
     chunk_residues: int | None = None,
     progress_seconds: float = 30.0,
+    duplicates: Duplicates | None = None,
+    runner: Runner | None = None,
 ) -> Iterator[ScoredChunk]:
     """Score `records` chunk by chunk, in input order, overlapping the CPU work around the model with compute.
 
     `records` may be lazy (a FASTA being read): a background thread takes the next chunk from it and tokenizes
-    it while the model runs on the current one, so reading, validating and tokenizing cost no extra wall time
-    as long as they are faster than the model. Inside a chunk, inputs are length-sorted into token-budget
+    it while the model runs on the current one. Inside a chunk, inputs are length-sorted into token-budget
     batches; a chunk holds at most `chunk_records` records and `chunk_residues` residues (default
     64 x `batch_tokens`), enough for many full batches while bounding memory whatever the input's size.
+    With `duplicates` (record positions in the whole input, see `validate_input`), a record whose sequence an
+    earlier record had is not computed again: its row is copied from that record's.
     """
     loaded = loaded.for_molecule(molecule)
-    if settings.head is not None:
-        device = next(loaded.model.parameters()).device
-        loaded = replace(loaded, sequence_head=load_linear_head(settings.head, loaded.hidden_size, device))
-    max_tokens = settings.max_tokens or loaded.max_tokens
-    window = settings.window_length or loaded.default_window
-    overlap = settings.window_overlap if settings.window_overlap is not None else window // 4
+    tasks = prepare_tasks(loaded, [settings] if isinstance(settings, TaskSettings) else list(settings))
+    first = tasks[0].settings
+    max_tokens = first.max_tokens or loaded.max_tokens
+    window = first.window_length or loaded.default_window
+    overlap = first.window_overlap if first.window_overlap is not None else window // 4
     chunks = iter_chunks(records, chunk_records, chunk_residues or 64 * batch_tokens)
+    kept: dict[int, tuple[dict[str, np.ndarray], dict[str, dict[str, object]], int]] = {}  # first -> its row
 
-    def prepare() -> tuple[list[SequenceRecord], list[EncodedSequence]] | None:
-        """Runs in the background thread: read the next chunk and tokenize it."""
+    def prepare() -> tuple[list[SequenceRecord], np.ndarray, EncodedChunk] | None:
+        """Runs in the background thread: read the next chunk and tokenize the sequences it must compute."""
         chunk = next(chunks, None)
         if chunk is None:
             return None
-        return chunk, encode_sequences(
-            [record.sequence for record in chunk], loaded.tokenizer, max_tokens=max_tokens,
-            mode=settings.long_sequences, window=window, overlap=overlap, record_ids=[record.id for record in chunk],
+        if duplicates is None:
+            fresh = np.arange(len(chunk))
+        else:
+            positions = np.array([r.index for r in chunk])
+            fresh = np.flatnonzero(duplicates.first[positions] == positions)
+        encoded = encode_chunk(
+            [chunk[i].sequence for i in fresh.tolist()], loaded.tokenizer, max_tokens=max_tokens,
+            mode=first.long_sequences, window=window, overlap=overlap,
         )  # fmt: skip
+        return chunk, fresh, encoded
 
-    runner = Runner(
+    runner = runner or Runner(
         loaded, molecule=molecule, batch_tokens=batch_tokens, dtype=dtype, figures=figures, max_padding=max_padding
     )
     started = last_report = time.perf_counter()
-    n_truncated = figures.n_truncated
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="seqshard-read") as background:
         upcoming = background.submit(prepare)
         while (prepared := upcoming.result()) is not None:
             upcoming = background.submit(prepare)
-            chunk, encoded = prepared
-            figures.n_windows += sum(len(e.windows) for e in encoded)
-            figures.n_truncated += sum(e.truncated for e in encoded)
-            if settings.task == "embed":
-                columns = run_embed_task(runner, encoded, settings)
-            elif settings.task == "mlm_score":
-                columns = run_mlm_score_task(runner, encoded)
-            else:
-                columns = run_head_task(runner, encoded, settings.task)
-            figures.n_sequences += len(chunk)
+            chunk, fresh, encoded = prepared
+            figures.n_windows += int(encoded.n_inputs)
+            figures.n_truncated += int(encoded.truncated.sum())
+            columns, failed = score_encoded(runner, encoded, tasks)
+            base = {"n_tokens": encoded.n_tokens, "n_windows": encoded.n_windows, "truncated": encoded.truncated}
+            failed = {int(fresh[i]): reason for i, reason in failed.items()}
+            if len(fresh) < len(chunk):
+                base, columns, failed = _fill_duplicates(chunk, fresh, base, columns, failed, duplicates, kept)
+            elif duplicates is not None:
+                _keep_for_later(chunk, base, columns, duplicates, kept)
+            figures.n_records += len(chunk)
+            figures.n_sequences += len(fresh)
+            figures.n_duplicates += len(chunk) - len(fresh)
             now = time.perf_counter()
             if now - last_report >= progress_seconds:
                 log.info(
-                    "%d sequences scored (%.1f per second)", figures.n_sequences, figures.n_sequences / (now - started)
+                    "%d records scored (%.1f per second)", figures.n_records, figures.n_records / (now - started)
                 )
                 last_report = now
-            yield ScoredChunk(chunk, encoded, columns)
-    if figures.n_truncated > n_truncated:
-        log.warning(
-            "%d sequence(s) longer than %d tokens were truncated", figures.n_truncated - n_truncated, max_tokens
-        )
+            yield ScoredChunk(chunk, base, columns, failed)
+    if figures.n_truncated:
+        log.warning("%d sequence(s) longer than %d tokens were truncated", figures.n_truncated, max_tokens)
 
 
-def _concatenate(parts: Sequence[object]) -> object:
-    if isinstance(parts[0], pa.Array):
-        return pa.concat_arrays(parts)
-    if isinstance(parts[0], np.ndarray):
-        return np.concatenate(parts)
-    return [value for part in parts for value in part]  # type: ignore[attr-defined]
+def _keep_for_later(
+    chunk: list[SequenceRecord],
+    base: dict[str, np.ndarray],
+    columns: dict[str, dict[str, object]],
+    duplicates: Duplicates,
+    kept: dict[int, tuple[dict[str, np.ndarray], dict[str, dict[str, object]], int]],
+) -> None:
+    """Keep the rows of first occurrences that a record in a later chunk repeats."""
+    last_here = chunk[-1].index
+    for row, record in enumerate(chunk):
+        if duplicates.last[record.index] > last_here:
+            rows = np.array([row])
+            kept[record.index] = (
+                {name: values[rows] for name, values in base.items()},
+                {task: {name: _take(v, rows) for name, v in cols.items()} for task, cols in columns.items()},
+                int(duplicates.last[record.index]),
+            )
+
+
+def _fill_duplicates(
+    chunk: list[SequenceRecord],
+    fresh: np.ndarray,
+    base: dict[str, np.ndarray],
+    columns: dict[str, dict[str, object]],
+    failed: dict[int, str],
+    duplicates: Duplicates | None,
+    kept: dict[int, tuple[dict[str, np.ndarray], dict[str, dict[str, object]], int]],
+) -> tuple[dict[str, np.ndarray], dict[str, dict[str, object]], dict[int, str]]:
+    """Rows for every record of the chunk, duplicates copied from their first occurrence (here or kept)."""
+    assert duplicates is not None
+    positions = np.array([r.index for r in chunk])
+    firsts = duplicates.first[positions]
+    row_of_fresh = {int(positions[i]): k for k, i in enumerate(fresh.tolist())}
+    # Sources: this chunk's fresh rows, then one row per kept first occurrence referenced here.
+    outside = sorted({int(f) for f in firsts.tolist() if int(f) not in row_of_fresh})
+    missing = [f for f in outside if f not in kept]
+    if missing:
+        raise RuntimeError(f"internal error: rows of records {missing[:5]} were needed again but not kept")
+    sources_base = [base] + [kept[f][0] for f in outside]
+    sources_columns = [columns] + [kept[f][1] for f in outside]
+    all_base = {name: np.concatenate([s[name] for s in sources_base]) for name in base}
+    all_columns = {
+        task: {name: _concatenate([s[task][name] for s in sources_columns]) for name in cols}
+        for task, cols in columns.items()
+    }
+    source_row = {**row_of_fresh, **{f: len(fresh) + k for k, f in enumerate(outside)}}
+    take = np.array([source_row[int(f)] for f in firsts.tolist()])
+    filled_base = {name: values[take] for name, values in all_base.items()}
+    filled = {task: {name: _take(v, take) for name, v in cols.items()} for task, cols in all_columns.items()}
+    failed_rows = {int(positions[fresh[i]]): reason for i, reason in failed.items()} if failed else {}
+    filled_failed = {
+        row: failed_rows[int(f)] for row, f in enumerate(firsts.tolist()) if int(f) in failed_rows
+    }
+    # Keep what later chunks need, drop what they no longer do.
+    _keep_for_later(chunk, filled_base, filled, duplicates, kept)
+    last_here = chunk[-1].index
+    for first_index in [f for f, (_, _, last) in kept.items() if last <= last_here]:
+        del kept[first_index]
+    return filled_base, filled, filled_failed
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Whole files
+
+
+@dataclass
+class InputCheck:
+    """What the validation pass over a whole input found, before any model work."""
+
+    report: ValidationReport
+    duplicates: Duplicates
+    n_valid: int
+
+
+def validate_input(
+    fasta: Path | str,
+    molecule: str,
+    *,
+    allowed_ambiguity: str = "N",
+    on_invalid: str = "error",
+    dedupe: bool = True,
+) -> InputCheck:
+    """Read the whole input once, cheaply: every fault is found before the first forward pass (with
+    `on_invalid="error"` the first full pass raises, listing them), and repeated sequences are found too."""
+    report = ValidationReport(Path(fasta))
+    seen: dict[bytes, int] = {}
+    first: list[int] = []
+    for record in iter_valid_records(
+        fasta, molecule, allowed_ambiguity=allowed_ambiguity, on_invalid=on_invalid, report=report
+    ):
+        first.append(seen.setdefault(sequence_digest(record.sequence), record.index) if dedupe else record.index)
+    first_array = np.array(first, dtype=np.int64)
+    last = np.arange(len(first_array))
+    np.maximum.at(last, first_array, np.arange(len(first_array)))
+    return InputCheck(report, Duplicates(first_array, last), len(first_array))
 
 
 def score_records(
@@ -426,55 +928,39 @@ def score_records(
     """Task columns (without the base columns) for `records`, in input order, and how each was encoded."""
     if not records:
         raise ValueError("no records to score")
-    chunks = list(
-        score_chunks(
-            loaded, records, settings, molecule=molecule, batch_tokens=batch_tokens, dtype=dtype, figures=figures,
-            max_padding=max_padding,
-        )
+    loaded = loaded.for_molecule(molecule)
+    tasks = prepare_tasks(loaded, [settings])
+    max_tokens = settings.max_tokens or loaded.max_tokens
+    window = settings.window_length or loaded.default_window
+    overlap = settings.window_overlap if settings.window_overlap is not None else window // 4
+    encoded = encode_chunk(
+        [r.sequence for r in records], loaded.tokenizer, max_tokens=max_tokens, mode=settings.long_sequences,
+        window=window, overlap=overlap,
     )  # fmt: skip
-    columns = {name: _concatenate([chunk.columns[name] for chunk in chunks]) for name in chunks[0].columns}
-    return columns, [encoded for chunk in chunks for encoded in chunk.encoded]
+    runner = Runner(
+        loaded, molecule=molecule, batch_tokens=batch_tokens, dtype=dtype, figures=figures, max_padding=max_padding
+    )
+    columns, failed = score_encoded(runner, encoded, tasks)
+    if failed:
+        index, reason = next(iter(failed.items()))
+        raise RecordError(f"record {records[index].id!r}: {reason}")
+    figures.n_records += len(records)
+    figures.n_sequences += len(records)
+    figures.n_windows += encoded.n_inputs
+    figures.n_truncated += int(encoded.truncated.sum())
+    return columns[settings.task], encoded.sequences()
 
 
-def run_task(
-    fasta: Path | str,
-    out: Path | str,
-    *,
-    architecture: str,
-    checkpoint: str,
-    settings: TaskSettings = TaskSettings(),
-    molecule: str = "dna",
-    batch_tokens: int = 16384,
-    device: str = "auto",
-    dtype: str = "auto",
-    threads: int = 1,
-    allowed_ambiguity: str = "N",
-    figures_out: Path | str | None = None,
-    labels: Mapping[str, str] | None = None,
-    provenance: Mapping[str, object] | None = None,
-    chunk_records: int = CHUNK_RECORDS,
-) -> RunFigures:
-    """Run one model task over every record of `fasta` and write the task's Parquet to `out`.
+class RecordError(RuntimeError):
+    """A valid record that could not be scored (too large for the device even alone), with `on_invalid: error`."""
 
-    The file is read, validated and tokenized chunk by chunk in a background thread, and each chunk's rows are
-    written (one Parquet row group per chunk) in another, while the model computes: see `score_chunks`.
-    """
-    torch.set_num_threads(max(1, threads))
-    device = resolve_device(device)
-    dtype = resolve_dtype(dtype, device)
-    figures = RunFigures(dict(labels or {}), device, dtype, threads, batch_tokens)
 
-    started = time.perf_counter()
-    loaded = get_loader(architecture)(checkpoint, device, torch.float32)
-    figures.load_seconds = time.perf_counter() - started
-    log.info("loaded %s from %s in %.2f s (%s)", architecture, loaded.checkpoint_dir, figures.load_seconds, device)
-    if molecule not in loaded.molecules:
-        raise ValueError(f"{architecture} does not accept {molecule} sequences (accepts {sorted(loaded.molecules)})")
-
-    started = time.perf_counter()
-    report = ValidationReport(Path(fasta))
-    records = iter_valid_records(fasta, molecule, allowed_ambiguity=allowed_ambiguity, report=report)
-    metadata = {
+def task_metadata(
+    loaded: LoadedModel, settings: TaskSettings, *, architecture: str, checkpoint: str, dtype: str, molecule: str,
+    provenance: Mapping[str, object] | None,
+) -> dict[str, object]:  # fmt: skip
+    """The provenance a task's Parquet file carries."""
+    return {
         **asdict(settings),
         "architecture": architecture,
         "checkpoint": str(checkpoint),
@@ -486,24 +972,104 @@ def run_task(
         **({"head_digest": head_digest(settings.head)} if settings.head else {}),
         **(provenance or {}),
     }
-    scored = score_chunks(
-        loaded, records, settings, molecule=molecule, batch_tokens=batch_tokens, dtype=dtype, figures=figures,
-        chunk_records=chunk_records,
+
+
+def run_tasks(
+    fasta: Path | str,
+    outputs: Mapping[str, Path | str],
+    *,
+    architecture: str,
+    checkpoint: str,
+    settings: Sequence[TaskSettings],
+    molecule: str = "dna",
+    batch_tokens: int = 16384,
+    device: str = "auto",
+    dtype: str = "auto",
+    threads: int = 1,
+    allowed_ambiguity: str = "N",
+    on_invalid: str = "error",
+    rejects_out: Path | str | None = None,
+    figures_out: Path | str | None = None,
+    labels: Mapping[str, str] | None = None,
+    provenance: Mapping[str, object] | None = None,
+    chunk_records: int = CHUNK_RECORDS,
+    dedupe: bool = True,
+) -> RunFigures:
+    """Run several tasks of one model over every record of `fasta`, writing task t's Parquet to `outputs[t]`.
+
+    The whole file is validated first (and its repeated sequences found); then it is read, tokenized and scored
+    chunk by chunk, each chunk's rows written (one Parquet row group per chunk, per task) while the model
+    computes the next. Tasks that share a forward pass get one. With `on_invalid="skip"` invalid records, and
+    records that cannot be scored at all, go to `rejects_out` instead of stopping the run.
+    """
+    by_task = {s.task: s for s in settings}
+    if set(by_task) != set(outputs):
+        raise ValueError(f"outputs {sorted(outputs)} do not match the tasks {sorted(by_task)}")
+    torch.set_num_threads(max(1, threads))
+    os.environ.setdefault("RAYON_NUM_THREADS", str(max(1, threads)))  # the DNABERT-2 tokenizer's thread pool
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
+    figures = RunFigures(dict(labels or {}), device, dtype, threads, batch_tokens)
+
+    started = time.perf_counter()
+    check = validate_input(
+        fasta, molecule, allowed_ambiguity=allowed_ambiguity, on_invalid=on_invalid, dedupe=dedupe
+    )
+    log.info(
+        "%s: %d records, %d valid (%d distinct sequences), %d rejected; validated in %.1f s",
+        fasta, check.report.n_records, check.n_valid, check.n_valid - check.duplicates.n_duplicates,
+        len(check.report.rejected), time.perf_counter() - started,
     )  # fmt: skip
-    with TableWriter(out) as writer, ThreadPoolExecutor(max_workers=1, thread_name_prefix="seqshard-write") as pool:
-        written: Future[None] | None = None
-        for chunk in scored:
-            table = chunk_table(chunk, settings, loaded.hidden_size, metadata)
+
+    load_started = time.perf_counter()
+    loaded = get_loader(architecture)(checkpoint, device, torch.float32)
+    figures.load_seconds = time.perf_counter() - load_started
+    log.info("loaded %s from %s in %.2f s (%s)", architecture, loaded.checkpoint_dir, figures.load_seconds, device)
+    if molecule not in loaded.molecules:
+        raise ValueError(f"{architecture} does not accept {molecule} sequences (accepts {sorted(loaded.molecules)})")
+
+    metadata = {
+        task: task_metadata(loaded, s, architecture=architecture, checkpoint=checkpoint, dtype=dtype,
+                            molecule=molecule, provenance=provenance)  # fmt: skip
+        for task, s in by_task.items()
+    }
+    rejected: list[Rejected] = list(check.report.rejected)
+    records = iter_valid_records(fasta, molecule, allowed_ambiguity=allowed_ambiguity, on_invalid=on_invalid)
+    scored = score_chunks(
+        loaded, records, list(by_task.values()), molecule=molecule, batch_tokens=batch_tokens, dtype=dtype,
+        figures=figures, chunk_records=chunk_records, duplicates=check.duplicates,
+    )  # fmt: skip
+    writers = {task: TableWriter(outputs[task]) for task in by_task}
+    try:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="seqshard-write") as pool_:
+            written: Future[None] | None = None
+            for chunk in scored:
+                keep = _kept_rows(chunk, on_invalid, rejected, fasta)
+                tables = {
+                    task: chunk_table(chunk, by_task[task], loaded.hidden_size, metadata[task], keep)
+                    for task in by_task
+                }
+                if written is not None:
+                    written.result()
+                written = pool_.submit(_write_all, writers, tables)
             if written is not None:
                 written.result()
-            written = pool.submit(writer.write, table)
-        if written is not None:
-            written.result()
+        figures.n_rejected = len(rejected) - len(check.report.rejected)
+        for writer in writers.values():
+            writer.__exit__(None)
+    except BaseException as error:
+        for writer in writers.values():
+            writer.__exit__(type(error))
+        raise
+    if rejects_out is not None:
+        write_rejects(rejected, Path(rejects_out))
     figures.run_seconds = time.perf_counter() - started
+    n_rows = next(iter(writers.values())).n_rows
     log.info(
-        "wrote %d rows to %s (%d records read, %d CRLF lines): %d windows, %d truncated; useful-token fraction "
-        "%.3f, %.1f seq/s of model compute, %.1f s in all",
-        writer.n_rows, out, report.n_records, report.crlf_lines, figures.n_windows, figures.n_truncated,
+        "wrote %d rows per task to %s (%d records read, %d CRLF lines, %d duplicates computed once): %d windows, "
+        "%d truncated; useful-token fraction %.3f, %.1f seq/s of model compute, %.1f s in all",
+        n_rows, ", ".join(str(p) for p in outputs.values()), check.report.n_records, check.report.crlf_lines,
+        figures.n_duplicates, figures.n_windows, figures.n_truncated,
         figures.n_tokens / max(1, figures.n_computed_tokens), figures.n_sequences / max(figures.compute_seconds, 1e-9),
         figures.run_seconds,
     )  # fmt: skip
@@ -513,11 +1079,49 @@ def run_task(
     return figures
 
 
+def _write_all(writers: Mapping[str, TableWriter], tables: Mapping[str, pa.Table]) -> None:
+    for task, table in tables.items():
+        writers[task].write(table)
+
+
+def _kept_rows(chunk: ScoredChunk, on_invalid: str, rejected: list[Rejected], fasta: Path | str) -> np.ndarray:
+    """Rows of the chunk to write: all but the records that could not be scored, which are rejects (skip) or an
+    error naming the record (error)."""
+    if not chunk.failed:
+        return np.arange(len(chunk.records))
+    for row, reason in sorted(chunk.failed.items()):
+        record = chunk.records[row]
+        if on_invalid != "skip":
+            raise RecordError(
+                f"{fasta}: record {record.id!r} (line {record.line}): {reason}; lower max_tokens or window_length, "
+                "use a device with more memory, or skip such records with on_invalid skip"
+            )
+        rejected.append(Rejected(str(fasta), record.id, record.line, reason))
+        log.warning("rejected %s: record %r (line %d): %s", fasta, record.id, record.line, reason)
+    return np.array([row for row in range(len(chunk.records)) if row not in chunk.failed], dtype=np.int64)
+
+
+def run_task(
+    fasta: Path | str,
+    out: Path | str,
+    *,
+    settings: TaskSettings = TaskSettings(),
+    **options: object,
+) -> RunFigures:
+    """Run one model task over every record of `fasta` and write the task's Parquet to `out` (see run_tasks)."""
+    return run_tasks(fasta, {settings.task: out}, settings=[settings], **options)  # type: ignore[arg-type]
+
+
 def chunk_table(
-    chunk: ScoredChunk, settings: TaskSettings, hidden_size: int, metadata: Mapping[str, object]
+    chunk: ScoredChunk,
+    settings: TaskSettings,
+    hidden_size: int,
+    metadata: Mapping[str, object],
+    keep: np.ndarray | None = None,
 ) -> pa.Table:
-    """A chunk's output rows: the base columns, then the task's."""
-    columns = chunk.columns
+    """A chunk's output rows for one task: the base columns, then the task's."""
+    columns = chunk.columns[settings.task]
+    rows = np.arange(len(chunk.records)) if keep is None else keep
     # A head's labels are its output columns: prob_<label> for classify, one column per target for regress.
     head_labels = {
         "classify": [name.removeprefix("prob_") for name in columns if name.startswith("prob_")],
@@ -525,15 +1129,18 @@ def chunk_table(
     }.get(settings.task, [])
     schema = task_schema(settings.task, hidden_size, head_labels, settings.per_token)
     base = {
-        "id": [r.id for r in chunk.records],
-        "length": [len(r.sequence) for r in chunk.records],
-        "n_tokens": [e.n_tokens for e in chunk.encoded],
-        "n_windows": [len(e.windows) for e in chunk.encoded],
-        "truncated": [e.truncated for e in chunk.encoded],
+        "id": [chunk.records[i].id for i in rows.tolist()],
+        "length": [len(chunk.records[i].sequence) for i in rows.tolist()],
+        "n_tokens": chunk.base["n_tokens"][rows],
+        "n_windows": chunk.base["n_windows"][rows],
+        "truncated": chunk.base["truncated"][rows],
     }
-    return results_table(schema, base | columns, metadata)
+    task_columns = columns if keep is None or len(rows) == len(chunk.records) else {
+        name: _take(values, rows) for name, values in columns.items()
+    }  # fmt: skip
+    return results_table(schema, base | task_columns, metadata)
 
 
 def run_embed(fasta: Path | str, out: Path | str, *, pooling: str = "mean", **options: object) -> RunFigures:
     """`run_task` for task `embed`."""
-    return run_task(fasta, out, settings=TaskSettings(task="embed", pooling=pooling), **options)  # type: ignore[arg-type]
+    return run_task(fasta, out, settings=TaskSettings(task="embed", pooling=pooling), **options)

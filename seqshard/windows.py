@@ -1,16 +1,28 @@
-"""Fit sequences to a model's length limit: truncate (and say so) or cut overlapping windows.
+"""Fit sequences to a model's length limit, truncating (and saying so) or cutting overlapping windows, and hold
+the resulting model inputs as flat arrays.
 
 Windows are cut in residues (bases or amino acids) and each is tokenized on its own. Every residue belongs to
 exactly one window — the one whose centre is nearest (ties go to the earlier window) — so per-position outputs
 are taken once and pooled results over a long sequence are well defined. A token belongs to the window that
 owns the residue at its midpoint; for a character-level model that is the token's own residue, for DNABERT-2's
 BPE tokens (several bases each) it is the middle base of the token.
+
+A window never holds more than `max_tokens` tokens, whatever its content: DNABERT-2 turns each N into a token of
+its own, so a window of gapped sequence can tokenize far longer than the usual 4-5 bases per token. Such a
+window is cut again into smaller windows over the same residues, and its own residues are shared among them by
+the same nearest-centre rule, until every piece fits (a piece of `max_tokens - 2` residues always does).
+
+The encoded form keeps no per-token Python objects: one chunk of records becomes a few numpy arrays (token ids
+of every model input back to back, ownership flags, input boundaries and the record of each input), which the
+batcher slices with array operations.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 from seqshard.models import SequenceTokenizer
 
@@ -25,29 +37,6 @@ class Window:
     stop: int
     own_start: int
     own_stop: int
-
-
-@dataclass
-class EncodedWindow:
-    """One model input: token ids framed by [CLS]/[SEP] and, per token, whether this window owns it."""
-
-    ids: list[int]
-    owned: list[bool]  # [CLS], [SEP] and tokens owned by another window are False
-
-    @property
-    def n_owned(self) -> int:
-        return sum(self.owned)
-
-
-@dataclass
-class EncodedSequence:
-    windows: list[EncodedWindow]
-    truncated: bool
-
-    @property
-    def n_tokens(self) -> int:
-        """Tokens the sequence contributes, [CLS]/[SEP] counted once: what a single unwindowed input holds."""
-        return sum(window.n_owned for window in self.windows) + 2
 
 
 def plan_windows(length: int, window: int, overlap: int) -> list[Window]:
@@ -68,23 +57,124 @@ def plan_windows(length: int, window: int, overlap: int) -> list[Window]:
     return windows
 
 
-def encode_sequence(
-    sequence: str,
-    tokenizer: SequenceTokenizer,
-    *,
-    max_tokens: int,
-    mode: str,
-    window: int,
-    overlap: int,
-    record_id: str = "",
-) -> EncodedSequence:
-    """Token windows for one sequence under the model's `max_tokens` limit ([CLS] and [SEP] included)."""
-    return encode_sequences(
-        [sequence], tokenizer, max_tokens=max_tokens, mode=mode, window=window, overlap=overlap, record_ids=[record_id]
-    )[0]
+def split_window(parent: Window, pieces: int) -> list[Window]:
+    """`parent` cut into about `pieces` windows over the same residues, overlapping by a quarter, its own residues
+    shared among them by the nearest-centre rule (so together they own exactly what `parent` owned)."""
+    length = parent.stop - parent.start
+    # Windows of size s overlapping by s // 4 cover `length` with `pieces` of them when s ~ 4 length / (3 pieces + 1).
+    size = max(1, min(length - 1, -(-4 * length // (3 * pieces + 1))))
+    children = []
+    for child in plan_windows(length, size, size // 4):
+        own_start = max(parent.own_start, parent.start + child.own_start)
+        own_stop = min(parent.own_stop, parent.start + child.own_stop)
+        children.append(Window(parent.start + child.start, parent.start + child.stop, own_start, own_stop))
+    return children
 
 
-def encode_sequences(
+@dataclass
+class EncodedWindow:
+    """One model input as lists: token ids framed by [CLS]/[SEP] and, per token, whether this window owns it."""
+
+    ids: list[int]
+    owned: list[bool]  # [CLS], [SEP] and tokens owned by another window are False
+
+    @property
+    def n_owned(self) -> int:
+        return sum(self.owned)
+
+
+@dataclass
+class EncodedSequence:
+    """One record's model inputs (a view of an EncodedChunk, for callers that inspect a single record)."""
+
+    windows: list[EncodedWindow]
+    truncated: bool
+
+    @property
+    def n_tokens(self) -> int:
+        """Tokens the sequence contributes, [CLS]/[SEP] counted once: what a single unwindowed input holds."""
+        return sum(window.n_owned for window in self.windows) + 2
+
+
+@dataclass
+class EncodedChunk:
+    """The model inputs of a chunk of records, back to back in flat arrays.
+
+    Input `i` is `ids[starts[i]:starts[i + 1]]`, belongs to record `record[i]`, and reads its results from the
+    positions where `owned` is True. Inputs of one record are consecutive and in window order.
+    """
+
+    ids: np.ndarray  # int32 [total tokens]
+    owned: np.ndarray  # bool [total tokens]
+    starts: np.ndarray  # int64 [n_inputs + 1]
+    record: np.ndarray  # int64 [n_inputs]
+    n_records: int
+    truncated: np.ndarray  # bool [n_records]
+
+    @property
+    def n_inputs(self) -> int:
+        return len(self.record)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Tokens of each model input, [CLS] and [SEP] included."""
+        return np.diff(self.starts)
+
+    @property
+    def n_owned(self) -> np.ndarray:
+        """Tokens each input owns."""
+        counts = np.add.reduceat(self.owned.astype(np.int64), self.starts[:-1]) if len(self.owned) else None
+        return counts if counts is not None else np.zeros(0, dtype=np.int64)
+
+    @property
+    def n_windows(self) -> np.ndarray:
+        return np.bincount(self.record, minlength=self.n_records)
+
+    @property
+    def n_tokens(self) -> np.ndarray:
+        """Tokens each record contributes, [CLS]/[SEP] counted once."""
+        return np.bincount(self.record, weights=self.n_owned, minlength=self.n_records).astype(np.int64) + 2
+
+    def sequence(self, index: int) -> EncodedSequence:
+        first, last = np.searchsorted(self.record, [index, index + 1])
+        windows = [
+            EncodedWindow(
+                self.ids[self.starts[i] : self.starts[i + 1]].tolist(),
+                self.owned[self.starts[i] : self.starts[i + 1]].tolist(),
+            )
+            for i in range(first, last)
+        ]
+        return EncodedSequence(windows, bool(self.truncated[index]))
+
+    def sequences(self) -> list[EncodedSequence]:
+        return [self.sequence(index) for index in range(self.n_records)]
+
+
+def _owned_by_window(planned: Window, offsets: np.ndarray) -> np.ndarray:
+    """Which tokens of a window (residue spans `offsets` [n, 2] relative to the window) the window owns."""
+    begin, end = offsets[:, 0], offsets[:, 1]
+    twice_middle = 2 * planned.start + begin + end - 1
+    return (end > begin) & (2 * planned.own_start <= twice_middle) & (twice_middle < 2 * planned.own_stop)
+
+
+def _fitting_windows(
+    sequence: str, tokenizer: SequenceTokenizer, max_tokens: int, plan: list[Window]
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(ids, owned) of each window of `plan`, cutting again any window that tokenizes past `max_tokens`."""
+    encoded = tokenizer.encode_many_with_offsets([sequence[w.start : w.stop] for w in plan])
+    pieces: list[tuple[np.ndarray, np.ndarray]] = []
+    for planned, (ids, offsets) in zip(plan, encoded, strict=True):
+        if len(ids) <= max_tokens:
+            pieces.append((np.asarray(ids, dtype=np.int32), _owned_by_window(planned, np.asarray(offsets))))
+            continue
+        # Too many tokens for these residues (runs of N in DNABERT-2): cut into pieces about small enough for
+        # the budget; a piece of max_tokens - 2 residues always fits, since no token is shorter than a residue.
+        n_pieces = max(2, -(-len(ids) // (max_tokens - 2)))
+        pieces.extend(_fitting_windows(sequence, tokenizer, max_tokens, split_window(planned, n_pieces)))
+    return pieces
+
+
+def encode_chunk(
     sequences: Sequence[str],
     tokenizer: SequenceTokenizer,
     *,
@@ -92,36 +182,81 @@ def encode_sequences(
     mode: str,
     window: int,
     overlap: int,
-    record_ids: Sequence[str] | None = None,
-) -> list[EncodedSequence]:
-    """`encode_sequence` for many sequences: whole sequences in one tokenizer call, then every window of the
-    over-long ones in a second."""
+) -> EncodedChunk:
+    """Encode many sequences: whole sequences in one batched tokenizer call, windows of the over-long ones after.
+
+    Sequences that fit take the fast path (ids only, no offsets); with `mode="truncate"` an over-long sequence
+    keeps its first `max_tokens - 1` tokens and its [SEP].
+    """
     if mode not in LONG_SEQUENCE_MODES:
         raise ValueError(f"unknown long_sequences mode {mode!r}; expected one of {LONG_SEQUENCE_MODES}")
-    encoded: list[EncodedSequence | None] = [None] * len(sequences)
-    pending: list[tuple[int, Window]] = []  # (sequence, window) of the sequences that need windows
-    for index, (ids, _) in enumerate(tokenizer.encode_many_with_offsets(list(sequences))):
-        if len(ids) <= max_tokens:
-            encoded[index] = EncodedSequence([EncodedWindow(ids, [False, *([True] * (len(ids) - 2)), False])], False)
-        elif mode == "truncate":
-            kept = ids[: max_tokens - 1] + ids[-1:]  # keep [SEP] so the input looks like the model's training data
-            encoded[index] = EncodedSequence([EncodedWindow(kept, [False, *([True] * (max_tokens - 2)), False])], True)
+    if max_tokens < 3:
+        raise ValueError(f"max_tokens must be at least 3 ([CLS], one token, [SEP]), got {max_tokens}")
+    ids, starts = tokenizer.encode_flat(list(sequences))
+    lengths = np.diff(starts)
+    too_long = np.flatnonzero(lengths > max_tokens)
+    truncated = np.zeros(len(sequences), dtype=bool)
+    if len(too_long) == 0:
+        owned = np.ones(len(ids), dtype=bool)
+        owned[starts[:-1]] = False
+        owned[starts[1:] - 1] = False
+        return EncodedChunk(ids, owned, starts, np.arange(len(sequences)), len(sequences), truncated)
+
+    # Rebuild input by input: runs of fitting sequences are slices of the batch encoding, the others are
+    # truncated or windowed.
+    parts_ids: list[np.ndarray] = []
+    parts_owned: list[np.ndarray] = []
+    parts_lengths: list[np.ndarray] = []
+    parts_records: list[np.ndarray] = []
+
+    def add(part_ids: np.ndarray, part_owned: np.ndarray, part_lengths: np.ndarray, part_records: np.ndarray) -> None:
+        parts_ids.append(part_ids)
+        parts_owned.append(part_owned)
+        parts_lengths.append(part_lengths)
+        parts_records.append(part_records)
+
+    previous = 0
+    for index in [*too_long.tolist(), len(sequences)]:
+        if index > previous:  # the fitting sequences before this one, in one piece
+            span = ids[starts[previous] : starts[index]]
+            run_owned = np.ones(len(span), dtype=bool)
+            run_owned[starts[previous:index] - starts[previous]] = False
+            run_owned[starts[previous + 1 : index + 1] - starts[previous] - 1] = False
+            add(span, run_owned, lengths[previous:index], np.arange(previous, index))
+        if index == len(sequences):
+            break
+        if mode == "truncate":
+            own = ids[starts[index] : starts[index + 1]]
+            kept_owned = np.ones(max_tokens, dtype=bool)
+            kept_owned[[0, -1]] = False
+            # The first max_tokens - 1 tokens and the [SEP], so the input looks like the model's training data.
+            kept = np.concatenate([own[: max_tokens - 1], own[-1:]])
+            add(kept, kept_owned, np.array([max_tokens]), np.array([index]))
+            truncated[index] = True
         else:
-            pending.extend((index, planned) for planned in plan_windows(len(sequences[index]), window, overlap))
-    pieces = [sequences[index][planned.start : planned.stop] for index, planned in pending]
-    by_sequence: dict[int, list[EncodedWindow]] = {}
-    for (index, planned), (ids, offsets) in zip(pending, tokenizer.encode_many_with_offsets(pieces), strict=True):
-        if len(ids) > max_tokens:
-            name = record_ids[index] if record_ids is not None else str(index)
-            raise ValueError(
-                f"record {name!r}: the window of residues {planned.start}-{planned.stop} gives {len(ids)} tokens, "
-                f"more than max_tokens {max_tokens} (long runs of N become one token per base); lower window_length"
-            )
-        owned = [
-            end > begin and 2 * planned.own_start <= 2 * planned.start + begin + end - 1 < 2 * planned.own_stop
-            for begin, end in offsets
-        ]
-        by_sequence.setdefault(index, []).append(EncodedWindow(ids, owned))
-    for index, windows in by_sequence.items():
-        encoded[index] = EncodedSequence(windows, truncated=False)
-    return encoded  # type: ignore[return-value]  # every slot is filled above
+            sequence = sequences[index]
+            for piece_ids, piece_owned in _fitting_windows(
+                sequence, tokenizer, max_tokens, plan_windows(len(sequence), window, overlap)
+            ):
+                add(piece_ids, piece_owned, np.array([len(piece_ids)]), np.array([index]))
+        previous = index + 1
+
+    input_lengths = np.concatenate(parts_lengths).astype(np.int64)
+    new_starts = np.zeros(len(input_lengths) + 1, dtype=np.int64)
+    np.cumsum(input_lengths, out=new_starts[1:])
+    return EncodedChunk(
+        np.concatenate(parts_ids).astype(np.int32),
+        np.concatenate(parts_owned),
+        new_starts,
+        np.concatenate(parts_records).astype(np.int64),
+        len(sequences),
+        truncated,
+    )
+
+
+def encode_sequence(
+    sequence: str, tokenizer: SequenceTokenizer, *, max_tokens: int, mode: str, window: int, overlap: int
+) -> EncodedSequence:
+    """Token windows for one sequence under the model's `max_tokens` limit ([CLS] and [SEP] included)."""
+    chunk = encode_chunk([sequence], tokenizer, max_tokens=max_tokens, mode=mode, window=window, overlap=overlap)
+    return chunk.sequence(0)

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from seqshard.inference import RunFigures, TaskSettings, run_embed, score_records
+from seqshard.inference import RecordError, RunFigures, TaskSettings, run_embed, score_records
 from seqshard.models.dnabert2 import load_dnabert2, write_demo_checkpoint
 from seqshard.parquet import read_provenance
 from seqshard.pooling import pool
@@ -106,10 +106,10 @@ class MemoryLimitedModel(torch.nn.Module):
         super().__init__()
         self.model, self.max_tokens = model, max_tokens
 
-    def forward(self, ids, attention_mask, token_types):
+    def forward(self, ids, attention_mask=None):
         if ids.numel() > self.max_tokens:
             raise torch.OutOfMemoryError(f"simulated: {ids.numel()} tokens")
-        return self.model(ids, attention_mask, token_types)
+        return self.model(ids, attention_mask)
 
 
 def test_out_of_memory_halves_the_batch_and_goes_on(checkpoint, fasta):
@@ -129,7 +129,7 @@ def test_out_of_memory_halves_the_batch_and_goes_on(checkpoint, fasta):
         np.array(columns["embedding"].to_pylist()), np.array(reference["embedding"].to_pylist()), atol=1e-5
     )
     tiny = replace(loaded, model=MemoryLimitedModel(loaded.model, max_tokens=10))
-    with pytest.raises(torch.OutOfMemoryError):  # one sequence that does not fit is an error, not a loop
+    with pytest.raises(RecordError, match=r"record 'r5': out of memory even alone \(272 tokens on cpu\)"):  # an error naming it, not a loop
         score_records(tiny, records, TaskSettings(), figures=RunFigures({}, "cpu", "fp32", 1, 1), **kwargs)
 
 
@@ -152,9 +152,10 @@ def test_chunked_scoring_matches_one_chunk_and_keeps_input_order(checkpoint, fas
     small, large = runs[3][0], runs[100][0]
     assert [len(chunk.records) for chunk in small] == [3, 3, 2] and len(large) == 1
     assert [r.id for chunk in small for r in chunk.records] == [r.id for r in records]
-    stacked = np.concatenate([np.array(chunk.columns["embedding"].to_pylist()) for chunk in small])
-    np.testing.assert_allclose(stacked, np.array(large[0].columns["embedding"].to_pylist()), atol=1e-5, rtol=0)
-    assert runs[3][1].n_sequences == runs[100][1].n_sequences == len(records)
+    stacked = np.concatenate([np.array(chunk.columns["embed"]["embedding"].to_pylist()) for chunk in small])
+    whole = np.array(large[0].columns["embed"]["embedding"].to_pylist())
+    np.testing.assert_allclose(stacked, whole, atol=1e-5, rtol=0)
+    assert runs[3][1].n_records == runs[100][1].n_records == len(records)
 
 
 def test_run_task_streams_chunks_into_row_groups_and_leaves_nothing_on_failure(checkpoint, tmp_path):

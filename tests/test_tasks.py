@@ -104,15 +104,29 @@ def test_long_sequence_is_represented_token_by_token_exactly_once(checkpoints):
     np.testing.assert_allclose(vectors(columns)[0], np.mean(expected, axis=0), atol=1e-5, rtol=0)
 
 
-def test_truncation_is_recorded_and_too_long_windows_are_refused(checkpoints):
+def test_truncation_is_recorded(checkpoints):
     loaded = load_dnabert2(str(checkpoints["mlm"]))
     sequence = random_dna(2000, 3)
     _, encoded = run(loaded, [sequence], long_sequences="truncate", max_tokens=64)
     assert encoded[0].truncated and encoded[0].n_tokens == 64 and len(encoded[0].windows[0].ids) == 64
-    with pytest.raises(ValueError, match="record 'r0': the window of residues 0-1000 gives .* tokens, more than"):
-        encode_sequence(
-            "N" * 1500, loaded.tokenizer, max_tokens=512, mode="window", window=1000, overlap=250, record_id="r0"
-        )
+
+
+@pytest.mark.parametrize("gap", [300, 1500, 5000])
+def test_windows_never_exceed_max_tokens_whatever_the_content(checkpoints, gap):
+    """A gap of N (one DNABERT-2 token per base) inside a scaffold: windows are cut again until each fits, and
+    every residue is still owned by exactly one window."""
+    loaded = load_dnabert2(str(checkpoints["mlm"]))
+    sequence = random_dna(700, 5) + "N" * gap + random_dna(900, 6)
+    whole = encode_sequence(sequence, loaded.tokenizer, max_tokens=512, mode="window", window=1000, overlap=250)
+    assert max(len(w.ids) for w in whole.windows) <= 512
+    assert all(len(w.ids) == len(w.owned) for w in whole.windows)
+    # Ownership: the owned tokens, decoded window by window in order, spell the sequence exactly once.
+    spelled = "".join(
+        loaded.tokenizer.decode([i for i, own in zip(w.ids, w.owned, strict=True) if own]) for w in whole.windows
+    )
+    assert spelled == sequence
+    columns, encoded = run(loaded, [sequence, random_dna(100, 7)])
+    assert encoded[0].n_tokens == whole.n_tokens and np.isfinite(vectors(columns)).all()
 
 
 def test_max_pooling(checkpoints):

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:  # torch is heavy to import; the workflow reads ARCHITECTURE_MOLECULES without it
+    import numpy as np
     import torch
 
 
@@ -30,6 +31,11 @@ class SequenceTokenizer(Protocol):
 
     def encode_many_with_offsets(self, sequences: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
         """`encode_with_offsets` for many sequences at once (a tokenizer may run them in parallel)."""
+        ...
+
+    def encode_flat(self, sequences: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Every sequence's framed ids back to back (int32) and the boundaries (int64, len + 1): sequence i is
+        `ids[starts[i]:starts[i + 1]]`. The fast path for many sequences: no offsets, no per-token objects."""
         ...
 
 

@@ -17,12 +17,14 @@ are scattered back to [B, heads, L, head_dim] around `scaled_dot_product_attenti
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -345,8 +347,10 @@ class DNABERT2Model(nn.Module):
         which drops padding inside the encoder and pads the result back with zeros.
         """
         mask = None if attention_mask is None else attention_mask.to(device=input_ids.device, dtype=torch.bool)
-        if mask is not None and bool(mask.all()):
-            mask = None  # no padding: nothing to mask and nothing to pack
+        if mask is not None and mask.device.type == "cpu" and bool(mask.all()):
+            # No padding: nothing to mask and nothing to pack. Checked on the CPU only: on a GPU the check would
+            # wait for the device, and callers that know (seqshard's runner) pass None for unpadded batches.
+            mask = None
         if mask is None or not self.unpad:
             hidden = self.encoder(self.embeddings(input_ids, token_type_ids), mask)
             return hidden if mask is None else hidden.masked_fill(~mask[..., None], 0.0)
@@ -483,6 +487,22 @@ class DNABERT2Tokenizer:
         """`encode_with_offsets` for many sequences through the tokenizer's batch API, which runs in parallel
         outside Python's lock (so it also overlaps with model compute running in another thread)."""
         return [self._with_offsets(e) for e in self._tokenizer.encode_batch([s.upper() for s in sequences])]
+
+    def encode_flat(self, sequences: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Framed ids of many sequences back to back, and their boundaries (see SequenceTokenizer.encode_flat).
+
+        The batch call runs in the tokenizer's own thread pool outside Python's lock (RAYON_NUM_THREADS bounds
+        it), and skips offsets, which cost more than the ids themselves to turn into Python objects."""
+        encodings = self._tokenizer.encode_batch_fast([sequence.upper() for sequence in sequences])
+        extra = 0 if self._frames_itself else 2
+        starts = np.zeros(len(encodings) + 1, dtype=np.int64)
+        np.cumsum([len(encoding) + extra for encoding in encodings], out=starts[1:])
+        if self._frames_itself:
+            ids = np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings), np.int32, int(starts[-1]))
+        else:
+            framed = (self._framed(e.ids) for e in encodings)
+            ids = np.fromiter(itertools.chain.from_iterable(framed), np.int32, int(starts[-1]))
+        return ids, starts
 
     def _with_offsets(self, encoding: Encoding) -> tuple[list[int], list[tuple[int, int]]]:
         if self._frames_itself:

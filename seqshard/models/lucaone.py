@@ -30,6 +30,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -274,7 +275,10 @@ class LucaOneEmbeddings(nn.Module):
         self.token_dropout = config.token_dropout
         self.mask_token_id = config.mask_token_id
 
-    def forward(self, input_ids: torch.Tensor, real: torch.Tensor, token_type_ids: torch.Tensor | int) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, real: torch.Tensor | None, token_type_ids: torch.Tensor | int
+    ) -> torch.Tensor:
+        """Embeddings [B, L, H]; `real` [B, L] bool marks real tokens (None: every position is real)."""
         tokens = self.embed_tokens(input_ids)
         if isinstance(token_type_ids, int):
             # One type per batch is one row broadcast; no [B, L] index tensor needed.
@@ -289,9 +293,10 @@ class LucaOneEmbeddings(nn.Module):
             # and the rest are scaled by 0.88 / (1 − observed mask ratio), i.e. by 0.88 when nothing is masked.
             masked = input_ids.eq(self.mask_token_id)
             embeddings = embeddings.masked_fill(masked.unsqueeze(-1), 0.0)
-            observed = masked.sum(-1).to(embeddings.dtype) / real.sum(-1).to(embeddings.dtype)
+            n_real = input_ids.shape[-1] if real is None else real.sum(-1).to(embeddings.dtype)
+            observed = masked.sum(-1).to(embeddings.dtype) / n_real
             embeddings = embeddings * ((1.0 - _TOKEN_DROPOUT_TRAIN_RATIO) / (1.0 - observed))[:, None, None]
-        return embeddings * real.unsqueeze(-1).to(embeddings.dtype)
+        return embeddings if real is None else embeddings * real.unsqueeze(-1).to(embeddings.dtype)
 
 
 class LucaOneSelfAttention(nn.Module):
@@ -351,11 +356,16 @@ class LucaOneEncoder(nn.Module):
         self.layers = nn.ModuleList(LucaOneLayer(config) for _ in range(config.num_hidden_layers))
         self.last_layer_norm = nn.LayerNorm(config.hidden_size, eps=LAYER_NORM_EPS)
 
-    def forward(self, hidden: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, real: torch.Tensor | None) -> torch.Tensor:
         # Rotary tables for this length, computed once per forward and shared by all layers (no stored buffer:
         # nothing position-related depends on the checkpoint or the model's dtype).
         cos, sin = rotary_tables(hidden.shape[1], self.head_dim, hidden.device)
-        key_mask = None if bool(real.all()) else real[:, None, None, :]  # None lets SDPA use its fastest kernel
+        # None lets SDPA use its fastest kernel. Checked on the CPU only: on a GPU the check would wait for the
+        # device; callers that know there is no padding say so with `real=None` (LucaOneForMolecule does).
+        if real is None or (real.device.type == "cpu" and bool(real.all())):
+            key_mask = None
+        else:
+            key_mask = real[:, None, None, :]
         for layer in self.layers:
             hidden = layer(hidden, cos, sin, key_mask)
         return self.last_layer_norm(hidden)
@@ -375,18 +385,25 @@ class LucaOneModel(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | int | None = None,
+        *,
+        unpadded: bool = False,
     ) -> torch.Tensor:
         """Hidden states [B, L, hidden] after `last_layer_norm`, [CLS]/[SEP] rows included.
 
         `token_type_ids` is 0 (nucleotide) or 1 (protein) for the whole batch, or a [B, L] tensor. It has no
-        default: the port's default of 0 silently treats proteins as nucleotides.
+        default: the port's default of 0 silently treats proteins as nucleotides. Without `attention_mask`,
+        padding is where the ids are [PAD], as in the original, unless `unpadded` says there is none (which
+        spares a GPU the wait of checking).
         """
         if token_type_ids is None:
             raise ValueError("LucaOne needs token types: 0 for DNA/RNA, 1 for protein (see LucaOneForMolecule)")
         if isinstance(token_type_ids, int) and not 0 <= token_type_ids < self.config.type_vocab_size:
             raise ValueError(f"token type {token_type_ids} out of range 0..{self.config.type_vocab_size - 1}")
         # Like the original: padding is where the mask is 0, or where the ids are [PAD] when there is no mask.
-        real = input_ids.ne(self.config.pad_token_id) if attention_mask is None else attention_mask.bool()
+        if unpadded:
+            real = None
+        else:
+            real = input_ids.ne(self.config.pad_token_id) if attention_mask is None else attention_mask.bool()
         return self.encoder(self.embeddings(input_ids, real, token_type_ids), real)
 
 
@@ -419,14 +436,17 @@ class LucaOneForMaskedLM(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | int | None = None,
+        *,
+        unpadded: bool = False,
     ) -> torch.Tensor:
         """Logits [B, L, vocab_size]."""
-        return self.lm_head(self.lucaone(input_ids, attention_mask, token_type_ids))
+        return self.lm_head(self.lucaone(input_ids, attention_mask, token_type_ids, unpadded=unpadded))
 
 
 class LucaOneForMolecule(nn.Module):
     """A LucaOne module with the token type of one molecule as its default, so that `(input_ids, attention_mask)`
-    is enough, as for every other seqshard backbone. Shares (does not copy) the wrapped module's weights."""
+    is enough, as for every other seqshard backbone: without a mask, no position is padding. Shares (does not
+    copy) the wrapped module's weights."""
 
     def __init__(self, model: LucaOneModel | LucaOneForMaskedLM, token_type: int) -> None:
         super().__init__()
@@ -440,7 +460,7 @@ class LucaOneForMolecule(nn.Module):
         token_type_ids: torch.Tensor | int | None = None,
     ) -> torch.Tensor:
         token_types = self.token_type if token_type_ids is None else token_type_ids
-        return self.model(input_ids, attention_mask, token_type_ids=token_types)
+        return self.model(input_ids, attention_mask, token_type_ids=token_types, unpadded=attention_mask is None)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -540,6 +560,27 @@ class LucaOneTokenizer:
     def encode_many_with_offsets(self, sequences: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
         """`encode_with_offsets` for each sequence (a byte-table lookup: nothing to gain from a batch API)."""
         return [self.encode_with_offsets(sequence) for sequence in sequences]
+
+    def encode_flat(self, sequences: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Framed ids of many sequences back to back, and their boundaries: one table lookup over all of them."""
+        if self.molecule is None:
+            raise RuntimeError(
+                "this LucaOne tokenizer is not bound to a molecule; use for_molecule('dna'|'rna'|'protein')"
+            )
+        table = _PROTEIN_TABLE if self.token_type == 1 else _NUCLEOTIDE_TABLE
+        body = np.frombuffer(
+            b"".join(sequence.encode("ascii", "replace") for sequence in sequences).translate(table), np.uint8
+        )
+        starts = np.zeros(len(sequences) + 1, dtype=np.int64)
+        np.cumsum([len(sequence) + 2 for sequence in sequences], out=starts[1:])
+        ids = np.empty(int(starts[-1]), dtype=np.int32)
+        is_frame = np.zeros(len(ids), dtype=bool)
+        is_frame[starts[:-1]] = True
+        is_frame[starts[1:] - 1] = True
+        ids[starts[:-1]] = CLS_ID
+        ids[starts[1:] - 1] = SEP_ID
+        ids[~is_frame] = body
+        return ids, starts
 
 
 class _AlphabetRecord:
