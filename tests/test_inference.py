@@ -129,7 +129,7 @@ def test_out_of_memory_halves_the_batch_and_goes_on(checkpoint, fasta):
         np.array(columns["embedding"].to_pylist()), np.array(reference["embedding"].to_pylist()), atol=1e-5
     )
     tiny = replace(loaded, model=MemoryLimitedModel(loaded.model, max_tokens=10))
-    with pytest.raises(RecordError, match=r"record 'r5': out of memory even alone \(272 tokens on cpu\)"):  # an error naming it, not a loop
+    with pytest.raises(RecordError, match=r"record 'r5': out of memory even alone \(272 tokens on cpu\)"):
         score_records(tiny, records, TaskSettings(), figures=RunFigures({}, "cpu", "fp32", 1, 1), **kwargs)
 
 
