@@ -1,28 +1,40 @@
-"""Rule infer_shard: run one model over one shard and write its Parquet and run figures."""
+"""Rule infer_shard: run one forward pass (and every task sharing it) of one model over one shard."""
+
+from pathlib import Path
 
 from seqshard.gpus import gpus_for_job
-from seqshard.inference import TaskSettings, run_task
+from seqshard.inference import TaskSettings, run_tasks
 from seqshard.logs import setup_logging
 
 setup_logging(snakemake.log[0])
 settings = snakemake.params.settings
 # Speed-only settings come from the config, not params, so changing them never reruns finished shards.
 run = snakemake.config["models"][snakemake.wildcards.model]
+scores = Path(snakemake.output.scores)
+tasks = [TaskSettings(**task) for task in settings["tasks"]]
 # A GPU job on the local executor takes free devices from a lock-file pool; Slurm's own assignment is kept.
 with gpus_for_job(snakemake.resources.get("gpu", 0)):
-    run_task(
+    run_tasks(
         snakemake.input.shard,
-        snakemake.output.parquet,
+        {task.task: scores / f"{task.task}.parquet" for task in tasks},
         architecture=settings["architecture"],
         checkpoint=settings["checkpoint"],
-        settings=TaskSettings(**settings["task"]),
+        settings=tasks,
         molecule=snakemake.params.molecule,
         batch_tokens=run["batch_tokens"],
         device=run["device"],
         dtype=settings["dtype"],
         threads=snakemake.threads,
         allowed_ambiguity=snakemake.params.allowed_ambiguity,
+        # Records that cannot be scored are listed here; the merge names them or fails, as on_invalid says.
+        on_invalid="skip",
+        rejects_out=scores / "rejects.tsv",
         figures_out=snakemake.output.figures,
-        labels={k: snakemake.wildcards[k] for k in ("sample", "model", "task", "shard")},
-        provenance={"model": snakemake.wildcards.model, "sample": snakemake.wildcards.sample},
+        labels={
+            "model": snakemake.wildcards.model,
+            "pass": snakemake.wildcards.pass_,
+            "shard": snakemake.wildcards.shard,
+            "tasks": ",".join(task.task for task in tasks),
+        },
+        provenance={"model": snakemake.wildcards.model},
     )

@@ -220,24 +220,3 @@ def merge_parquet(
                 f"{expected_rows} valid input records; refusing to write an incomplete result"
             )
     return writer.n_rows
-
-
-def merge_sample_shards(
-    shard_paths: Sequence[Path | str], manifest: Path | str, rejects: Path | str, out: Path | str
-) -> int:
-    """Merge one sample's shard outputs in manifest order; the manifest's record count is the expected rows."""
-    from seqshard.sharding import read_manifest
-
-    shards = read_manifest(Path(manifest))
-    by_name = {Path(path).stem: Path(path) for path in shard_paths}
-    missing = [shard.name for shard in shards if shard.name not in by_name]
-    if missing or len(by_name) != len(shards):
-        raise ValueError(f"{out}: shard outputs {sorted(by_name)} do not match the manifest's {missing or shards}")
-    with open(rejects, encoding="utf-8") as handle:
-        n_rejected = sum(1 for _ in handle) - 1
-    return merge_parquet(
-        [by_name[shard.name] for shard in shards],
-        out,
-        expected_rows=sum(shard.n_sequences for shard in shards),
-        extra_metadata={"n_rejected": n_rejected},
-    )

@@ -51,8 +51,8 @@ _BENCHMARK_COLUMNS = {
 }
 BENCHMARK_TABLE_COLUMNS = ["rule", "job", *_BENCHMARK_COLUMNS.values()]
 
-_FIGURE_ID_KEYS = ["sample", "model", "task", "shard"]
-_FIGURE_TEXT_KEYS = ["device", "dtype"]
+_FIGURE_ID_KEYS = ["model", "pass", "shard"]
+_FIGURE_TEXT_KEYS = ["tasks", "device", "dtype"]
 _FIGURE_NUMBER_KEYS = [
     "threads",
     "n_sequences",
@@ -72,9 +72,9 @@ FIGURE_TABLE_COLUMNS = ["job", *_FIGURE_ID_KEYS, *_FIGURE_TEXT_KEYS, *_FIGURE_NU
 TABLE_COLUMNS = [
     "rule",
     "job",
-    "sample",
     "model",
-    "task",
+    "pass",
+    "tasks",
     "shard",
     "device",
     "dtype",
@@ -232,7 +232,7 @@ def resource_usage_table(benchmarks: pd.DataFrame, figures: pd.DataFrame) -> pd.
     joined["padding_fraction"] = 1.0 - _ratio(joined["n_tokens"], joined["n_computed_tokens"])
     joined["peak_gpu_memory_mb"] = joined["peak_gpu_memory_bytes"] / 2**20
     table = joined[TABLE_COLUMNS].sort_values(["rule", "job"], kind="stable").reset_index(drop=True)
-    for column in ["sample", "model", "task", "shard", "device", "dtype"]:
+    for column in ["model", "pass", "tasks", "shard", "device", "dtype"]:
         table[column] = table[column].astype(object).where(table[column].notna(), None)
     return table
 

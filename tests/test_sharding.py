@@ -4,8 +4,7 @@ import random
 
 import pytest
 
-from seqshard.fasta import read_valid_records
-from seqshard.sharding import estimate_tokens, plan_shards, read_manifest, shard_fasta
+from seqshard.sharding import estimate_tokens, plan_shards
 
 
 def test_estimate_is_residues_plus_cls_and_sep():
@@ -52,27 +51,3 @@ def test_deterministic_and_invalid_settings():
     assert plan_shards([], 10) == []
     with pytest.raises(ValueError, match="target_tokens"):
         plan_shards([1], 0)
-
-
-def test_shard_fasta_writes_shards_manifest_and_rejects(tmp_path):
-    fasta = tmp_path / "in.fa"
-    rng = random.Random(11)
-    records = [(f"s{i}", "".join(rng.choice("ACGT") for _ in range(rng.randint(20, 400)))) for i in range(60)]
-    text = "".join(f">{name}\n{seq}\n" for name, seq in records) + ">bad\nACXT\n"
-    fasta.write_text(text)
-    out = tmp_path / "shards"
-    shards, report = shard_fasta(fasta, "dna", out, tmp_path / "rejects.tsv", target_tokens=3000, on_invalid="skip")
-    assert report.n_valid == 60 and len(report.rejected) == 1
-    assert read_manifest(out / "manifest.tsv") == shards
-    written = []
-    for shard in shards:
-        part, _ = read_valid_records(out / f"{shard.name}.fa", "dna")
-        assert len(part) == shard.n_sequences
-        written += [(r.id, r.sequence) for r in part]
-    assert written == records  # every valid record once, in input order
-    assert (tmp_path / "rejects.tsv").read_text().splitlines()[1].split("\t")[1] == "bad"
-    # the same input and settings give byte-identical shards
-    again = tmp_path / "again"
-    shard_fasta(fasta, "dna", again, tmp_path / "r2.tsv", target_tokens=3000, on_invalid="skip")
-    for path in out.iterdir():
-        assert (again / path.name).read_bytes() == path.read_bytes()

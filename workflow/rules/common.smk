@@ -7,7 +7,7 @@ from snakemake.utils import validate
 from seqshard.demo import DEMOS
 from seqshard.models import ARCHITECTURE_MOLECULES
 from seqshard.parquet import TASKS
-from seqshard.sharding import read_manifest
+from seqshard.packing import read_pack_manifest
 
 validate(config, "../schemas/config.schema.yaml")
 
@@ -60,7 +60,9 @@ RUNS = (
 )  # computed at parse time so that a sample/model mismatch stops before any job starts
 FINAL_OUTPUTS = [
     f"results/{sample}/{model}/{task}.parquet" for sample, model, task in RUNS
-]
+] + [f"results/{sample}/rejects.tsv" for sample in dict.fromkeys(s for s, _, _ in RUNS)]
+# Tasks by forward pass: the ones reading the unmasked input's last hidden state share one.
+PASS_TASKS = {"hidden": ["embed", "classify", "regress"], "mlm": ["mlm_score"]}
 
 
 wildcard_constraints:
@@ -68,15 +70,64 @@ wildcard_constraints:
     model="|".join(config["models"]),
     task="|".join(TASKS),
     shard=r"\d+",
+    pass_="hidden|mlm",
     demo="|".join(DEMOS),
 
 
-def get_fasta(wildcards):
-    return samples.loc[wildcards.sample, "fasta"]
+def passes_of(model):
+    """The forward passes a model entry needs: `hidden` for embed/classify/regress, `mlm` for mlm_score."""
+    tasks = config["models"][model]["tasks"]
+    return [p for p, wanted in PASS_TASKS.items() if set(tasks) & set(wanted)]
 
 
-def get_molecule(wildcards):
-    return samples.loc[wildcards.sample, "molecule"]
+def tasks_of(model, pass_):
+    return [t for t in config["models"][model]["tasks"] if t in PASS_TASKS[pass_]]
+
+
+# Each sample's rejects table is written by the pack of the first model entry that runs on it.
+REJECTS_OWNER = {}
+for _sample, _model, _ in RUNS:
+    REJECTS_OWNER.setdefault(_sample, _model)
+
+
+def owned_samples(model):
+    return [sample for sample, owner in REJECTS_OWNER.items() if owner == model]
+
+
+def pack_inputs(model):
+    return [samples.loc[sample, "fasta"] for sample in samples_of(model)]
+
+
+def pack_samples_param(model):
+    """(name, fasta, molecule) of the model's samples, in sheet order."""
+    return [
+        [sample, samples.loc[sample, "fasta"], samples.loc[sample, "molecule"]]
+        for sample in samples_of(model)
+    ]
+
+
+def merged_keys(model):
+    """(sample, task) of every merged file of a model entry, in the order of merged_outputs."""
+    return [
+        [sample, task]
+        for sample in samples_of(model)
+        for task in config["models"][model]["tasks"]
+    ]
+
+
+def merged_outputs(model):
+    return [
+        f"results/{sample}/{model}/{task}.parquet"
+        for sample, task in merged_keys(model)
+    ]
+
+
+def pass_of(task):
+    return next(p for p, tasks in PASS_TASKS.items() if task in tasks)
+
+
+def model_rejects(model):
+    return [f"results/{sample}/{model}/rejects.tsv" for sample in samples_of(model)]
 
 
 def is_local_checkpoint(location):
@@ -117,44 +168,69 @@ def get_container(wildcards):
     return config["containers"][architecture]
 
 
-def get_model_settings(wildcards):
-    """Everything that shapes one model's numbers for one task; a change reruns that model's jobs only."""
+def task_settings(model, task):
+    settings = config["models"][model]
+    return {
+        "task": task,
+        "pooling": settings["pooling"],
+        "per_token": settings["per_token"],
+        "long_sequences": settings["long_sequences"],
+        "window_length": settings["window_length"],
+        "window_overlap": settings["window_overlap"],
+        "max_tokens": settings["max_tokens"],
+        "head": settings["head"],
+    }
+
+
+def get_pass_settings(wildcards):
+    """Everything that shapes one forward pass of one model entry: a change reruns that pass's jobs only
+    (a pooling change reruns the `hidden` pass, never the costly `mlm` one)."""
     settings = config["models"][wildcards.model]
     return {
         "architecture": settings["architecture"],
         "checkpoint": settings["checkpoint"],
         "dtype": settings["dtype"],
-        "task": {
-            "task": wildcards.task,
-            "pooling": settings["pooling"],
-            "per_token": settings["per_token"],
-            "long_sequences": settings["long_sequences"],
-            "window_length": settings["window_length"],
-            "window_overlap": settings["window_overlap"],
-            "max_tokens": settings["max_tokens"],
-            "head": settings["head"],
-        },
+        "tasks": [
+            task_settings(wildcards.model, task)
+            for task in tasks_of(wildcards.model, wildcards.pass_)
+        ],
     }
 
 
-def shard_names(sample):
+def pack_checkpoint(model):
+    return getattr(checkpoints, f"pack_{model}").get()
+
+
+def shard_names(model):
     # A declared output of the checkpoint, opened as such, so a storage provider can fetch it first.
-    manifest = checkpoints.shard_fasta.get(sample=sample).output.manifest
-    return [shard.name for shard in read_manifest(manifest)]
+    manifest = pack_checkpoint(model).output.manifest
+    return [shard.name for shard in read_pack_manifest(manifest)]
 
 
-def get_shard_parquets(wildcards):
-    return expand(
-        "results/{sample}/{model}/{task}/shards/{shard}.parquet",
-        sample=wildcards.sample,
-        model=wildcards.model,
-        task=wildcards.task,
-        shard=shard_names(wildcards.sample),
-    )
+def get_shard_molecule(wildcards):
+    manifest = pack_checkpoint(wildcards.model).output.manifest
+    return {s.name: s.molecule for s in read_pack_manifest(manifest)}[wildcards.shard]
 
 
-def get_shard_manifest(wildcards):
-    return checkpoints.shard_fasta.get(sample=wildcards.sample).output.manifest
+def merge_inputs(model):
+    """The merge of one model entry reads its pack and every scored shard of every pass (known once packed)."""
+
+    def inputs(wildcards):
+        pack = pack_checkpoint(model).output
+        scores = expand(
+            "results/packs/{model}/scores/{pass_}/{shard}",
+            model=model,
+            pass_=passes_of(model),
+            shard=shard_names(model),
+        )
+        return {
+            "records": pack.records,
+            "samples": pack.samples,
+            "manifest": pack.manifest,
+            "scores": scores,
+        }
+
+    return inputs
 
 
 def get_report_thresholds():
@@ -163,17 +239,14 @@ def get_report_thresholds():
 
 
 def get_report_inputs(wildcards):
-    """Every figure and benchmark file the resource report reads, known once all samples are sharded."""
+    """Every figure and benchmark file the resource report reads, known once every model entry is packed."""
     figures, benchmarks = [], []
-    for sample, model, task in RUNS:
-        benchmarks.append(f"benchmarks/merge_shards/{sample}/{model}/{task}.tsv")
-        for shard in shard_names(sample):
-            figures.append(f"results/{sample}/{model}/{task}/figures/{shard}.json")
-            benchmarks.append(
-                f"benchmarks/infer_shard/{sample}/{model}/{task}/{shard}.tsv"
-            )
-    for sample in sorted({sample for sample, _, _ in RUNS}):
-        benchmarks.append(f"benchmarks/shard_fasta/{sample}.tsv")
+    for model in config["models"]:
+        benchmarks += [f"benchmarks/pack/{model}.tsv", f"benchmarks/merge/{model}.tsv"]
+        for pass_ in passes_of(model):
+            for shard in shard_names(model):
+                figures.append(f"results/packs/{model}/figures/{pass_}/{shard}.json")
+                benchmarks.append(f"benchmarks/infer_shard/{model}/{pass_}/{shard}.tsv")
     return {"figures": figures, "benchmarks": benchmarks, "results": FINAL_OUTPUTS}
 
 

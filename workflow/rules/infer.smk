@@ -14,15 +14,15 @@ rule demo_checkpoint:
 
 rule infer_shard:
     input:
-        shard="results/{sample}/shards/{shard}.fa",
+        shard="results/packs/{model}/shards/{shard}.fa",
         checkpoint=get_checkpoint_files,
     output:
-        parquet=temp("results/{sample}/{model}/{task}/shards/{shard}.parquet"),
-        figures="results/{sample}/{model}/{task}/figures/{shard}.json",
+        scores=temp(directory("results/packs/{model}/scores/{pass_}/{shard}")),
+        figures="results/packs/{model}/figures/{pass_}/{shard}.json",
     log:
-        "logs/infer_shard/{sample}/{model}/{task}/{shard}.log",
+        "logs/infer_shard/{model}/{pass_}/{shard}.log",
     benchmark:
-        "benchmarks/infer_shard/{sample}/{model}/{task}/{shard}.tsv"
+        "benchmarks/infer_shard/{model}/{pass_}/{shard}.tsv"
     conda:
         "../../envs/seqshard.yaml"
     container:
@@ -37,8 +37,8 @@ rule infer_shard:
         googlebatch_memory=googlebatch_memory,
         runtime=infer_runtime,
     params:
-        settings=get_model_settings,
-        molecule=get_molecule,
+        settings=get_pass_settings,
+        molecule=get_shard_molecule,
         allowed_ambiguity=config["allowed_ambiguity"],
     script:
         "../../scripts/infer_shard.py"

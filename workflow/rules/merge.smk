@@ -1,24 +1,37 @@
-rule merge_shards:
-    input:
-        shards=get_shard_parquets,
-        manifest=get_shard_manifest,
-        rejects="results/{sample}/rejects.tsv",
-    output:
-        report(
-            "results/{sample}/{model}/{task}.parquet",
-            caption="../report/merged.rst",
-            category="Results",
-            subcategory="{model}",
-            labels={"sample": "{sample}", "model": "{model}", "task": "{task}"},
-        ),
-    log:
-        "logs/merge_shards/{sample}/{model}/{task}.log",
-    benchmark:
-        "benchmarks/merge_shards/{sample}/{model}/{task}.tsv"
-    conda:
-        "../../envs/seqshard.yaml"
-    threads: 1
-    params:
-        settings=get_model_settings,
-    script:
-        "../../scripts/merge_shards.py"
+# One merge per model entry: every sample's file for every task, rows in the sample's input order.
+for model in config["models"]:
+
+    rule:
+        name:
+            f"merge_{model}"
+        input:
+            unpack(merge_inputs(model)),
+        output:
+            merged=[
+                report(
+                    path,
+                    caption="../report/merged.rst",
+                    category="Results",
+                    subcategory=model,
+                    labels={"sample": sample, "model": model, "task": task},
+                )
+                for path, (sample, task) in zip(
+                    merged_outputs(model), merged_keys(model), strict=True
+                )
+            ],
+            rejects=model_rejects(model),
+        log:
+            f"logs/merge/{model}.log",
+        benchmark:
+            f"benchmarks/merge/{model}.tsv"
+        conda:
+            "../../envs/seqshard.yaml"
+        threads: 1
+        params:
+            model=model,
+            outputs=merged_keys(model),
+            samples=samples_of(model),
+            passes={task: pass_of(task) for task in config["models"][model]["tasks"]},
+            on_invalid=config["on_invalid"],
+        script:
+            "../../scripts/merge_model.py"

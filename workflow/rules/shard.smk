@@ -1,27 +1,38 @@
-checkpoint shard_fasta:
-    input:
-        fasta=get_fasta,
-    output:
-        shards=directory("results/{sample}/shards"),
-        manifest="results/{sample}/shards.tsv",
-        rejects=report(
-            "results/{sample}/rejects.tsv",
-            caption="../report/rejects.rst",
-            category="Input validation",
-            labels={"sample": "{sample}"},
-        ),
-    log:
-        "logs/shard_fasta/{sample}.log",
-    benchmark:
-        "benchmarks/shard_fasta/{sample}.tsv"
-    conda:
-        "../../envs/seqshard.yaml"
-    threads: 1
-    params:
-        molecule=get_molecule,
-        on_invalid=config["on_invalid"],
-        allowed_ambiguity=config["allowed_ambiguity"],
-        target_tokens=config["shards"]["target_tokens"],
-        max_sequences=config["shards"]["max_sequences"],
-    script:
-        "../../scripts/shard_fasta.py"
+# One pack per model entry: its samples validated, their distinct sequences cut into token-balanced shards.
+for model in config["models"]:
+
+    checkpoint:
+        name:
+            f"pack_{model}"
+        input:
+            fastas=pack_inputs(model),
+        output:
+            shards=directory(f"results/packs/{model}/shards"),
+            manifest=f"results/packs/{model}/manifest.tsv",
+            records=f"results/packs/{model}/records.parquet",
+            samples=f"results/packs/{model}/samples.tsv",
+            rejects=[
+                report(
+                    f"results/{sample}/rejects.tsv",
+                    caption="../report/rejects.rst",
+                    category="Input validation",
+                    labels={"sample": sample},
+                )
+                for sample in owned_samples(model)
+            ],
+        log:
+            f"logs/pack/{model}.log",
+        benchmark:
+            f"benchmarks/pack/{model}.tsv"
+        conda:
+            "../../envs/seqshard.yaml"
+        threads: 1
+        params:
+            samples=pack_samples_param(model),
+            rejects_for=owned_samples(model),
+            on_invalid=config["on_invalid"],
+            allowed_ambiguity=config["allowed_ambiguity"],
+            target_tokens=config["shards"]["target_tokens"],
+            max_sequences=config["shards"]["max_sequences"],
+        script:
+            "../../scripts/pack_samples.py"

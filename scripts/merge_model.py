@@ -1,0 +1,20 @@
+"""Rule merge_<model>: every sample's file for every task of one model entry, from its scored shards."""
+
+from pathlib import Path
+
+from seqshard.logs import setup_logging
+from seqshard.packing import merge_model
+
+setup_logging(snakemake.log[0])
+params = snakemake.params
+by_pass = {}
+for directory in map(Path, snakemake.input.scores):
+    by_pass.setdefault(directory.parent.name, {})[directory.name] = directory
+merge_model(
+    Path(snakemake.input.manifest).parent,
+    {task: by_pass[pass_] for task, pass_ in params.passes.items()},
+    {(sample, task): path for (sample, task), path in zip(params.outputs, snakemake.output.merged, strict=True)},
+    dict(zip(params.samples, snakemake.output.rejects, strict=True)),
+    model=params.model,
+    on_invalid=params.on_invalid,
+)

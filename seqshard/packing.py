@@ -1,0 +1,399 @@
+"""Pack the samples a model runs on into token-balanced shards of distinct sequences, and gather the scored
+shards back into one file per sample.
+
+`pack_samples` validates every sample (one bad sample is reported with the others, before any model work),
+gives each distinct sequence (per molecule, after upper-casing) one index in order of first appearance, and cuts
+the distinct sequences of each molecule into contiguous shards of about `target_tokens` estimated tokens, so
+many small samples share a shard and a large one spreads over several. A record map says, for every valid record
+of every sample in input order, its id, length and where its sequence sits (shard and row).
+
+`gather_sample` writes a sample's file for one task from the scored shards through that map: rows in the sample's
+input order, each with the record's own id and length and its sequence's values (so duplicates, within or
+across samples, get identical values), one bounded row group at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from seqshard.fasta import (
+    FastaFormatError,
+    FastaValidationError,
+    Rejected,
+    ValidationReport,
+    iter_valid_records,
+    write_rejects,
+)
+from seqshard.parquet import ROW_GROUP_ROWS, TableWriter, provenance_metadata
+from seqshard.sharding import estimate_tokens, plan_shards, shard_name
+
+log = logging.getLogger(__name__)
+
+RECORD_MAP_SCHEMA = pa.schema(
+    [
+        pa.field("sample", pa.string(), nullable=False),
+        pa.field("record", pa.int64(), nullable=False),  # position among the sample's valid records
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("line", pa.int64(), nullable=False),  # header line in the sample's FASTA
+        pa.field("length", pa.int32(), nullable=False),
+        pa.field("shard", pa.string(), nullable=False),
+        pa.field("row", pa.int64(), nullable=False),  # the sequence's row in its shard
+    ]
+)
+MANIFEST_HEADER = "shard\tmolecule\tn_sequences\test_tokens\n"
+SAMPLES_HEADER = "sample\tfasta\tmolecule\tn_records\tn_valid\tn_rejected\tcrlf_lines\n"
+
+
+@dataclass(frozen=True)
+class SampleInput:
+    name: str
+    fasta: str
+    molecule: str
+
+
+@dataclass(frozen=True)
+class PackedShard:
+    name: str
+    molecule: str
+    n_sequences: int
+    est_tokens: int
+
+
+@dataclass
+class PackSummary:
+    shards: list[PackedShard]
+    reports: dict[str, ValidationReport] = field(default_factory=dict)
+    n_records: int = 0
+    n_distinct: int = 0
+
+
+class SampleErrors(ValueError):
+    """One or more samples cannot be used as they are; the message has one line per sample."""
+
+
+def sequence_key(molecule: str, sequence: str) -> bytes:
+    """What makes two records the same input: molecule and upper-cased sequence (validation upper-cases)."""
+    return hashlib.blake2b(f"{molecule}\0{sequence}".encode(), digest_size=16).digest()
+
+
+def pack_samples(
+    samples: Sequence[SampleInput],
+    out_dir: Path | str,
+    *,
+    target_tokens: int,
+    max_sequences: int | None = None,
+    allowed_ambiguity: str = "N",
+    on_invalid: str = "error",
+    rejects: Mapping[str, Path | str] | None = None,
+) -> PackSummary:
+    """Validate `samples`, and write their distinct sequences as shards plus the record map and manifests.
+
+    `out_dir` receives `shards/<name>.fa` (headers are the sequences' global indices), `manifest.tsv`,
+    `records.parquet` and `samples.tsv`. `rejects` names the samples whose rejects table this call writes (a
+    sample shared by several models has its table written once). Two passes over each input keep memory at the
+    distinct sequences' digests: the first validates and counts, the second writes.
+    """
+    out_dir = Path(out_dir)
+    summary = PackSummary(shards=[])
+    seen: dict[bytes, int] = {}
+    molecule_of: list[str] = []  # per distinct sequence
+    tokens_of: list[int] = []
+    problems: list[str] = []
+    for sample in samples:
+        report = ValidationReport(Path(sample.fasta))
+        try:
+            for record in iter_valid_records(
+                sample.fasta, sample.molecule, allowed_ambiguity=allowed_ambiguity, on_invalid=on_invalid,
+                report=report,
+            ):  # fmt: skip
+                key = sequence_key(sample.molecule, record.sequence)
+                if key not in seen:
+                    seen[key] = len(molecule_of)
+                    molecule_of.append(sample.molecule)
+                    tokens_of.append(estimate_tokens(len(record.sequence)))
+        except (FastaValidationError, FastaFormatError, OSError, UnicodeError) as error:
+            problems.append(f"sample {sample.name}: {error}")
+        summary.reports[sample.name] = report
+    if problems:
+        raise SampleErrors("\n".join(problems))
+
+    # Shards per molecule, distinct sequences in order of first appearance.
+    shard_of = np.empty(len(molecule_of), dtype=np.int64)
+    row_of = np.empty(len(molecule_of), dtype=np.int64)
+    molecules = np.array(molecule_of, dtype=object)
+    for molecule in dict.fromkeys(molecule_of):
+        members = np.flatnonzero(molecules == molecule)
+        for planned in plan_shards([tokens_of[i] for i in members.tolist()], target_tokens, max_sequences):
+            number = len(summary.shards)
+            chosen = members[planned.start : planned.stop]
+            shard_of[chosen] = number
+            row_of[chosen] = np.arange(len(chosen))
+            summary.shards.append(PackedShard(shard_name(number), molecule, len(chosen), planned.est_tokens))
+
+    shard_dir = out_dir / "shards"
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    handles = {s.name: open(shard_dir / f"{s.name}.fa", "w", encoding="utf-8") for s in summary.shards}  # noqa: SIM115
+    written = np.zeros(len(molecule_of), dtype=bool)
+    try:
+        with pq.ParquetWriter(out_dir / "records.parquet", RECORD_MAP_SCHEMA, compression="zstd") as map_writer:
+            for sample in samples:
+                columns: dict[str, list[object]] = {name: [] for name in RECORD_MAP_SCHEMA.names}
+                for record in iter_valid_records(
+                    sample.fasta, sample.molecule, allowed_ambiguity=allowed_ambiguity, on_invalid="skip"
+                ):
+                    unique = seen[sequence_key(sample.molecule, record.sequence)]
+                    shard = summary.shards[shard_of[unique]].name
+                    if not written[unique]:
+                        written[unique] = True
+                        handles[shard].write(f">u{unique}\n{record.sequence}\n")
+                    for name, value in zip(
+                        RECORD_MAP_SCHEMA.names,
+                        (sample.name, record.index, record.id, record.line, len(record.sequence), shard,
+                         int(row_of[unique])),
+                        strict=True,
+                    ):  # fmt: skip
+                        columns[name].append(value)
+                    if len(columns["id"]) >= 65536:
+                        map_writer.write_table(pa.table(columns, schema=RECORD_MAP_SCHEMA))
+                        columns = {name: [] for name in RECORD_MAP_SCHEMA.names}
+                map_writer.write_table(pa.table(columns, schema=RECORD_MAP_SCHEMA))
+                summary.n_records += summary.reports[sample.name].n_valid
+    finally:
+        for handle in handles.values():
+            handle.close()
+    summary.n_distinct = len(molecule_of)
+
+    with open(out_dir / "manifest.tsv", "w", encoding="utf-8") as handle:
+        handle.write(MANIFEST_HEADER)
+        for shard in summary.shards:
+            handle.write(f"{shard.name}\t{shard.molecule}\t{shard.n_sequences}\t{shard.est_tokens}\n")
+    with open(out_dir / "samples.tsv", "w", encoding="utf-8") as handle:
+        handle.write(SAMPLES_HEADER)
+        for sample in samples:
+            report = summary.reports[sample.name]
+            handle.write(
+                f"{sample.name}\t{sample.fasta}\t{sample.molecule}\t{report.n_records}\t{report.n_valid}\t{len(report.rejected)}\t"
+                f"{report.crlf_lines}\n"
+            )
+    for name, path in (rejects or {}).items():
+        write_rejects(summary.reports[name].rejected, Path(path))
+    for sample in samples:
+        report = summary.reports[sample.name]
+        for fault in report.rejected:
+            log.warning("rejected %s", fault.describe())
+        if report.crlf_lines:
+            log.warning("%s: %d line(s) had Windows (CRLF) line endings; read as plain newlines", sample.fasta,
+                        report.crlf_lines)  # fmt: skip
+    log.info(
+        "%d sample(s), %d valid records, %d distinct sequences (%d duplicates computed once), %d shard(s)",
+        len(samples), summary.n_records, summary.n_distinct, summary.n_records - summary.n_distinct,
+        len(summary.shards),
+    )  # fmt: skip
+    return summary
+
+
+def read_pack_manifest(path: Path | str) -> list[PackedShard]:
+    """The shards a `pack_samples` run wrote, in order."""
+    shards = []
+    with open(path, encoding="utf-8") as handle:
+        next(handle)
+        for line in handle:
+            name, molecule, n_sequences, est_tokens = line.rstrip("\n").split("\t")
+            shards.append(PackedShard(name, molecule, int(n_sequences), int(est_tokens)))
+    return shards
+
+
+def read_pack_samples(path: Path | str) -> dict[str, dict[str, str]]:
+    """Per-sample validation figures of a pack (`samples.tsv`)."""
+    with open(path, encoding="utf-8") as handle:
+        header = next(handle).rstrip("\n").split("\t")
+        return {
+            row[0]: dict(zip(header, row, strict=True))
+            for row in (line.rstrip("\n").split("\t") for line in handle)
+        }
+
+
+class _RowGroupCache:
+    """Decoded row groups of the scored shards, least recently used dropped beyond a byte budget."""
+
+    def __init__(self, files: Mapping[str, Path], budget_bytes: int = 256 * 2**20) -> None:
+        self.files = {name: pq.ParquetFile(path, pre_buffer=False) for name, path in files.items()}
+        self.bounds = {
+            name: np.cumsum([0] + [f.metadata.row_group(i).num_rows for i in range(f.num_row_groups)])
+            for name, f in self.files.items()
+        }
+        self.budget = budget_bytes
+        self._cache: OrderedDict[tuple[str, int], pa.Table] = OrderedDict()
+        self._bytes = 0
+
+    def group(self, shard: str, index: int) -> pa.Table:
+        key = (shard, index)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        table = self.files[shard].read_row_group(index)
+        self._cache[key] = table
+        self._bytes += table.nbytes
+        while self._bytes > self.budget and len(self._cache) > 1:
+            _, dropped = self._cache.popitem(last=False)
+            self._bytes -= dropped.nbytes
+        return table
+
+    def take(self, shards: np.ndarray, rows: np.ndarray) -> pa.Table:
+        """The rows (shard, row) in the order given."""
+        parts: list[pa.Table] = []
+        order: list[np.ndarray] = []
+        for shard in dict.fromkeys(shards.tolist()):
+            where = np.flatnonzero(shards == shard)
+            wanted = rows[where]
+            groups = np.searchsorted(self.bounds[shard], wanted, side="right") - 1
+            for group in np.unique(groups).tolist():
+                inside = groups == group
+                table = self.group(shard, group)
+                parts.append(table.take(pa.array(wanted[inside] - self.bounds[shard][group])))
+                order.append(where[inside])
+        combined = pa.concat_tables(parts)
+        return combined.take(pa.array(np.argsort(np.concatenate(order), kind="stable")))
+
+
+def gather_sample(
+    record_map: pa.Table, scored: _RowGroupCache, out: Path | str, extra_metadata: Mapping[str, object]
+) -> int:
+    """Write one sample's rows for one task from the scored shards; `record_map` holds the sample's rows of the
+    record map (with `row` pointing at rows of the scored files), `scored` those files (rows in shard order).
+
+    Every scored shard must carry the same provenance; the output keeps it and adds `extra_metadata`.
+    """
+    used = sorted(set(record_map.column("shard").to_pylist()))
+    files = {shard: scored.files[shard] for shard in used}
+
+    def provenance(shard: str) -> dict[str, str]:
+        raw = files[shard].schema_arrow.metadata or {}
+        return {
+            key.decode(): value.decode()
+            for key, value in raw.items()
+            if key.decode().startswith("seqshard.") and key.decode() not in ("seqshard.seqshard_version",)
+        }
+
+    reference = provenance(used[0])
+    for shard in used[1:]:
+        if provenance(shard) != reference:
+            raise ValueError(f"scored shard {shard} differs in provenance from shard {used[0]}; cannot merge")
+    schema = files[used[0]].schema_arrow
+    plain = {key.removeprefix("seqshard."): value for key, value in reference.items()}
+    metadata = provenance_metadata({**plain, "n_shards": len(used), **extra_metadata})
+    shards = np.asarray(record_map.column("shard").to_numpy(zero_copy_only=False), dtype=object)
+    rows = record_map.column("row").to_numpy()
+    ids, lengths = record_map.column("id"), record_map.column("length")
+    with TableWriter(out) as writer:
+        for start in range(0, record_map.num_rows, ROW_GROUP_ROWS):
+            stop = min(start + ROW_GROUP_ROWS, record_map.num_rows)
+            values = scored.take(shards[start:stop], rows[start:stop])
+            values = values.set_column(0, schema.field("id"), ids.slice(start, stop - start))
+            values = values.set_column(1, schema.field("length"), lengths.slice(start, stop - start))
+            writer.write(values.replace_schema_metadata(metadata))
+        if writer.n_rows != record_map.num_rows:  # raised inside the writer, so no partial file is left behind
+            raise RuntimeError(f"{out}: wrote {writer.n_rows} rows for {record_map.num_rows} records")
+    return writer.n_rows
+
+
+def _inference_rejects(directory: Path, shard_fasta: Path) -> dict[int, str]:
+    """Rows of a scored shard that could not be scored (its `rejects.tsv`, ids `u<index>`), row -> reason."""
+    reasons: dict[str, str] = {}
+    with open(directory / "rejects.tsv", encoding="utf-8") as handle:
+        next(handle)
+        for line in handle:
+            _, record_id, _, reason = line.rstrip("\n").split("\t", 3)
+            reasons[record_id] = reason
+    if not reasons:
+        return {}
+    with open(shard_fasta, encoding="utf-8") as handle:
+        headers = [line[1:].strip() for line in handle if line.startswith(">")]
+    return {row: reasons[name] for row, name in enumerate(headers) if name in reasons}
+
+
+def merge_model(
+    pack_dir: Path | str,
+    scored: Mapping[str, Mapping[str, Path | str]],
+    outputs: Mapping[tuple[str, str], Path | str],
+    model_rejects: Mapping[str, Path | str],
+    *,
+    model: str,
+    on_invalid: str = "error",
+) -> dict[str, int]:
+    """Write every sample's file for every task of one model from its scored shards.
+
+    `scored[task][shard]` is the directory a shard's scoring wrote for the pass holding `task` (it has
+    `<task>.parquet` and `rejects.tsv`); `outputs[(sample, task)]` the file to write; `model_rejects[sample]` the
+    sample's table of records that could not be scored (an error naming them with `on_invalid="error"`).
+    Returns the rows written per sample.
+    """
+    pack_dir = Path(pack_dir)
+    record_map = pq.read_table(pack_dir / "records.parquet")
+    summaries = read_pack_samples(pack_dir / "samples.tsv")
+    samples = list(dict.fromkeys(sample for sample, _ in outputs))
+    tasks = list(dict.fromkeys(task for _, task in outputs))
+    # Rows of scored shards that could not be scored (too large for the device even alone), per shard.
+    failed: dict[str, dict[int, str]] = {}
+    for by_shard in scored.values():
+        for shard, directory in by_shard.items():
+            rows = _inference_rejects(Path(directory), pack_dir / "shards" / f"{shard}.fa")
+            failed.setdefault(shard, {}).update(rows)
+    caches = {
+        task: _RowGroupCache({shard: Path(d) / f"{task}.parquet" for shard, d in scored[task].items()})
+        for task in tasks
+    }
+    sample_column = record_map.column("sample").to_numpy(zero_copy_only=False)
+    written: dict[str, int] = {}
+    for sample in samples:
+        part = record_map.take(pa.array(np.flatnonzero(sample_column == sample)))
+        if part.num_rows == 0:
+            raise ValueError(f"sample {sample} has no records in {pack_dir / 'records.parquet'}")
+        part, rejected = _without_failed(part, failed, summaries[sample]["fasta"], on_invalid)
+        write_rejects(rejected, Path(model_rejects[sample]))
+        extra = {"model": model, "sample": sample, "n_rejected": int(summaries[sample]["n_rejected"]) + len(rejected)}
+        for task in tasks:
+            written[sample] = gather_sample(part, caches[task], outputs[(sample, task)], extra)
+        log.info("%s: %d rows per task (%s)%s", sample, written[sample], ", ".join(tasks),
+                 f", {len(rejected)} record(s) could not be scored" if rejected else "")  # fmt: skip
+    return written
+
+
+def _without_failed(
+    part: pa.Table, failed: Mapping[str, Mapping[int, str]], fasta: str, on_invalid: str
+) -> tuple[pa.Table, list[Rejected]]:
+    """The sample's map rows minus records whose sequence could not be scored, rows renumbered to the scored
+    files (which lack those rows), and the rejects (or, with `on_invalid="error"`, an error naming them)."""
+    if not any(failed.values()):
+        return part, []
+    shards = part.column("shard").to_pylist()
+    rows = part.column("row").to_numpy().copy()
+    keep = np.ones(part.num_rows, dtype=bool)
+    rejected: list[Rejected] = []
+    ids, lines = part.column("id").to_pylist(), part.column("line").to_pylist()
+    for i, (shard, row) in enumerate(zip(shards, rows.tolist(), strict=True)):
+        reasons = failed.get(shard)
+        if not reasons:
+            continue
+        if row in reasons:
+            keep[i] = False
+            rejected.append(Rejected(fasta, ids[i], lines[i], reasons[row]))
+        else:
+            rows[i] = row - sum(1 for r in reasons if r < row)
+    if rejected and on_invalid != "skip":
+        first = rejected[0]
+        raise ValueError(
+            f"{len(rejected)} record(s) could not be scored; first: {first.describe()}; lower max_tokens or "
+            "window_length, use a device with more memory, or set `on_invalid: skip` to list them as rejects"
+        )
+    part = part.set_column(part.schema.get_field_index("row"), "row", pa.array(rows))
+    return part.filter(pa.array(keep)), rejected
