@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+from seqshard.cache import ResultCache
 from seqshard.gpus import gpus_for_job
 from seqshard.inference import TaskSettings, run_tasks
 from seqshard.logs import setup_logging
@@ -12,6 +13,10 @@ settings = snakemake.params.settings
 run = snakemake.config["models"][snakemake.wildcards.model]
 scores = Path(snakemake.output.scores)
 tasks = [TaskSettings(**task) for task in settings["tasks"]]
+cache_settings = snakemake.config["result_cache"]
+cache = None
+if cache_settings["enabled"]:
+    cache = ResultCache(cache_settings["dir"], int(cache_settings["max_size_gb"] * 1e9))
 # A GPU job on the local executor takes free devices from a lock-file pool; Slurm's own assignment is kept.
 with gpus_for_job(snakemake.resources.get("gpu", 0)):
     run_tasks(
@@ -37,4 +42,5 @@ with gpus_for_job(snakemake.resources.get("gpu", 0)):
             "tasks": ",".join(task.task for task in tasks),
         },
         provenance={"model": snakemake.wildcards.model},
+        cache=cache,
     )

@@ -60,10 +60,15 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--allowed-ambiguity", default="N", help="IUPAC ambiguity codes accepted in DNA/RNA (default: N)"
     )
     parser.add_argument("--figures", type=Path, help="also write run figures (timings, tokens) as JSON here")
+    parser.add_argument(
+        "--cache", type=Path, help="result cache directory: reuse results of earlier runs for the same sequences"
+    )
+    parser.add_argument("--cache-max-gb", type=float, default=20.0, help="size cap of the result cache (GB)")
 
 
 def run(args: argparse.Namespace) -> None:
     if args.command in ("embed", "score"):
+        from seqshard.cache import ResultCache
         from seqshard.inference import TaskSettings, run_task
 
         settings = TaskSettings(
@@ -89,6 +94,7 @@ def run(args: argparse.Namespace) -> None:
             threads=args.threads,
             allowed_ambiguity=args.allowed_ambiguity,
             figures_out=args.figures,
+            cache=ResultCache(args.cache, int(args.cache_max_gb * 1e9)) if args.cache else None,
         )
     elif args.command == "demo-checkpoint":
         from seqshard.demo import write_demo

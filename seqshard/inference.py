@@ -54,10 +54,20 @@ import pyarrow as pa
 import torch
 
 from seqshard.batching import TokenBudgetBatcher, bucket_width, gather_rows
+from seqshard.cache import CacheWriter, ResultCache, cache_key
 from seqshard.fasta import Rejected, SequenceRecord, ValidationReport, iter_valid_records, write_rejects
 from seqshard.heads import head_digest, load_linear_head
 from seqshard.models import LoadedModel, SequenceHead, get_loader
-from seqshard.parquet import TASKS, TableWriter, per_token_array, results_table, task_schema, vectors_array
+from seqshard.parquet import (
+    INPUT_SETTINGS,
+    TASK_SETTINGS,
+    TASKS,
+    TableWriter,
+    per_token_array,
+    results_table,
+    task_schema,
+    vectors_array,
+)
 from seqshard.pooling import POOLINGS, pool
 from seqshard.windows import EncodedChunk, EncodedSequence, encode_chunk
 
@@ -68,8 +78,6 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 CHUNK_RECORDS = 4096
 # Tasks that read the last hidden state of the unmasked input, and so share one forward pass.
 HIDDEN_TASKS = ("embed", "classify", "regress")
-# Settings that decide the model inputs; tasks sharing a forward pass must agree on them.
-INPUT_SETTINGS = ("long_sequences", "window_length", "window_overlap", "max_tokens")
 
 
 @dataclass(frozen=True)
@@ -90,6 +98,10 @@ class TaskSettings:
             raise ValueError(f"unknown task {self.task!r}; expected one of {TASKS}")
         if self.pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {self.pooling!r}; expected one of {POOLINGS}")
+
+    def relevant(self) -> dict[str, object]:
+        """The settings this task's numbers depend on."""
+        return {name: getattr(self, name) for name in ("task", *INPUT_SETTINGS, *TASK_SETTINGS[self.task])}
 
 
 def resolve_device(device: str) -> str:
@@ -122,6 +134,7 @@ class RunFigures:
     n_records: int = 0  # rows written (each record once, duplicates included)
     n_sequences: int = 0  # distinct sequences scored (a duplicate is scored once)
     n_duplicates: int = 0  # records whose sequence an earlier record already had
+    n_cached: int = 0  # distinct sequences whose results came from the result cache
     n_rejected: int = 0  # records that could not be scored (e.g. too large for the GPU even alone)
     n_tokens: int = 0
     n_computed_tokens: int = 0
@@ -148,6 +161,7 @@ class RunFigures:
             "n_records": self.n_records,
             "n_sequences": self.n_sequences,
             "n_duplicates": self.n_duplicates,
+            "n_cached": self.n_cached,
             "n_rejected": self.n_rejected,
             "n_tokens": self.n_tokens,
             "n_computed_tokens": self.n_computed_tokens,
@@ -654,7 +668,7 @@ def score_encoded(
 
 
 def sequence_digest(sequence: str) -> bytes:
-    """Identity of a sequence for de-duplication (sequences are upper-cased by validation)."""
+    """Identity of a sequence for de-duplication and the result cache (sequences are upper-cased by validation)."""
     return hashlib.blake2b(sequence.encode(), digest_size=16).digest()
 
 
@@ -676,15 +690,36 @@ class Duplicates:
         return int((self.first != np.arange(len(self.first))).sum())
 
 
+Rows = tuple[dict[str, np.ndarray], dict[str, dict[str, object]]]  # base columns, and each task's columns
+
+
+@dataclass
+class Precomputed:
+    """Rows of some first occurrences, found in the result cache, in record order: `cached[i]` says whether
+    record i's row is here; `rows` hold them one after the other."""
+
+    cached: np.ndarray  # bool per record
+    rows: Rows
+    _cursor: int = 0
+
+    def take(self, positions: Sequence[int]) -> Rows:
+        """The next rows, for `positions` (cached records, increasing, the next ones in record order)."""
+        rows = np.arange(self._cursor, self._cursor + len(positions))
+        self._cursor += len(positions)
+        return _take_rows(self.rows, rows)
+
+
 @dataclass
 class ScoredChunk:
     """One chunk of consecutive records with each task's columns, in input order; `failed` names the records
-    (by position in the chunk) that could not be scored, whose values must not be used."""
+    (by position in the chunk) that could not be scored, whose values must not be used; `computed` the chunk's
+    rows that were computed here (not copied from a duplicate or the cache), for the result cache."""
 
     records: list[SequenceRecord]
     base: dict[str, np.ndarray]  # n_tokens, n_windows, truncated per record
     columns: dict[str, dict[str, object]]
     failed: dict[int, str] = field(default_factory=dict)
+    computed: np.ndarray | None = None
 
 
 def iter_chunks(
@@ -704,19 +739,39 @@ def iter_chunks(
 
 
 def _take(values: object, rows: np.ndarray) -> object:
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
     if isinstance(values, pa.Array):
-        return values.take(pa.array(rows))
+        return values.take(pa.array(rows, pa.int64()))
     if isinstance(values, np.ndarray):
         return values[rows]
     return [values[i] for i in rows.tolist()]  # type: ignore[index]
 
 
+def _take_rows(rows: Rows, which: np.ndarray) -> Rows:
+    base, columns = rows
+    return (
+        {name: values[which] for name, values in base.items()},
+        {task: {name: _take(v, which) for name, v in cols.items()} for task, cols in columns.items()},
+    )
+
+
 def _concatenate(parts: Sequence[object]) -> object:
-    if isinstance(parts[0], pa.Array):
-        return pa.concat_arrays(parts)
+    if isinstance(parts[0], pa.Array | pa.ChunkedArray):
+        chunks = [p.combine_chunks() if isinstance(p, pa.ChunkedArray) else p for p in parts]
+        return pa.concat_arrays(chunks)
     if isinstance(parts[0], np.ndarray):
         return np.concatenate(parts)
     return [value for part in parts for value in part]  # type: ignore[attr-defined]
+
+
+def _concatenate_rows(parts: Sequence[Rows]) -> Rows:
+    base = {name: np.concatenate([p[0][name] for p in parts]) for name in parts[0][0]}
+    columns = {
+        task: {name: _concatenate([p[1][task][name] for p in parts]) for name in cols}
+        for task, cols in parts[0][1].items()
+    }
+    return base, columns
 
 
 def prepare_tasks(loaded: LoadedModel, settings: Sequence[TaskSettings]) -> list[PassTask]:
@@ -749,6 +804,7 @@ def score_chunks(
     chunk_residues: int | None = None,
     progress_seconds: float = 30.0,
     duplicates: Duplicates | None = None,
+    precomputed: Precomputed | None = None,
     runner: Runner | None = None,
 ) -> Iterator[ScoredChunk]:
     """Score `records` chunk by chunk, in input order, overlapping the CPU work around the model with compute.
@@ -758,7 +814,8 @@ def score_chunks(
     batches; a chunk holds at most `chunk_records` records and `chunk_residues` residues (default
     64 x `batch_tokens`), enough for many full batches while bounding memory whatever the input's size.
     With `duplicates` (record positions in the whole input, see `validate_input`), a record whose sequence an
-    earlier record had is not computed again: its row is copied from that record's.
+    earlier record had is not computed again: its row is copied from that record's. With `precomputed`, the
+    records it holds are not computed either.
     """
     loaded = loaded.for_molecule(molecule)
     tasks = prepare_tasks(loaded, [settings] if isinstance(settings, TaskSettings) else list(settings))
@@ -767,23 +824,24 @@ def score_chunks(
     window = first.window_length or loaded.default_window
     overlap = first.window_overlap if first.window_overlap is not None else window // 4
     chunks = iter_chunks(records, chunk_records, chunk_residues or 64 * batch_tokens)
-    kept: dict[int, tuple[dict[str, np.ndarray], dict[str, dict[str, object]], int]] = {}  # first -> its row
+    kept: dict[int, tuple[Rows, int]] = {}  # first occurrence -> its row and the last record needing it
+    failed_firsts: dict[int, str] = {}  # records that could not be scored, by position: their duplicates neither
 
-    def prepare() -> tuple[list[SequenceRecord], np.ndarray, EncodedChunk] | None:
+    def prepare() -> tuple[list[SequenceRecord], np.ndarray, np.ndarray, EncodedChunk] | None:
         """Runs in the background thread: read the next chunk and tokenize the sequences it must compute."""
         chunk = next(chunks, None)
         if chunk is None:
             return None
-        if duplicates is None:
-            fresh = np.arange(len(chunk))
-        else:
-            positions = np.array([r.index for r in chunk])
-            fresh = np.flatnonzero(duplicates.first[positions] == positions)
+        positions = np.array([r.index for r in chunk])
+        firsts = positions if duplicates is None else duplicates.first[positions]
+        is_first = firsts == positions
+        cached = is_first & precomputed.cached[positions] if precomputed is not None else np.zeros_like(is_first)
+        fresh = np.flatnonzero(is_first & ~cached)
         encoded = encode_chunk(
             [chunk[i].sequence for i in fresh.tolist()], loaded.tokenizer, max_tokens=max_tokens,
             mode=first.long_sequences, window=window, overlap=overlap,
         )  # fmt: skip
-        return chunk, fresh, encoded
+        return chunk, fresh, np.flatnonzero(cached), encoded
 
     runner = runner or Runner(
         loaded, molecule=molecule, batch_tokens=batch_tokens, dtype=dtype, figures=figures, max_padding=max_padding
@@ -793,89 +851,96 @@ def score_chunks(
         upcoming = background.submit(prepare)
         while (prepared := upcoming.result()) is not None:
             upcoming = background.submit(prepare)
-            chunk, fresh, encoded = prepared
+            chunk, fresh, cached, encoded = prepared
             figures.n_windows += int(encoded.n_inputs)
             figures.n_truncated += int(encoded.truncated.sum())
-            columns, failed = score_encoded(runner, encoded, tasks)
-            base = {"n_tokens": encoded.n_tokens, "n_windows": encoded.n_windows, "truncated": encoded.truncated}
+            columns, failed = score_encoded(runner, encoded, tasks) if len(fresh) else ({}, {})
+            computed: Rows = (
+                {"n_tokens": encoded.n_tokens, "n_windows": encoded.n_windows, "truncated": encoded.truncated},
+                columns,
+            )
             failed = {int(fresh[i]): reason for i, reason in failed.items()}
-            if len(fresh) < len(chunk):
-                base, columns, failed = _fill_duplicates(chunk, fresh, base, columns, failed, duplicates, kept)
-            elif duplicates is not None:
-                _keep_for_later(chunk, base, columns, duplicates, kept)
+            if len(fresh) == len(chunk):
+                rows = computed
+            else:
+                rows = _chunk_rows(chunk, fresh, computed, cached, precomputed, duplicates, kept, tasks)
+            if duplicates is not None:
+                _keep_for_later(chunk, rows, duplicates, kept)
+            failed = _failed_rows(chunk, failed, duplicates, failed_firsts)
             figures.n_records += len(chunk)
             figures.n_sequences += len(fresh)
-            figures.n_duplicates += len(chunk) - len(fresh)
+            figures.n_duplicates += len(chunk) - len(fresh) - len(cached)
+            figures.n_cached += len(cached)
             now = time.perf_counter()
             if now - last_report >= progress_seconds:
                 log.info(
                     "%d records scored (%.1f per second)", figures.n_records, figures.n_records / (now - started)
                 )
                 last_report = now
-            yield ScoredChunk(chunk, base, columns, failed)
+            yield ScoredChunk(chunk, rows[0], rows[1], failed, fresh)
     if figures.n_truncated:
         log.warning("%d sequence(s) longer than %d tokens were truncated", figures.n_truncated, max_tokens)
 
 
-def _keep_for_later(
-    chunk: list[SequenceRecord],
-    base: dict[str, np.ndarray],
-    columns: dict[str, dict[str, object]],
-    duplicates: Duplicates,
-    kept: dict[int, tuple[dict[str, np.ndarray], dict[str, dict[str, object]], int]],
-) -> None:
-    """Keep the rows of first occurrences that a record in a later chunk repeats."""
-    last_here = chunk[-1].index
-    for row, record in enumerate(chunk):
-        if duplicates.last[record.index] > last_here:
-            rows = np.array([row])
-            kept[record.index] = (
-                {name: values[rows] for name, values in base.items()},
-                {task: {name: _take(v, rows) for name, v in cols.items()} for task, cols in columns.items()},
-                int(duplicates.last[record.index]),
-            )
-
-
-def _fill_duplicates(
+def _chunk_rows(
     chunk: list[SequenceRecord],
     fresh: np.ndarray,
-    base: dict[str, np.ndarray],
-    columns: dict[str, dict[str, object]],
+    computed: Rows,
+    cached: np.ndarray,
+    precomputed: Precomputed | None,
+    duplicates: Duplicates | None,
+    kept: dict[int, tuple[Rows, int]],
+    tasks: Sequence[PassTask],
+) -> Rows:
+    """Rows for every record of the chunk: computed here, taken from the cache, or copied from the first
+    occurrence of the same sequence (in this chunk, or kept from an earlier one)."""
+    positions = np.array([r.index for r in chunk])
+    firsts = positions if duplicates is None else duplicates.first[positions]
+    sources: list[Rows] = []
+    source_row: dict[int, int] = {}
+    if len(fresh):
+        sources.append(computed)
+        source_row.update({int(positions[i]): k for k, i in enumerate(fresh.tolist())})
+    if len(cached):
+        assert precomputed is not None
+        offset = sum(len(s[0]["n_tokens"]) for s in sources)
+        sources.append(precomputed.take(positions[cached].tolist()))
+        source_row.update({int(positions[i]): offset + k for k, i in enumerate(cached.tolist())})
+    for first_index in sorted({int(f) for f in firsts.tolist()} - set(source_row)):
+        if first_index not in kept:
+            raise RuntimeError(f"internal error: the row of record {first_index} was needed again but not kept")
+        source_row[first_index] = sum(len(s[0]["n_tokens"]) for s in sources)
+        sources.append(kept[first_index][0])
+    combined = _concatenate_rows(sources) if len(sources) > 1 else sources[0]
+    return _take_rows(combined, np.array([source_row[int(f)] for f in firsts.tolist()], dtype=np.int64))
+
+
+def _keep_for_later(
+    chunk: list[SequenceRecord], rows: Rows, duplicates: Duplicates, kept: dict[int, tuple[Rows, int]]
+) -> None:
+    """Keep the rows of first occurrences that a record in a later chunk repeats; drop those no longer needed."""
+    last_here = chunk[-1].index
+    for row, record in enumerate(chunk):
+        if duplicates.first[record.index] == record.index and duplicates.last[record.index] > last_here:
+            kept[record.index] = (_take_rows(rows, np.array([row])), int(duplicates.last[record.index]))
+    for first_index in [f for f, (_, last) in kept.items() if last <= last_here]:
+        del kept[first_index]
+
+
+def _failed_rows(
+    chunk: list[SequenceRecord],
     failed: dict[int, str],
     duplicates: Duplicates | None,
-    kept: dict[int, tuple[dict[str, np.ndarray], dict[str, dict[str, object]], int]],
-) -> tuple[dict[str, np.ndarray], dict[str, dict[str, object]], dict[int, str]]:
-    """Rows for every record of the chunk, duplicates copied from their first occurrence (here or kept)."""
-    assert duplicates is not None
+    failed_firsts: dict[int, str],
+) -> dict[int, str]:
+    """Failures by row of the chunk: records that could not be scored, and duplicates of any such record (in
+    this chunk or an earlier one; `failed_firsts` remembers them by record position)."""
     positions = np.array([r.index for r in chunk])
-    firsts = duplicates.first[positions]
-    row_of_fresh = {int(positions[i]): k for k, i in enumerate(fresh.tolist())}
-    # Sources: this chunk's fresh rows, then one row per kept first occurrence referenced here.
-    outside = sorted({int(f) for f in firsts.tolist() if int(f) not in row_of_fresh})
-    missing = [f for f in outside if f not in kept]
-    if missing:
-        raise RuntimeError(f"internal error: rows of records {missing[:5]} were needed again but not kept")
-    sources_base = [base] + [kept[f][0] for f in outside]
-    sources_columns = [columns] + [kept[f][1] for f in outside]
-    all_base = {name: np.concatenate([s[name] for s in sources_base]) for name in base}
-    all_columns = {
-        task: {name: _concatenate([s[task][name] for s in sources_columns]) for name in cols}
-        for task, cols in columns.items()
-    }
-    source_row = {**row_of_fresh, **{f: len(fresh) + k for k, f in enumerate(outside)}}
-    take = np.array([source_row[int(f)] for f in firsts.tolist()])
-    filled_base = {name: values[take] for name, values in all_base.items()}
-    filled = {task: {name: _take(v, take) for name, v in cols.items()} for task, cols in all_columns.items()}
-    failed_rows = {int(positions[fresh[i]]): reason for i, reason in failed.items()} if failed else {}
-    filled_failed = {
-        row: failed_rows[int(f)] for row, f in enumerate(firsts.tolist()) if int(f) in failed_rows
-    }
-    # Keep what later chunks need, drop what they no longer do.
-    _keep_for_later(chunk, filled_base, filled, duplicates, kept)
-    last_here = chunk[-1].index
-    for first_index in [f for f, (_, _, last) in kept.items() if last <= last_here]:
-        del kept[first_index]
-    return filled_base, filled, filled_failed
+    failed_firsts.update({int(positions[row]): reason for row, reason in failed.items()})
+    if not failed_firsts:
+        return {}
+    firsts = positions if duplicates is None else duplicates.first[positions]
+    return {row: failed_firsts[int(f)] for row, f in enumerate(firsts.tolist()) if int(f) in failed_firsts}
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -888,6 +953,7 @@ class InputCheck:
 
     report: ValidationReport
     duplicates: Duplicates
+    digests: np.ndarray  # per record, 16 bytes (object array: numpy "S16" would drop trailing zero bytes)
     n_valid: int
 
 
@@ -904,14 +970,17 @@ def validate_input(
     report = ValidationReport(Path(fasta))
     seen: dict[bytes, int] = {}
     first: list[int] = []
+    digests: list[bytes] = []
     for record in iter_valid_records(
         fasta, molecule, allowed_ambiguity=allowed_ambiguity, on_invalid=on_invalid, report=report
     ):
-        first.append(seen.setdefault(sequence_digest(record.sequence), record.index) if dedupe else record.index)
+        digest = sequence_digest(record.sequence)
+        digests.append(digest)
+        first.append(seen.setdefault(digest, record.index) if dedupe else record.index)
     first_array = np.array(first, dtype=np.int64)
     last = np.arange(len(first_array))
     np.maximum.at(last, first_array, np.arange(len(first_array)))
-    return InputCheck(report, Duplicates(first_array, last), len(first_array))
+    return InputCheck(report, Duplicates(first_array, last), np.array(digests, dtype=object), len(first_array))
 
 
 def score_records(
@@ -994,13 +1063,15 @@ def run_tasks(
     provenance: Mapping[str, object] | None = None,
     chunk_records: int = CHUNK_RECORDS,
     dedupe: bool = True,
+    cache: ResultCache | None = None,
 ) -> RunFigures:
     """Run several tasks of one model over every record of `fasta`, writing task t's Parquet to `outputs[t]`.
 
     The whole file is validated first (and its repeated sequences found); then it is read, tokenized and scored
     chunk by chunk, each chunk's rows written (one Parquet row group per chunk, per task) while the model
     computes the next. Tasks that share a forward pass get one. With `on_invalid="skip"` invalid records, and
-    records that cannot be scored at all, go to `rejects_out` instead of stopping the run.
+    records that cannot be scored at all, go to `rejects_out` instead of stopping the run. With a result `cache`,
+    sequences it already holds for every task are not computed again, and the rest are added to it.
     """
     by_task = {s.task: s for s in settings}
     if set(by_task) != set(outputs):
@@ -1034,10 +1105,19 @@ def run_tasks(
         for task, s in by_task.items()
     }
     rejected: list[Rejected] = list(check.report.rejected)
+    keys = precomputed = None
+    cache_writers: dict[str, CacheWriter] = {}
+    if cache is not None:
+        keys = {
+            task: cache_key(_cache_identity(loaded, settings, architecture, dtype, molecule))
+            for task, settings in by_task.items()
+        }
+        precomputed = _cached_rows(cache, keys, check)
+        cache_writers = {task: CacheWriter(cache, key) for task, key in keys.items()}
     records = iter_valid_records(fasta, molecule, allowed_ambiguity=allowed_ambiguity, on_invalid=on_invalid)
     scored = score_chunks(
         loaded, records, list(by_task.values()), molecule=molecule, batch_tokens=batch_tokens, dtype=dtype,
-        figures=figures, chunk_records=chunk_records, duplicates=check.duplicates,
+        figures=figures, chunk_records=chunk_records, duplicates=check.duplicates, precomputed=precomputed,
     )  # fmt: skip
     writers = {task: TableWriter(outputs[task]) for task in by_task}
     try:
@@ -1046,21 +1126,26 @@ def run_tasks(
             for chunk in scored:
                 keep = _kept_rows(chunk, on_invalid, rejected, fasta)
                 tables = {
-                    task: chunk_table(chunk, by_task[task], loaded.hidden_size, metadata[task], keep)
+                    task: chunk_table(chunk, by_task[task], loaded.hidden_size, metadata[task])
                     for task in by_task
                 }
                 if written is not None:
                     written.result()
-                written = pool_.submit(_write_all, writers, tables)
+                written = pool_.submit(_write_all, writers, tables, keep, chunk, check, cache_writers)
             if written is not None:
                 written.result()
         figures.n_rejected = len(rejected) - len(check.report.rejected)
         for writer in writers.values():
             writer.__exit__(None)
+        for cache_writer in cache_writers.values():
+            cache_writer.publish()
     except BaseException as error:
         for writer in writers.values():
             writer.__exit__(type(error))
         raise
+    finally:
+        for cache_writer in cache_writers.values():
+            cache_writer.discard()
     if rejects_out is not None:
         write_rejects(rejected, Path(rejects_out))
     figures.run_seconds = time.perf_counter() - started
@@ -1079,9 +1164,77 @@ def run_tasks(
     return figures
 
 
-def _write_all(writers: Mapping[str, TableWriter], tables: Mapping[str, pa.Table]) -> None:
+def _write_all(
+    writers: Mapping[str, TableWriter],
+    tables: Mapping[str, pa.Table],
+    keep: np.ndarray,
+    chunk: ScoredChunk,
+    check: InputCheck,
+    cache_writers: Mapping[str, CacheWriter],
+) -> None:
+    """Write a chunk's rows (all but those that could not be scored), and add what it computed to the cache."""
+    every_row = len(keep) == len(chunk.records)
     for task, table in tables.items():
-        writers[task].write(table)
+        writers[task].write(table if every_row else table.take(pa.array(keep)))
+    if cache_writers and chunk.computed is not None and len(chunk.computed):
+        computed = np.array([row for row in chunk.computed.tolist() if row not in chunk.failed], dtype=np.int64)
+        digests = check.digests[[chunk.records[row].index for row in computed.tolist()]].tolist()
+        for task, table in tables.items():
+            cache_writers[task].write(digests, table.take(pa.array(computed)).drop_columns(["id", "length"]))
+
+
+def _cache_identity(
+    loaded: LoadedModel, settings: TaskSettings, architecture: str, dtype: str, molecule: str
+) -> dict[str, object]:
+    """Everything a task's cached numbers depend on: the checkpoint by digest (not by path), the relevant
+    settings, the input fitting the model resolved to, dtype and molecule."""
+    return {
+        **settings.relevant(),
+        "architecture": architecture,
+        "checkpoint_digest": loaded.digest,
+        "head_digest": head_digest(settings.head) if settings.head else None,
+        "max_tokens": settings.max_tokens or loaded.max_tokens,
+        "window_length": settings.window_length or loaded.default_window,
+        "dtype": dtype,
+        "molecule": molecule,
+    }
+
+
+def _like_computed(column: pa.Array) -> object:
+    """A cached column in the form a computed one has: vectors as Arrow arrays, text as a list, numbers numpy."""
+    if pa.types.is_list(column.type) or pa.types.is_fixed_size_list(column.type):
+        return column
+    if pa.types.is_string(column.type):
+        return column.to_pylist()
+    return column.to_numpy()
+
+
+def _cached_rows(cache: ResultCache, keys: Mapping[str, str], check: InputCheck) -> Precomputed | None:
+    """The first occurrences whose rows the cache holds for every task, with those rows."""
+    firsts = np.flatnonzero(check.duplicates.first == np.arange(check.n_valid))
+    digests = check.digests[firsts].tolist()
+    hits = {task: cache.lookup(key, digests) for task, key in keys.items()}
+    everywhere = np.logical_and.reduce([hit.found for hit in hits.values()])
+    if not everywhere.any():
+        return None
+    cached = np.zeros(check.n_valid, dtype=bool)
+    cached[firsts[everywhere]] = True
+    columns: dict[str, dict[str, object]] = {}
+    base: dict[str, np.ndarray] = {}
+    for task, hit in hits.items():
+        assert hit.table is not None
+        # Rows of this task's hits that every task has, in record order.
+        table = hit.table.take(pa.array(np.flatnonzero(everywhere[hit.found])))
+        for name in ("n_tokens", "n_windows", "truncated"):
+            base[name] = table.column(name).to_numpy()
+        columns[task] = {
+            name: _like_computed(table.column(name).combine_chunks())
+            for name in table.column_names
+            if name not in base
+        }
+    log.info("result cache: %d of %d distinct sequences already scored for every task", int(everywhere.sum()),
+             len(firsts))  # fmt: skip
+    return Precomputed(cached, (base, columns))
 
 
 def _kept_rows(chunk: ScoredChunk, on_invalid: str, rejected: list[Rejected], fasta: Path | str) -> np.ndarray:

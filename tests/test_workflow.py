@@ -3,6 +3,7 @@
 One module-scoped run serves the output checks; the rerun test dry-runs against that completed run.
 """
 
+import json
 import re
 import subprocess
 import sys
@@ -122,29 +123,39 @@ def test_demo_writes_every_task_with_one_row_per_valid_record_in_input_order(dem
             np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
     rejected = pd.read_csv(demo_run / "results/sample_a/rejects.tsv", sep="\t")
     assert list(rejected["record_id"]) == ["seq_a_empty", "seq_a0010", "seq_a_bad"]
-    assert int(read_provenance(demo_run / "results/sample_a/dnabert2/embed.parquet")["n_shards"]) == 4
+    # sample_a's 150 records and sample_b's 60 share dnabert2's pack: shards of distinct sequences across both.
+    shards = pd.read_csv(demo_run / "results/packs/dnabert2/manifest.tsv", sep="\t")
+    records = pd.read_parquet(demo_run / "results/packs/dnabert2/records.parquet")
+    assert len(records) == 150 + 60
+    assert shards["n_sequences"].sum() == len(records[["shard", "row"]].drop_duplicates())
+    used = records.loc[records["sample"] == "sample_a", "shard"].nunique()
+    assert int(read_provenance(demo_run / "results/sample_a/dnabert2/embed.parquet")["n_shards"]) == used
     # LucaOne on DNA and on protein: the token type follows the molecule, so the two runs differ in kind.
     assert read_provenance(demo_run / "results/sample_b/lucaone_dna/embed.parquet")["molecule"] == "dna"
     assert read_provenance(demo_run / "results/proteins/lucaone/embed.parquet")["molecule"] == "protein"
 
 
+def n_shards(workdir, model):
+    return len(pd.read_csv(workdir / "results/packs" / model / "manifest.tsv", sep="\t"))
+
+
 def test_resource_report_covers_every_job(demo_run):
     usage = pd.read_csv(demo_run / "results/report/resource_usage.tsv", sep="\t")
-    n_shards = {
-        sample: len(pd.read_csv(demo_run / "results" / sample / "shards.tsv", sep="\t")) for sample in DEMO_SAMPLES
-    }
-    outputs = list(shipped_outputs(demo_run))
+    config = yaml.safe_load((demo_run / "config/config.yaml").read_text())
+    models = config["models"]
+    # One inference job per shard and forward pass: embed and classify of a model share one (lucaone).
+    passes = {model: len({"mlm" if t == "mlm_score" else "hidden" for t in s["tasks"]}) for model, s in models.items()}
     counts = usage["rule"].value_counts().to_dict()
     assert counts == {
-        "infer_shard": sum(n_shards[sample] for sample, *_ in outputs),
-        "merge_shards": len(outputs),
-        "shard_fasta": len(DEMO_SAMPLES),
+        "infer_shard": sum(n_shards(demo_run, model) * passes[model] for model in models),
+        "merge": len(models),
+        "pack": len(models),
     }
     inference = usage[usage["rule"] == "infer_shard"]
-    assert set(inference["model"]) == {"dnabert2", "dnabert2_pll", "dnabert2_promoter", "lucaone", "lucaone_pll",
-                                       "lucaone_dna"}  # fmt: skip
-    embed = inference[inference["task"] == "embed"]
-    assert embed["n_sequences"].sum() == 150 + 60 + 30 + 60
+    assert set(inference["model"]) == set(models)
+    assert set(inference.loc[inference["model"] == "lucaone", "tasks"]) == {"embed,classify"}
+    embed = inference[inference["tasks"].str.contains("embed")]
+    assert embed["n_sequences"].sum() == 150 + 60 + 30 + 60  # the demo's samples hold no repeated sequence
     assert (inference["n_computed_tokens"] >= inference["n_tokens"]).all()
     html = (demo_run / "results/report/resource_usage.html").read_text()
     assert html.count("data:image/png;base64,") >= 5
@@ -180,12 +191,24 @@ def test_config_change_reruns_only_the_affected_model(demo_run):
     result = snakemake(demo_run, "-n", config="changed.yaml")
     assert result.returncode == 0, result.stderr
     jobs = planned_jobs(result.stdout)
-    n_shards = sum(
-        len(pd.read_csv(demo_run / "results" / sample / "shards.tsv", sep="\t")) for sample in ("sample_a", "sample_b")
-    )
     rules = sorted(rule for rule, _ in jobs)
-    assert rules == ["all"] + ["infer_shard"] * n_shards + ["merge_shards"] * 2 + ["resource_report"]
-    assert {w["model"] for rule, w in jobs if rule in ("infer_shard", "merge_shards")} == {"dnabert2"}
+    assert rules == sorted(
+        ["all", "merge_dnabert2", "resource_report"] + ["infer_shard"] * n_shards(demo_run, "dnabert2")
+    )
+    assert {w["model"] for rule, w in jobs if rule == "infer_shard"} == {"dnabert2"}
+
+    # Adding embed to lucaone_pll adds its `hidden` pass; the `mlm` pass it already ran is needed again by the merge
+    # (per-shard scores are temporary), and comes back from the result cache without computing anything.
+    changed = yaml.safe_load((demo_run / shipped).read_text())
+    changed["models"]["lucaone_pll"]["tasks"] = ["mlm_score", "embed"]
+    (demo_run / "changed.yaml").write_text(yaml.safe_dump(changed))
+    result = snakemake(demo_run, config="changed.yaml")
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads((demo_run / "results/packs/lucaone_pll/figures/mlm/0000.json").read_text())
+    assert figures["n_sequences"] == 0 and figures["n_cached"] == figures["n_records"] == 12
+    assert figures["n_computed_tokens"] == 0
+    result = snakemake(demo_run, config=shipped)  # back to the shipped config for the tests after this one
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 def test_invalid_record_stops_the_run_naming_file_record_and_line(tmp_path):
@@ -193,9 +216,9 @@ def test_invalid_record_stops_the_run_naming_file_record_and_line(tmp_path):
     bad.write_text(">fine\nACGT\n>broken\nAC GT\n")
     write_sheet(tmp_path, [("bad", str(bad), "dna")])
     write_config(tmp_path, on_invalid="error", models={"dnabert2": {"architecture": "dnabert2", "checkpoint": "x/y"}})
-    result = snakemake(tmp_path, "results/bad/shards")
+    result = snakemake(tmp_path, "results/bad/rejects.tsv")
     assert result.returncode != 0
-    log = (tmp_path / "logs/shard_fasta/bad.log").read_text()
+    log = (tmp_path / "logs/pack/dnabert2.log").read_text()
     assert f"{bad}: record 'broken' (line 3): whitespace inside the sequence at line 4, column 3" in log
 
 
@@ -208,3 +231,62 @@ def test_sample_model_mismatch_fails_before_any_job(tmp_path):
     assert result.returncode != 0
     assert "models.dnabert2 (dnabert2) accepts ['dna'] but would run on prot (protein)" in result.stdout + result.stderr
     assert not (tmp_path / "results").exists()
+
+
+def small_run_config(workdir: Path) -> None:
+    """Two models over two demo samples, with the demo checkpoints the workflow builds itself."""
+    sheet = [("sample_a", str(DEMO / "sample_a.fa"), "dna"), ("sample_b", str(DEMO / "sample_b.fa.gz"), "dna")]
+    write_sheet(workdir, sheet)
+    write_config(
+        workdir,
+        shards={"target_tokens": 8000},
+        models={
+            "dnabert2": {"architecture": "dnabert2", "checkpoint": "resources/checkpoints/dnabert2-demo",
+                         "tasks": ["embed", "mlm_score"], "samples": ["sample_b"]},
+            "lucaone_dna": {"architecture": "lucaone", "checkpoint": "resources/checkpoints/lucaone-demo"},
+        },
+    )  # fmt: skip
+
+
+def result_bytes(workdir: Path) -> dict[str, bytes]:
+    return {
+        str(path.relative_to(workdir)): path.read_bytes()
+        for pattern in ("results/*/*/*.parquet", "results/*/rejects.tsv", "results/*/*/rejects.tsv")
+        for path in sorted(workdir.glob(pattern))
+        if "packs" not in path.parts
+    }
+
+
+def test_killed_runs_resume_to_byte_identical_results(tmp_path):
+    """Two clean runs give byte-identical files; so does a run killed (SIGKILL, whole process group) three
+    times at random moments and then resumed with --rerun-incomplete."""
+    import os
+    import random
+    import signal
+    import time
+
+    clean, again, killed = tmp_path / "clean", tmp_path / "again", tmp_path / "killed"
+    for workdir in (clean, again, killed):
+        workdir.mkdir()
+        small_run_config(workdir)
+    for workdir in (clean, again):
+        result = snakemake(workdir)
+        assert result.returncode == 0, result.stderr[-3000:]
+    expected = result_bytes(clean)
+    assert len(expected) == 1 * 2 + 2 + 2 + 1 + 2  # parquets (dnabert2: 2 tasks, lucaone_dna: 2 samples), rejects
+    assert result_bytes(again) == expected
+
+    rng = random.Random(20261129)
+    command = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(killed), "--configfile",
+               str(killed / "config.yaml"), "--cores", "2", "--rerun-incomplete"]  # fmt: skip
+    for _ in range(3):
+        process = subprocess.Popen(command, cwd=killed, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                   start_new_session=True)  # fmt: skip
+        time.sleep(rng.uniform(3.0, 25.0))
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        snakemake(killed, "--unlock")
+    result = snakemake(killed, "--rerun-incomplete")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result_bytes(killed) == expected

@@ -6,7 +6,7 @@ from snakemake.utils import validate
 
 from seqshard.demo import DEMOS
 from seqshard.models import ARCHITECTURE_MOLECULES
-from seqshard.parquet import TASKS
+from seqshard.parquet import INPUT_SETTINGS, TASK_SETTINGS, TASKS
 from seqshard.packing import read_pack_manifest
 
 validate(config, "../schemas/config.schema.yaml")
@@ -169,16 +169,11 @@ def get_container(wildcards):
 
 
 def task_settings(model, task):
+    """The settings a task's numbers depend on (TASK_SETTINGS): a change to another task's leaves it be."""
     settings = config["models"][model]
     return {
         "task": task,
-        "pooling": settings["pooling"],
-        "per_token": settings["per_token"],
-        "long_sequences": settings["long_sequences"],
-        "window_length": settings["window_length"],
-        "window_overlap": settings["window_overlap"],
-        "max_tokens": settings["max_tokens"],
-        "head": settings["head"],
+        **{name: settings[name] for name in INPUT_SETTINGS + TASK_SETTINGS[task]},
     }
 
 
