@@ -53,20 +53,12 @@ import torch
 
 import seqshard.models.dnabert2 as dnabert2_module
 import seqshard.models.lucaone as lucaone_module
-from seqshard.batching import TokenBudgetBatcher
+from seqshard.batching import TokenBudgetBatcher, bucket_width
 from seqshard.fasta import SequenceRecord
-from seqshard.inference import (
-    RunFigures,
-    TaskSettings,
-    resolve_device,
-    resolve_dtype,
-    score_records,
-    weighted_rows,
-    window_inputs,
-)
+from seqshard.inference import RunFigures, TaskSettings, resolve_device, resolve_dtype, score_records
 from seqshard.models import LoadedModel, get_loader
 from seqshard.pooling import pool
-from seqshard.windows import EncodedSequence, encode_sequence
+from seqshard.windows import EncodedSequence, encode_chunk
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -122,13 +114,37 @@ def encode_records(
     max_tokens = settings.max_tokens or loaded.max_tokens
     window = settings.window_length or loaded.default_window
     overlap = settings.window_overlap if settings.window_overlap is not None else window // 4
+    chunk = encode_chunk(
+        [record.sequence for record in records], loaded.tokenizer, max_tokens=max_tokens,
+        mode=settings.long_sequences, window=window, overlap=overlap,
+    )  # fmt: skip
+    return chunk.sequences()
+
+
+@dataclass
+class WindowInput:
+    """One model input of the baselines: a window and the record it belongs to."""
+
+    record: int
+    ids: list[int]
+    owned: list[bool]
+
+
+def window_inputs(encoded: Sequence[EncodedSequence]) -> list[WindowInput]:
     return [
-        encode_sequence(
-            record.sequence, loaded.tokenizer, max_tokens=max_tokens, mode=settings.long_sequences,
-            window=window, overlap=overlap, record_id=record.id,
-        )
-        for record in records
-    ]  # fmt: skip
+        WindowInput(record, window.ids, window.owned)
+        for record, sequence in enumerate(encoded)
+        for window in sequence.windows
+    ]
+
+
+def weighted_rows(values: np.ndarray, inputs: Sequence[WindowInput], n_records: int) -> np.ndarray:
+    """One row per record from one row per window, weighted by the tokens each window owns (as seqshard does)."""
+    records = np.array([item.record for item in inputs])
+    weights = np.array([sum(item.owned) for item in inputs], dtype=np.float64)
+    out = np.zeros((n_records, values.shape[1]), dtype=np.float64)
+    np.add.at(out, records, weights[:, None] * values)
+    return out / np.bincount(records, weights=weights, minlength=n_records)[:, None]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -344,8 +360,9 @@ def run_seqshard(work: Workload, records: Sequence[SequenceRecord], row: Row | N
         lengths = [len(item.ids) for item in window_inputs(encoded)]
         # score_records does not return its batches; the same batcher on the same lengths gives the same plan
         # (unless a GPU out-of-memory made it run a batch in halves: then its own token counts stand).
-        plan = list(TokenBudgetBatcher(work.batch_tokens).batches(lengths))
-        fill_row(row, work, encoded, plan)
+        batcher = TokenBudgetBatcher(work.batch_tokens)
+        plan = list(batcher.batches(lengths))
+        fill_row(row, work, encoded, plan, batcher.buckets_per_octave)
         planned = (row.n_batches, row.real_tokens, row.computed_tokens)
         if (figures.n_batches, figures.n_tokens, figures.n_computed_tokens) != planned:
             if not getattr(figures, "n_oom_splits", 0):
@@ -387,15 +404,23 @@ def run_baseline(work: Workload, records: Sequence[SequenceRecord], batch_size: 
     return values
 
 
-def fill_row(row: Row, work: Workload, encoded: Sequence[EncodedSequence], plan: Sequence[Sequence[int]]) -> None:
+def fill_row(
+    row: Row,
+    work: Workload,
+    encoded: Sequence[EncodedSequence],
+    plan: Sequence[Sequence[int]],
+    buckets: int | None = None,
+) -> None:
+    """Batch figures of `plan`; `buckets` is the batcher's width rounding (None for the baselines' exact widths)."""
     lengths = [len(item.ids) for item in window_inputs(encoded)]
     row.n_sequences = len(encoded)
     row.n_inputs = len(lengths)
     row.n_batches = len(plan)
     row.real_tokens = sum(lengths)
-    row.computed_tokens = sum(len(batch) * max(lengths[i] for i in batch) for batch in plan)
+    width = {id(batch): bucket_width(max(lengths[i] for i in batch), buckets) for batch in plan}
+    row.computed_tokens = sum(len(batch) * width[id(batch)] for batch in plan)
     row.useful_flops = sum(work.flop_model.forward(length) for length in lengths)
-    row.computed_flops = sum(work.flop_model.forward(max(lengths[i] for i in b), len(b)) for b in plan)
+    row.computed_flops = sum(work.flop_model.forward(width[id(b)], len(b)) for b in plan)
 
 
 def timed(

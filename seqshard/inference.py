@@ -542,10 +542,13 @@ def _head_for(loaded: LoadedModel, settings: TaskSettings) -> SequenceHead:
 
 
 def weighted_rows(values: np.ndarray, records: np.ndarray, weights: np.ndarray, n_records: int) -> np.ndarray:
-    """Combine one row per input into one row per record, weighted by the tokens each input owns."""
-    out = np.zeros((n_records, values.shape[1]), dtype=np.float64)
-    np.add.at(out, records, weights[:, None] * values.astype(np.float64))
-    return out / np.bincount(records, weights=weights, minlength=n_records)[:, None]
+    """Combine one row per input into one row per record, weighted by the tokens each input owns (a record's
+    inputs are consecutive, in `records` order)."""
+    if len(records) == n_records:  # one input per record: the weighted mean of one row is the row
+        return values.astype(np.float64)
+    starts = np.flatnonzero(np.diff(records, prepend=-1))
+    sums = np.add.reduceat(weights[:, None] * values.astype(np.float64), starts, axis=0)
+    return sums / np.add.reduceat(weights, starts)[:, None]
 
 
 def _hidden_reduce(tasks: Sequence[PassTask]) -> Reduce:
