@@ -178,3 +178,92 @@ def test_run_task_streams_chunks_into_row_groups_and_leaves_nothing_on_failure(c
     with pytest.raises(ValueError, match="broken"):
         inference.run_task(bad, failed, **options)
     assert not failed.exists() and not failed.with_name("failed.parquet.partial").exists()
+
+
+class BudgetedModel(torch.nn.Module):
+    """A device with `budget` bytes: every forward holds per-layer activations (4 x rows x width x 64 floats) in
+    its frame while it runs, and raises torch's out-of-memory error when live activations would pass the budget.
+    Activations stay alive as long as anything references the frame, a traceback included, exactly as a real
+    failed forward's tensors do on a GPU."""
+
+    def __init__(self, model, budget):
+        super().__init__()
+        self.model, self.budget, self.live, self.failures = model, budget, 0, 0
+
+    def _release(self, size):
+        self.live -= size
+
+    def forward(self, ids, attention_mask=None):
+        import weakref
+
+        held = []
+        for _ in range(4):
+            tensor = torch.empty(ids.shape[0], ids.shape[1], 64)
+            size = tensor.numel() * 4
+            if self.live + size > self.budget:
+                self.failures += 1
+                raise torch.OutOfMemoryError(f"simulated: {self.live + size} bytes of {self.budget}")
+            self.live += size
+            weakref.finalize(tensor, self._release, size)
+            held.append(tensor)
+        return self.model(ids, attention_mask)
+
+
+def test_out_of_memory_recovers_with_one_split_and_later_batches_fit(checkpoint):
+    """The failed batch's memory is free before its halves run (one split is enough), and the budget is lowered
+    for the rest of the job, so no later batch fails again."""
+    from dataclasses import replace
+
+    from seqshard.fasta import SequenceRecord
+
+    rng = np.random.default_rng(8)
+    records = [SequenceRecord(i, f"s{i}", "".join(rng.choice(list("ACGT"), 300)), 1) for i in range(32)]
+    loaded = load_dnabert2(str(checkpoint))
+    width = len(loaded.tokenizer.encode(records[0].sequence))
+    assert all(len(loaded.tokenizer.encode(r.sequence)) <= width + 8 for r in records)
+    kwargs = dict(molecule="dna", batch_tokens=8 * (width + 8), dtype="fp32", max_padding=0.99)
+    reference, _ = score_records(loaded, records, TaskSettings(), figures=RunFigures({}, "cpu", "fp32", 1, 1), **kwargs)
+    budgeted = BudgetedModel(loaded.model, budget=4 * 4 * (width + 8) * 64 * 4)  # room for 4 rows, not 8
+    figures = RunFigures({}, "cpu", "fp32", 1, kwargs["batch_tokens"])
+    columns, _ = score_records(replace(loaded, model=budgeted), records, TaskSettings(), figures=figures, **kwargs)
+    assert budgeted.failures == 1 and figures.n_oom_splits == 1 and figures.n_budget_changes >= 1
+    assert figures.n_batches == 8  # the split batch's two halves, then every later batch at the lowered budget
+    np.testing.assert_allclose(
+        np.array(columns["embedding"].to_pylist()), np.array(reference["embedding"].to_pylist()), atol=1e-5
+    )
+
+
+def test_a_record_too_large_even_alone_is_a_reject_under_skip(checkpoint, tmp_path):
+    from dataclasses import replace
+
+    import seqshard.inference as inference
+
+    rng = np.random.default_rng(9)
+    fasta = tmp_path / "in.fa"
+    lengths = [100, 3000, 120, 90]  # the 3 kb record is one input of ~600 tokens, over the device's room
+    fasta.write_text("".join(f">r{i}\n{''.join(rng.choice(list('ACGT'), n))}\n" for i, n in enumerate(lengths)))
+    original = inference.get_loader
+
+    def limited_loader(architecture):
+        def load(*args):
+            loaded = original(architecture)(*args)
+            return replace(loaded, model=MemoryLimitedModel(loaded.model, max_tokens=200))
+
+        return load
+
+    inference.get_loader = limited_loader
+    try:
+        out, rejects = tmp_path / "out.parquet", tmp_path / "rejects.tsv"
+        figures = inference.run_task(fasta, out, architecture="dnabert2", checkpoint=str(checkpoint),
+                                     settings=TaskSettings(max_tokens=4096, window_length=5000),
+                                     on_invalid="skip", rejects_out=rejects)  # fmt: skip
+        with pytest.raises(RecordError, match=r"in.fa: record 'r1' \(line 3\): out of memory even alone"):
+            inference.run_task(fasta, tmp_path / "error.parquet", architecture="dnabert2",
+                               checkpoint=str(checkpoint), settings=TaskSettings(max_tokens=4096, window_length=5000),
+                               on_invalid="error")  # fmt: skip
+    finally:
+        inference.get_loader = original
+    assert pd.read_parquet(out)["id"].tolist() == ["r0", "r2", "r3"]
+    table = pd.read_csv(rejects, sep="\t")
+    assert table["record_id"].tolist() == ["r1"] and "out of memory even alone" in table["reason"].item()
+    assert figures.n_rejected == 1 and not (tmp_path / "error.parquet").exists()
