@@ -290,3 +290,28 @@ def test_killed_runs_resume_to_byte_identical_results(tmp_path):
     result = snakemake(killed, "--rerun-incomplete")
     assert result.returncode == 0, result.stderr[-3000:]
     assert result_bytes(killed) == expected
+
+
+def test_keep_going_finishes_the_other_models_and_reports_what_ran(tmp_path):
+    """A bad sample stops the model entries that run on it (their samples are validated and packed together,
+    before any inference); with --keep-going the other entries finish, and the resource report covers them."""
+    bad = tmp_path / "bad.fa"
+    bad.write_text(">fine\nACGTACGT\n>broken\nACGTXACGT\n")
+    write_sheet(tmp_path, [("bad", str(bad), "dna"), ("good", str(DEMO / "sample_b.fa.gz"), "dna")])
+    checkpoint = "resources/checkpoints/dnabert2-demo"
+    write_config(
+        tmp_path,
+        on_invalid="error",
+        models={
+            "with_bad": {"architecture": "dnabert2", "checkpoint": checkpoint, "samples": ["bad", "good"]},
+            "only_good": {"architecture": "dnabert2", "checkpoint": checkpoint, "samples": ["good"]},
+        },
+    )
+    result = snakemake(tmp_path, "--keep-going")
+    assert result.returncode != 0
+    assert f"{bad}: record 'broken' (line 3): character 'X'" in (tmp_path / "logs/pack/with_bad.log").read_text()
+    assert len(pd.read_parquet(tmp_path / "results/good/only_good/embed.parquet")) == DEMO_SAMPLES["sample_b"]
+    assert not (tmp_path / "results/good/with_bad/embed.parquet").exists()
+    usage = pd.read_csv(tmp_path / "results/report/resource_usage.tsv", sep="\t")
+    assert set(usage.loc[usage["rule"] == "infer_shard", "model"]) == {"only_good"}
+    assert "merge" in set(usage["rule"]) and "reports on the jobs that ran" in result.stderr

@@ -2,6 +2,7 @@
 import os
 
 import pandas as pd
+from snakemake.logging import logger
 from snakemake.utils import validate
 
 from seqshard.demo import DEMOS
@@ -231,6 +232,36 @@ def merge_inputs(model):
 def get_report_thresholds():
     """Report thresholds in a fixed key order: Snakemake compares params as text, and YAML order may vary."""
     return {key: config["report"][key] for key in sorted(config["report"])}
+
+
+def report_what_ran():
+    """The resource report from the figures and benchmarks of the jobs that ran, for a run that failed (see
+    `onerror` in the Snakefile): with --keep-going, what finished is still reported."""
+    from pathlib import Path
+
+    from seqshard.reports import Thresholds, write_resource_report
+
+    figures = sorted(Path("results/packs").glob("*/figures/*/*.json"))
+    benchmarks = sorted(Path("benchmarks").glob("**/*.tsv"))
+    if not figures and not benchmarks:
+        return
+    try:
+        write_resource_report(
+            Path("benchmarks"),
+            benchmarks,
+            figures,
+            Path("results/report/resource_usage.tsv"),
+            Path("results/report/resource_usage.html"),
+            Thresholds(**get_report_thresholds()),
+            plots_dir=Path("results/report/plots"),
+        )
+    except Exception as error:  # the run failed already; a report that cannot be made must not hide why
+        logger.warning(f"no resource report for the jobs that ran: {error}")
+        return
+    logger.warning(
+        "the run failed; results/report/resource_usage.html reports on the jobs that ran "
+        f"({len(benchmarks)} benchmarked jobs)"
+    )
 
 
 def get_report_inputs(wildcards):
