@@ -1,6 +1,6 @@
 """Every profile under profiles/ parses and plans the demo, and each executor gets its own GPU tags for inference.
 
-Dry runs only: nothing is submitted. Inference jobs are planned once sharding is done, so the demo is sharded
+Dry runs only: nothing is submitted. Inference jobs are planned once packing is done, so the demo is packed
 first (locally, for real). The cloud profiles keep their executor, but their bucket is swapped for the `fs`
 storage plugin on a local folder, because a dry run checks which inputs exist in storage and there is no
 network here; their GPU tags are read from a run of the same profile on the local filesystem.
@@ -78,10 +78,16 @@ def inference_tags(output: str) -> dict[str, str]:
     return first
 
 
+def demo_models() -> list[str]:
+    import yaml
+
+    return list(yaml.safe_load((REPO / "config" / "config.yaml").read_text())["models"])
+
+
 @pytest.fixture(scope="module")
 def sharded_demo(tmp_path_factory) -> Path:
     workdir = demo_copy(tmp_path_factory.mktemp("profiles"))
-    snakemake(workdir, "--cores", "2", "--until", "shard_fasta")
+    snakemake(workdir, "--cores", "2", "--until", *(f"pack_{model}" for model in demo_models()))
     return workdir
 
 
@@ -142,9 +148,11 @@ def test_cloud_profile_plans_the_demo_and_tags_gpus(
         "--default-storage-prefix", str(bucket), "--dry-run",
     )  # fmt: skip
     rules = [rule for rule, _ in planned(output)]
-    samples = len((REPO / "config" / "samples.tsv").read_text().strip().splitlines()) - 1
-    assert rules.count("shard_fasta") == samples and "merge_shards" in rules and rules[-1] == "all"
-    assert f"{bucket}/results/sample_a/shards (send to storage)" in output
+    models = demo_models()
+    assert sorted(rule for rule in rules if rule.startswith("pack_")) == sorted(f"pack_{m}" for m in models)
+    assert sorted(rule for rule in rules if rule.startswith("merge_")) == sorted(f"merge_{m}" for m in models)
+    assert rules[-1] == "all"
+    assert f"{bucket}/results/packs/dnabert2/shards (send to storage)" in output
 
     # The profile's resources for inference jobs, planned on the local filesystem where the shards exist.
     on_local_files = "--executor", "local", "--default-storage-provider", "none"

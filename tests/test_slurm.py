@@ -39,8 +39,8 @@ PROFILE = REPO / "profiles" / "slurm"
 DEMO = REPO / "resources" / "demo"
 IN_CI = os.environ.get("CI", "").lower() in ("true", "1")
 MERGED = ["results/sample_a/dnabert2/embed.parquet", "results/sample_b/dnabert2/embed.parquet"]
-# The demo checkpoint is only needed by inference jobs, which Snakemake plans once sharding is done; naming it
-# as a target lets it build alongside the shards instead of as a stage of its own.
+# The demo checkpoint is only needed by inference jobs, which Snakemake plans once packing is done; naming it
+# as a target lets it build alongside the pack instead of as a stage of its own.
 TARGETS = ["all", "resources/checkpoints/dnabert2-demo"]
 # What this test adds to profiles/slurm, and why:
 SLURM_ARGS = [
@@ -82,7 +82,7 @@ def write_demo(workdir: Path) -> None:
     config = {
         "samples": "samples.tsv",
         "on_invalid": "skip",
-        # Three shards (two of sample_a, one of sample_b): per-shard jobs and a real merge, one stage of jobs.
+        # Three shards of the two samples' distinct sequences: per-shard jobs and a real merge, one stage of jobs.
         "shards": {"target_tokens": 40000},
         "models": {
             "dnabert2": {
@@ -170,7 +170,7 @@ def test_inference_jobs_asked_slurm_for_a_gpu_and_got_one(slurm_run: SlurmRun, c
         assert job["TresPerJob"] in ("gres:gpu:1", "gres/gpu:1"), job
         assert job["JOB_GRES"].startswith("gpu:1"), job
     # Jobs without a GPU request stay GPU-free.
-    others = {"shard_fasta": 2, "demo_checkpoint": 1, "merge_shards": 2, "resource_report": 1}
+    others = {"pack_dnabert2": 1, "demo_checkpoint": 1, "merge_dnabert2": 1, "resource_report": 1}
     assert Counter(name for name, _ in slurm_run.submissions) == {**others, "infer_shard": 6}
     for name in others:
         for job in slurm_run.jobs(name):

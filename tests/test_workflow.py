@@ -234,16 +234,18 @@ def test_sample_model_mismatch_fails_before_any_job(tmp_path):
 
 
 def small_run_config(workdir: Path) -> None:
-    """Two models over two demo samples, with the demo checkpoints the workflow builds itself."""
-    sheet = [("sample_a", str(DEMO / "sample_a.fa"), "dna"), ("sample_b", str(DEMO / "sample_b.fa.gz"), "dna")]
+    """Two models over three demo samples, with the demo checkpoints the workflow builds itself."""
+    sheet = [(name, str(DEMO / file), "dna") for name, file in
+             (("sample_a", "sample_a.fa"), ("sample_b", "sample_b.fa.gz"), ("promoters", "promoters.fa"))]  # fmt: skip
     write_sheet(workdir, sheet)
     write_config(
         workdir,
         shards={"target_tokens": 8000},
         models={
             "dnabert2": {"architecture": "dnabert2", "checkpoint": "resources/checkpoints/dnabert2-demo",
-                         "tasks": ["embed", "mlm_score"], "samples": ["sample_b"]},
-            "lucaone_dna": {"architecture": "lucaone", "checkpoint": "resources/checkpoints/lucaone-demo"},
+                         "tasks": ["embed", "mlm_score"], "samples": ["promoters"]},
+            "lucaone_dna": {"architecture": "lucaone", "checkpoint": "resources/checkpoints/lucaone-demo",
+                            "samples": ["sample_a", "sample_b"]},
         },
     )  # fmt: skip
 
@@ -273,7 +275,7 @@ def test_killed_runs_resume_to_byte_identical_results(tmp_path):
         result = snakemake(workdir)
         assert result.returncode == 0, result.stderr[-3000:]
     expected = result_bytes(clean)
-    assert len(expected) == 1 * 2 + 2 + 2 + 1 + 2  # parquets (dnabert2: 2 tasks, lucaone_dna: 2 samples), rejects
+    assert len(expected) == 2 + 2 + 3 + 1 + 2  # parquets (dnabert2: 2 tasks, lucaone_dna: 2 samples), rejects
     assert result_bytes(again) == expected
 
     rng = random.Random(20261129)
@@ -282,7 +284,7 @@ def test_killed_runs_resume_to_byte_identical_results(tmp_path):
     for _ in range(3):
         process = subprocess.Popen(command, cwd=killed, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                    start_new_session=True)  # fmt: skip
-        time.sleep(rng.uniform(3.0, 25.0))
+        time.sleep(rng.uniform(3.0, 20.0))
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
         process.wait()
