@@ -2,7 +2,7 @@
 
 Three measurements, each in fresh temporary directories, each printed with its definition:
 
-(a) overhead: the whole workflow (`snakemake --cores C`, every rule: shard_fasta, infer_shard, merge_shards,
+(a) overhead: the whole workflow (`snakemake --cores C`, every rule: pack_<model>, infer_shard, merge_<model>,
     resource_report) on N short DNA sequences with a tiny random-weight DNABERT-2 checkpoint (`--model`). Each
     inference job writes to its figures JSON `run_seconds` (reading its shard to closing its Parquet: FASTA
     validation, tokenizing, the model, Parquet writing; model load excluded) and `compute_seconds` (the model's
@@ -15,7 +15,7 @@ Three measurements, each in fresh temporary directories, each printed with its d
 (b) DAG for many shards: a sample of S one-record shards (`shards.max_sequences: 1`), sharded for real by the
     workflow's checkpoint rule, then the wall time of `snakemake --dry-run` over the whole DAG (S inference jobs,
     merge, report), next to the same for a 10-shard sample: the difference is the cost of the shards.
-(c) merge memory: peak RSS of a child process that runs `seqshard.parquet.merge_parquet` on R rows of `embed`
+(c) merge memory: peak RSS of a child process that runs `seqshard.packing.merge_model` on R rows of `embed`
     output (hidden H float32 vectors), measured by the kernel (the child's VmHWM), for 10 k and 1 M rows, with shards
     of a fixed row count (so that only the total changes) and with the workflow's default shard size.
 
@@ -233,7 +233,7 @@ def bench_dag(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
         write_dna_fasta(fasta, n_shards, 100, 0.0, args.seed, 50, 200)  # equal lengths: one record per shard
         workdir = scratch / f"dag{n_shards}"
         write_workdir(workdir, fasta, {"target_tokens": 10**9, "max_sequences": 1})
-        shard_seconds, _ = snakemake(workdir, args.cores, "--until", "shard_fasta")
+        shard_seconds, _ = snakemake(workdir, args.cores, "--until", "pack_dnabert2")
         times = []
         for _ in range(args.repeats):
             seconds, dry = snakemake(workdir, args.cores, "--dry-run")
@@ -258,37 +258,58 @@ def bench_dag(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
 # parent's wait4 ru_maxrss would also count the parent's pages the child held between fork and exec.)
 MERGE_CHILD = """
 import json, sys
-from seqshard.parquet import merge_parquet
+from pathlib import Path
+from seqshard.packing import merge_model
 spec = json.loads(sys.argv[1])
-if spec["shards"]:
-    merge_parquet(spec["shards"], spec["out"], expected_rows=spec["rows"])
+if spec["scores"]:
+    out = Path(spec["out"])
+    merge_model(spec["pack"], {"embed": {Path(d).name: d for d in spec["scores"]}}, {("bench", "embed"): out},
+                {"bench": out.with_suffix(".rejects.tsv")}, model="bench")
 status = open("/proc/self/status").read().split("VmHWM:")[1].split()
 print(int(status[0]) * 1024)
 """
 
 
 def write_embed_shards(directory: Path, rows: int, rows_per_shard: int, hidden: int, seed: int) -> list[Path]:
-    """Shard Parquet files of task `embed` as infer_shard writes them (same writer, schema and provenance)."""
+    """A pack of one sample (record map, samples table) and its scored shards of task `embed`, as the workflow's
+    pack and infer_shard write them (same writers, schemas and provenance); returns the shards' directories."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from seqshard.packing import RECORD_MAP_SCHEMA, SAMPLES_HEADER
     from seqshard.parquet import results_table, task_schema, vectors_array, write_table
 
     directory.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     schema = task_schema("embed", hidden)
     metadata = {"task": "embed", "architecture": "dnabert2", "checkpoint_digest": "sha256:bench", "pooling": "mean"}
+    lengths = rng.integers(50, 10_000, rows, dtype=np.int32)
     paths = []
     for number, start in enumerate(range(0, rows, rows_per_shard)):
         n = min(rows_per_shard, rows - start)
         columns = {
-            "id": [f"seq{start + i:08d}" for i in range(n)],
-            "length": rng.integers(50, 10_000, n, dtype=np.int32),
+            "id": [f"u{start + i}" for i in range(n)],
+            "length": lengths[start : start + n],
             "n_tokens": rng.integers(10, 2_000, n, dtype=np.int32),
             "n_windows": np.ones(n, dtype=np.int32),
             "truncated": np.zeros(n, dtype=bool),
             "embedding": vectors_array(rng.standard_normal((n, hidden), dtype=np.float32)),
         }
-        path = directory / f"{number:04d}.parquet"
-        write_table(results_table(schema, columns, {**metadata, "shard": f"{number:04d}"}), path)
-        paths.append(path)
+        shard = directory / "scores" / f"{number:04d}"
+        write_table(results_table(schema, columns, metadata), shard / "embed.parquet")
+        (shard / "rejects.tsv").write_text("file\trecord_id\tline\treason\n")
+        paths.append(shard)
+    index = np.arange(rows)
+    record_map = pa.table(
+        {
+            "sample": ["bench"] * rows, "record": index, "id": [f"seq{i:08d}" for i in range(rows)],
+            "line": 2 * index + 1, "length": lengths, "shard": [f"{i // rows_per_shard:04d}" for i in range(rows)],
+            "row": index % rows_per_shard,
+        },
+        schema=RECORD_MAP_SCHEMA,
+    )  # fmt: skip
+    pq.write_table(record_map, directory / "records.parquet")
+    (directory / "samples.tsv").write_text(SAMPLES_HEADER + f"bench\tbench.fa\tdna\t{rows}\t{rows}\t0\t0\n")
     return paths
 
 
@@ -314,8 +335,8 @@ def bench_merge(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
             f"(c) needs about {need / 1e9:.0f} GB free under {scratch}, has {free / 1e9:.0f} GB; "
             "pass --merge-hidden 64 or --scratch elsewhere"
         )
-    floor = [child_peak_rss({"shards": [], "out": "", "rows": 0})[0] for _ in range(args.repeats)]
-    print(f"  child that only imports seqshard.parquet: {median(floor) / 2**20:.0f} MiB")
+    floor = [child_peak_rss({"scores": [], "pack": "", "out": ""})[0] for _ in range(args.repeats)]
+    print(f"  child that only imports seqshard.packing: {median(floor) / 2**20:.0f} MiB")
     layouts = {
         # only the total changes: the same shard size for both totals
         f"shards of {args.merge_shard_rows} rows": (args.merge_shard_rows, args.merge_shard_rows),
@@ -333,7 +354,8 @@ def bench_merge(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
             peaks, walls = [], []
             for _ in range(args.repeats):
                 out = scratch / "merged.parquet"
-                peak, wall = child_peak_rss({"shards": [str(p) for p in shards], "out": str(out), "rows": rows})
+                spec = {"scores": [str(p) for p in shards], "pack": str(directory), "out": str(out)}
+                peak, wall = child_peak_rss(spec)
                 peaks.append(peak)
                 walls.append(wall)
                 out.unlink()

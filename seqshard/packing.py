@@ -7,9 +7,9 @@ the distinct sequences of each molecule into contiguous shards of about `target_
 many small samples share a shard and a large one spreads over several. A record map says, for every valid record
 of every sample in input order, its id, length and where its sequence sits (shard and row).
 
-`gather_sample` writes a sample's file for one task from the scored shards through that map: rows in the sample's
+`merge_model` writes each sample's file per task from the scored shards through that map: rows in the sample's
 input order, each with the record's own id and length and its sequence's values (so duplicates, within or
-across samples, get identical values), one bounded row group at a time.
+across samples, get identical values), streaming the map one bounded batch at a time.
 """
 
 from __future__ import annotations
@@ -223,9 +223,9 @@ def read_pack_samples(path: Path | str) -> dict[str, dict[str, str]]:
 
 
 class _RowGroupCache:
-    """Decoded row groups of the scored shards, least recently used dropped beyond a byte budget."""
+    """Decoded row groups of the scored shards of one task, least recently used dropped beyond a byte budget."""
 
-    def __init__(self, files: Mapping[str, Path], budget_bytes: int = 256 * 2**20) -> None:
+    def __init__(self, files: Mapping[str, Path], budget_bytes: int = 16 * 2**20) -> None:
         self.files = {name: pq.ParquetFile(path, pre_buffer=False) for name, path in files.items()}
         self.bounds = {
             name: np.cumsum([0] + [f.metadata.row_group(i).num_rows for i in range(f.num_row_groups)])
@@ -264,46 +264,23 @@ class _RowGroupCache:
         combined = pa.concat_tables(parts)
         return combined.take(pa.array(np.argsort(np.concatenate(order), kind="stable")))
 
-
-def gather_sample(
-    record_map: pa.Table, scored: _RowGroupCache, out: Path | str, extra_metadata: Mapping[str, object]
-) -> int:
-    """Write one sample's rows for one task from the scored shards; `record_map` holds the sample's rows of the
-    record map (with `row` pointing at rows of the scored files), `scored` those files (rows in shard order).
-
-    Every scored shard must carry the same provenance; the output keeps it and adds `extra_metadata`.
-    """
-    used = sorted(set(record_map.column("shard").to_pylist()))
-    files = {shard: scored.files[shard] for shard in used}
-
-    def provenance(shard: str) -> dict[str, str]:
-        raw = files[shard].schema_arrow.metadata or {}
-        return {
-            key.decode(): value.decode()
-            for key, value in raw.items()
-            if key.decode().startswith("seqshard.") and key.decode() not in ("seqshard.seqshard_version",)
-        }
-
-    reference = provenance(used[0])
-    for shard in used[1:]:
-        if provenance(shard) != reference:
-            raise ValueError(f"scored shard {shard} differs in provenance from shard {used[0]}; cannot merge")
-    schema = files[used[0]].schema_arrow
-    plain = {key.removeprefix("seqshard."): value for key, value in reference.items()}
-    metadata = provenance_metadata({**plain, "n_shards": len(used), **extra_metadata})
-    shards = np.asarray(record_map.column("shard").to_numpy(zero_copy_only=False), dtype=object)
-    rows = record_map.column("row").to_numpy()
-    ids, lengths = record_map.column("id"), record_map.column("length")
-    with TableWriter(out) as writer:
-        for start in range(0, record_map.num_rows, ROW_GROUP_ROWS):
-            stop = min(start + ROW_GROUP_ROWS, record_map.num_rows)
-            values = scored.take(shards[start:stop], rows[start:stop])
-            values = values.set_column(0, schema.field("id"), ids.slice(start, stop - start))
-            values = values.set_column(1, schema.field("length"), lengths.slice(start, stop - start))
-            writer.write(values.replace_schema_metadata(metadata))
-        if writer.n_rows != record_map.num_rows:  # raised inside the writer, so no partial file is left behind
-            raise RuntimeError(f"{out}: wrote {writer.n_rows} rows for {record_map.num_rows} records")
-    return writer.n_rows
+    def provenance(self) -> tuple[dict[str, str], pa.Schema]:
+        """The provenance every shard shares (an error names a shard that differs), and the files' schema."""
+        reference: dict[str, str] | None = None
+        first = ""
+        for shard, handle in self.files.items():
+            raw = handle.schema_arrow.metadata or {}
+            theirs = {
+                key.decode().removeprefix("seqshard."): value.decode()
+                for key, value in raw.items()
+                if key.decode().startswith("seqshard.") and key != b"seqshard.seqshard_version"
+            }
+            if reference is None:
+                reference, first = theirs, shard
+            elif theirs != reference:
+                raise ValueError(f"scored shard {shard} differs in provenance from shard {first}; cannot merge")
+        assert reference is not None
+        return reference, next(iter(self.files.values())).schema_arrow
 
 
 def _inference_rejects(directory: Path, shard_fasta: Path) -> dict[int, str]:
@@ -321,6 +298,31 @@ def _inference_rejects(directory: Path, shard_fasta: Path) -> dict[int, str]:
     return {row: reasons[name] for row, name in enumerate(headers) if name in reasons}
 
 
+def _per_sample(record_map: pq.ParquetFile, failed: Mapping[str, Mapping[int, str]]) -> dict[str, tuple[int, int]]:
+    """For each sample: the shards its records sit in, and its records that could not be scored — known before
+    any row is written, for the files' provenance."""
+    used: dict[str, set[str]] = {}
+    unscored: dict[str, int] = {}
+    for batch in record_map.iter_batches(columns=["sample", "shard", "row"]):
+        for sample, shard, row in zip(*(column.to_pylist() for column in batch.columns), strict=True):
+            used.setdefault(sample, set()).add(shard)
+            if row in failed.get(shard, {}):
+                unscored[sample] = unscored.get(sample, 0) + 1
+    return {sample: (len(shards), unscored.get(sample, 0)) for sample, shards in used.items()}
+
+
+def _append(writer: TableWriter, scored: _RowGroupCache, schema: pa.Schema, rows: pa.Table,
+            metadata: Mapping[bytes, bytes]) -> None:  # fmt: skip
+    """Append records (rows of the record map) to a sample's file: their sequences' values, their own ids."""
+    if rows.num_rows == 0:
+        return
+    shards = np.asarray(rows.column("shard").to_numpy(zero_copy_only=False), dtype=object)
+    values = scored.take(shards, rows.column("row").to_numpy())
+    values = values.set_column(0, schema.field("id"), rows.column("id"))
+    values = values.set_column(1, schema.field("length"), rows.column("length"))
+    writer.write(values.replace_schema_metadata(metadata))
+
+
 def merge_model(
     pack_dir: Path | str,
     scored: Mapping[str, Mapping[str, Path | str]],
@@ -335,13 +337,15 @@ def merge_model(
     `scored[task][shard]` is the directory a shard's scoring wrote for the pass holding `task` (it has
     `<task>.parquet` and `rejects.tsv`); `outputs[(sample, task)]` the file to write; `model_rejects[sample]` the
     sample's table of records that could not be scored (an error naming them with `on_invalid="error"`).
-    Returns the rows written per sample.
+
+    The record map is streamed in input order, a bounded batch at a time, each batch's rows gathered from the
+    scored shards (through a small cache of decoded row groups) and appended to its sample's files: memory stays
+    flat whatever the number of rows. Returns the rows written per sample.
     """
     pack_dir = Path(pack_dir)
-    record_map = pq.read_table(pack_dir / "records.parquet")
     summaries = read_pack_samples(pack_dir / "samples.tsv")
-    samples = list(dict.fromkeys(sample for sample, _ in outputs))
     tasks = list(dict.fromkeys(task for _, task in outputs))
+    wanted = set(sample for sample, _ in outputs)
     # Rows of scored shards that could not be scored (too large for the device even alone), per shard.
     failed: dict[str, dict[int, str]] = {}
     for by_shard in scored.values():
@@ -352,19 +356,60 @@ def merge_model(
         task: _RowGroupCache({shard: Path(d) / f"{task}.parquet" for shard, d in scored[task].items()})
         for task in tasks
     }
-    sample_column = record_map.column("sample").to_numpy(zero_copy_only=False)
+    provenance = {task: cache.provenance() for task, cache in caches.items()}
+    record_map = pq.ParquetFile(pack_dir / "records.parquet")
+    per_sample = _per_sample(record_map, failed)
     written: dict[str, int] = {}
-    for sample in samples:
-        part = record_map.take(pa.array(np.flatnonzero(sample_column == sample)))
-        if part.num_rows == 0:
-            raise ValueError(f"sample {sample} has no records in {pack_dir / 'records.parquet'}")
-        part, rejected = _without_failed(part, failed, summaries[sample]["fasta"], on_invalid)
+    writers: dict[str, TableWriter] = {}
+    metadata: dict[str, dict[bytes, bytes]] = {}
+    rejected: list[Rejected] = []
+    current: str | None = None
+
+    def close(sample: str) -> None:
+        expected = int(summaries[sample]["n_valid"]) - len(rejected)
+        if written.get(sample, 0) != expected:  # raised inside the writers, so no partial file is left behind
+            raise RuntimeError(f"{sample}: merged {written.get(sample, 0)} rows but the sample has {expected}")
+        for writer in writers.values():
+            writer.__exit__(None)
+        writers.clear()
         write_rejects(rejected, Path(model_rejects[sample]))
-        extra = {"model": model, "sample": sample, "n_rejected": int(summaries[sample]["n_rejected"]) + len(rejected)}
-        for task in tasks:
-            written[sample] = gather_sample(part, caches[task], outputs[(sample, task)], extra)
         log.info("%s: %d rows per task (%s)%s", sample, written[sample], ", ".join(tasks),
                  f", {len(rejected)} record(s) could not be scored" if rejected else "")  # fmt: skip
+        rejected.clear()
+
+    try:
+        for batch in record_map.iter_batches(batch_size=ROW_GROUP_ROWS):
+            part = pa.Table.from_batches([batch])
+            samples_here = part.column("sample").to_numpy(zero_copy_only=False)
+            for sample in dict.fromkeys(samples_here.tolist()):
+                if sample not in wanted:
+                    continue
+                if sample != current:
+                    if current is not None:
+                        close(current)
+                    current = sample
+                    n_shards, unscored = per_sample[sample]
+                    extra = {"model": model, "sample": sample, "n_shards": n_shards,
+                             "n_rejected": int(summaries[sample]["n_rejected"]) + unscored}  # fmt: skip
+                    for task in tasks:
+                        writers[task] = TableWriter(outputs[(sample, task)])
+                        metadata[task] = provenance_metadata({**provenance[task][0], **extra})
+                rows, failures = _without_failed(
+                    part.filter(pa.array(samples_here == sample)), failed, summaries[sample]["fasta"], on_invalid
+                )
+                rejected.extend(failures)
+                for task in tasks:
+                    _append(writers[task], caches[task], provenance[task][1], rows, metadata[task])
+                written[sample] = written.get(sample, 0) + rows.num_rows
+        if current is not None:
+            close(current)
+    except BaseException as error:
+        for writer in writers.values():  # the sample being written, if any: no partial file stays behind
+            writer.__exit__(type(error))
+        raise
+    missing = sorted(wanted - set(written))
+    if missing:
+        raise ValueError(f"samples {missing} have no records in {pack_dir / 'records.parquet'}")
     return written
 
 
