@@ -43,4 +43,5 @@ with gpus_for_job(snakemake.resources.get("gpu", 0)):
         },
         provenance={"model": snakemake.wildcards.model},
         cache=cache,
+        packed=True,
     )

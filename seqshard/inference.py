@@ -58,6 +58,7 @@ from seqshard.cache import CacheWriter, ResultCache, cache_key
 from seqshard.fasta import Rejected, SequenceRecord, ValidationReport, iter_valid_records, write_rejects
 from seqshard.heads import head_digest, load_linear_head
 from seqshard.models import LoadedModel, SequenceHead, get_loader
+from seqshard.packing import iter_packed_shard
 from seqshard.parquet import (
     INPUT_SETTINGS,
     TASK_SETTINGS,
@@ -986,6 +987,14 @@ def validate_input(
     return InputCheck(report, Duplicates(first_array, last), np.array(digests, dtype=object), len(first_array))
 
 
+def packed_input(fasta: Path | str) -> InputCheck:
+    """The InputCheck of a shard pack_samples wrote: nothing to validate, no sequence twice; digests for the cache."""
+    report = ValidationReport(Path(fasta))
+    digests = [sequence_digest(record.sequence) for record in iter_packed_shard(fasta)]
+    report.n_records = report.n_valid = len(digests)
+    return InputCheck(report, Duplicates.none(len(digests)), np.array(digests, dtype=object), len(digests))
+
+
 def score_records(
     loaded: LoadedModel,
     records: Sequence[SequenceRecord],
@@ -1067,6 +1076,7 @@ def run_tasks(
     chunk_records: int = CHUNK_RECORDS,
     dedupe: bool = True,
     cache: ResultCache | None = None,
+    packed: bool = False,
 ) -> RunFigures:
     """Run several tasks of one model over every record of `fasta`, writing task t's Parquet to `outputs[t]`.
 
@@ -1074,7 +1084,8 @@ def run_tasks(
     chunk by chunk, each chunk's rows written (one Parquet row group per chunk, per task) while the model
     computes the next. Tasks that share a forward pass get one. With `on_invalid="skip"` invalid records, and
     records that cannot be scored at all, go to `rejects_out` instead of stopping the run. With a result `cache`,
-    sequences it already holds for every task are not computed again, and the rest are added to it.
+    sequences it already holds for every task are not computed again, and the rest are added to it. `packed`
+    says `fasta` is a shard `seqshard.packing.pack_samples` wrote: validated, distinct sequences, read as such.
     """
     by_task = {s.task: s for s in settings}
     if set(by_task) != set(outputs):
@@ -1086,9 +1097,12 @@ def run_tasks(
     figures = RunFigures(dict(labels or {}), device, dtype, threads, batch_tokens)
 
     started = time.perf_counter()
-    check = validate_input(
-        fasta, molecule, allowed_ambiguity=allowed_ambiguity, on_invalid=on_invalid, dedupe=dedupe
-    )
+    if packed:
+        check = packed_input(fasta)
+    else:
+        check = validate_input(
+            fasta, molecule, allowed_ambiguity=allowed_ambiguity, on_invalid=on_invalid, dedupe=dedupe
+        )
     log.info(
         "%s: %d records, %d valid (%d distinct sequences), %d rejected; validated in %.1f s",
         fasta, check.report.n_records, check.n_valid, check.n_valid - check.duplicates.n_duplicates,
@@ -1117,7 +1131,10 @@ def run_tasks(
         }
         precomputed = _cached_rows(cache, keys, check)
         cache_writers = {task: CacheWriter(cache, key) for task, key in keys.items()}
-    records = iter_valid_records(fasta, molecule, allowed_ambiguity=allowed_ambiguity, on_invalid=on_invalid)
+    if packed:
+        records = iter_packed_shard(fasta)
+    else:
+        records = iter_valid_records(fasta, molecule, allowed_ambiguity=allowed_ambiguity, on_invalid=on_invalid)
     scored = score_chunks(
         loaded, records, list(by_task.values()), molecule=molecule, batch_tokens=batch_tokens, dtype=dtype,
         figures=figures, chunk_records=chunk_records, duplicates=check.duplicates, precomputed=precomputed,

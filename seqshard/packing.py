@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +29,7 @@ from seqshard.fasta import (
     FastaFormatError,
     FastaValidationError,
     Rejected,
+    SequenceRecord,
     ValidationReport,
     iter_valid_records,
     write_rejects,
@@ -199,6 +200,17 @@ def pack_samples(
         len(summary.shards),
     )  # fmt: skip
     return summary
+
+
+def iter_packed_shard(path: Path | str) -> Iterator[SequenceRecord]:
+    """The records of a shard `pack_samples` wrote (`>u<index>` and one sequence line each, validated and
+    upper-cased when packed): read without validating again, which would cost an inference job more than its
+    model on a fast GPU."""
+    with open(path, encoding="utf-8") as handle:
+        for index, (header, sequence) in enumerate(zip(handle, handle, strict=True)):
+            if not header.startswith(">"):
+                raise ValueError(f"{path}: line {2 * index + 1} is not a header; not a shard pack_samples wrote")
+            yield SequenceRecord(index, header[1:].rstrip("\n"), sequence.rstrip("\n"), 2 * index + 1)
 
 
 def read_pack_manifest(path: Path | str) -> list[PackedShard]:

@@ -80,8 +80,13 @@ def test_scored_shards_gather_back_into_each_sample_in_input_order(samples, chec
         directory = tmp_path / "scores" / shard.name
         run_tasks(pack / "shards" / f"{shard.name}.fa", {t.task: directory / f"{t.task}.parquet" for t in tasks},
                   architecture="dnabert2", checkpoint=str(checkpoint), settings=tasks, on_invalid="skip",
-                  rejects_out=directory / "rejects.tsv", provenance={"model": "m"})  # fmt: skip
+                  rejects_out=directory / "rejects.tsv", provenance={"model": "m"}, packed=True)  # fmt: skip
         scored[shard.name] = directory
+    # A packed shard read as such (no second validation) gives the bytes a validated read gives.
+    validated = tmp_path / "validated.parquet"
+    run_tasks(pack / "shards" / "0000.fa", {"embed": validated}, architecture="dnabert2", checkpoint=str(checkpoint),
+              settings=[TaskSettings("embed")], provenance={"model": "m"})  # fmt: skip
+    assert validated.read_bytes() == (tmp_path / "scores" / "0000" / "embed.parquet").read_bytes()
     outputs = {(s.name, t.task): tmp_path / "out" / s.name / f"{t.task}.parquet" for s in samples for t in tasks}
     rejects = {s.name: tmp_path / "out" / s.name / "rejects.tsv" for s in samples}
     merge_model(pack, {t.task: scored for t in tasks}, outputs, rejects, model="m", on_invalid="error")
