@@ -17,4 +17,5 @@ merge_model(
     dict(zip(params.samples, snakemake.output.rejects, strict=True)),
     model=params.model,
     on_invalid=params.on_invalid,
+    sample_rejects=dict(zip(params.owned_samples, snakemake.output.sample_rejects, strict=True)),
 )

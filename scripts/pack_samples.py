@@ -13,5 +13,4 @@ pack_samples(
     max_sequences=snakemake.params.max_sequences,
     allowed_ambiguity=snakemake.params.allowed_ambiguity,
     on_invalid=snakemake.params.on_invalid,
-    rejects=dict(zip(snakemake.params.rejects_for, snakemake.output.rejects, strict=True)),
 )

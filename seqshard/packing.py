@@ -50,6 +50,7 @@ RECORD_MAP_SCHEMA = pa.schema(
         pa.field("row", pa.int64(), nullable=False),  # the sequence's row in its shard
     ]
 )
+REJECTS_HEADER = "file\trecord_id\tline\treason\n"
 MANIFEST_HEADER = "shard\tmolecule\tn_sequences\test_tokens\n"
 SAMPLES_HEADER = "sample\tfasta\tmolecule\tn_records\tn_valid\tn_rejected\tcrlf_lines\n"
 
@@ -94,13 +95,12 @@ def pack_samples(
     max_sequences: int | None = None,
     allowed_ambiguity: str = "N",
     on_invalid: str = "error",
-    rejects: Mapping[str, Path | str] | None = None,
 ) -> PackSummary:
     """Validate `samples`, and write their distinct sequences as shards plus the record map and manifests.
 
     `out_dir` receives `shards/<name>.fa` (headers are the sequences' global indices), `manifest.tsv`,
-    `records.parquet` and `samples.tsv`. `rejects` names the samples whose rejects table this call writes (a
-    sample shared by several models has its table written once). Two passes over each input keep memory at the
+    `records.parquet`, `samples.tsv` and `rejects.tsv` (every sample's invalid records, with a `sample` column;
+    `merge_model` hands each sample its own table). Two passes over each input keep memory at the
     distinct sequences' digests: the first validates and counts, the second writes.
     """
     out_dir = Path(out_dir)
@@ -185,8 +185,11 @@ def pack_samples(
                 f"{sample.name}\t{sample.fasta}\t{sample.molecule}\t{report.n_records}\t{report.n_valid}\t{len(report.rejected)}\t"
                 f"{report.crlf_lines}\n"
             )
-    for name, path in (rejects or {}).items():
-        write_rejects(summary.reports[name].rejected, Path(path))
+    with open(out_dir / "rejects.tsv", "w", encoding="utf-8") as handle:
+        handle.write("sample\t" + REJECTS_HEADER)
+        for sample in samples:
+            for fault in summary.reports[sample.name].rejected:
+                handle.write(f"{sample.name}\t{fault.file}\t{fault.record_id}\t{fault.line}\t{fault.reason}\n")
     for sample in samples:
         report = summary.reports[sample.name]
         for fault in report.rejected:
@@ -343,12 +346,15 @@ def merge_model(
     *,
     model: str,
     on_invalid: str = "error",
+    sample_rejects: Mapping[str, Path | str] | None = None,
 ) -> dict[str, int]:
     """Write every sample's file for every task of one model from its scored shards.
 
     `scored[task][shard]` is the directory a shard's scoring wrote for the pass holding `task` (it has
     `<task>.parquet` and `rejects.tsv`); `outputs[(sample, task)]` the file to write; `model_rejects[sample]` the
-    sample's table of records that could not be scored (an error naming them with `on_invalid="error"`).
+    sample's table of records that could not be scored (an error naming them with `on_invalid="error"`);
+    `sample_rejects[sample]` where to copy the sample's invalid records from the pack (each sample's table is
+    written by one model entry's merge: a job with thousands of inputs and outputs is slow to plan and record).
 
     The record map is streamed in input order, a bounded batch at a time, each batch's rows gathered from the
     scored shards (through a small cache of decoded row groups) and appended to its sample's files: memory stays
@@ -356,6 +362,7 @@ def merge_model(
     """
     pack_dir = Path(pack_dir)
     summaries = read_pack_samples(pack_dir / "samples.tsv")
+    _split_rejects(pack_dir / "rejects.tsv", sample_rejects or {})
     tasks = list(dict.fromkeys(task for _, task in outputs))
     wanted = set(sample for sample, _ in outputs)
     # Rows of scored shards that could not be scored (too large for the device even alone), per shard.
@@ -423,6 +430,20 @@ def merge_model(
     if missing:
         raise ValueError(f"samples {missing} have no records in {pack_dir / 'records.parquet'}")
     return written
+
+
+def _split_rejects(table: Path, outputs: Mapping[str, Path | str]) -> None:
+    """Each sample's own rejects table (header always present) from the pack's table of every sample."""
+    rows: dict[str, list[str]] = {sample: [] for sample in outputs}
+    with open(table, encoding="utf-8") as handle:
+        next(handle)
+        for line in handle:
+            sample, rest = line.split("\t", 1)
+            if sample in rows:
+                rows[sample].append(rest)
+    for sample, path in outputs.items():
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(REJECTS_HEADER + "".join(rows[sample]), encoding="utf-8")
 
 
 def _without_failed(

@@ -53,7 +53,7 @@ def read_sequences(path):
 
 
 def test_pack_keeps_each_distinct_sequence_once_and_maps_every_record(samples, tmp_path):
-    summary = pack_samples(samples, tmp_path / "pack", target_tokens=6000, rejects={"a": tmp_path / "a.tsv"})
+    summary = pack_samples(samples, tmp_path / "pack", target_tokens=6000)
     records = pd.read_parquet(tmp_path / "pack" / "records.parquet")
     assert len(records) == sum(len(read_sequences(s.fasta)) for s in samples) == summary.n_records
     assert list(records["sample"].unique()) == ["a", "b", "c"]
@@ -68,7 +68,7 @@ def test_pack_keeps_each_distinct_sequence_once_and_maps_every_record(samples, t
         mine = records[records["sample"] == sample.name]
         pointed = [by_shard[shard][row] for shard, row in zip(mine["shard"], mine["row"], strict=True)]
         assert pointed == read_sequences(sample.fasta)
-    assert (tmp_path / "a.tsv").read_text().startswith("file\trecord_id\tline\treason\n")
+    assert (tmp_path / "pack" / "rejects.tsv").read_text() == "sample\tfile\trecord_id\tline\treason\n"
 
 
 def test_scored_shards_gather_back_into_each_sample_in_input_order(samples, checkpoint, tmp_path):
@@ -89,7 +89,10 @@ def test_scored_shards_gather_back_into_each_sample_in_input_order(samples, chec
     assert validated.read_bytes() == (tmp_path / "scores" / "0000" / "embed.parquet").read_bytes()
     outputs = {(s.name, t.task): tmp_path / "out" / s.name / f"{t.task}.parquet" for s in samples for t in tasks}
     rejects = {s.name: tmp_path / "out" / s.name / "rejects.tsv" for s in samples}
-    merge_model(pack, {t.task: scored for t in tasks}, outputs, rejects, model="m", on_invalid="error")
+    own = {s.name: tmp_path / "out" / s.name / "sample_rejects.tsv" for s in samples}
+    merge_model(pack, {t.task: scored for t in tasks}, outputs, rejects, model="m", on_invalid="error",
+                sample_rejects=own)  # fmt: skip
+    assert all(path.read_text() == "file\trecord_id\tline\treason\n" for path in own.values())
 
     for sample in samples:
         # The same sample scored on its own by the command line: same ids, same numbers, same order.

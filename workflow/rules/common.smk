@@ -85,7 +85,7 @@ def tasks_of(model, pass_):
     return [t for t in config["models"][model]["tasks"] if t in PASS_TASKS[pass_]]
 
 
-# Each sample's rejects table is written by the pack of the first model entry that runs on it.
+# Each sample's rejects table is written by the merge of the first model entry that runs on it.
 REJECTS_OWNER = {}
 for _sample, _model, _ in RUNS:
     REJECTS_OWNER.setdefault(_sample, _model)
@@ -223,6 +223,7 @@ def merge_inputs(model):
             "records": pack.records,
             "samples": pack.samples,
             "manifest": pack.manifest,
+            "rejects": pack.rejects,
             "scores": scores,
         }
 

@@ -20,6 +20,15 @@ for model in config["models"]:
                 )
             ],
             rejects=model_rejects(model),
+            sample_rejects=[
+                report(
+                    f"results/{sample}/rejects.tsv",
+                    caption="../report/rejects.rst",
+                    category="Input validation",
+                    labels={"sample": sample},
+                )
+                for sample in owned_samples(model)
+            ],
         log:
             f"logs/merge/{model}.log",
         benchmark:
@@ -31,6 +40,7 @@ for model in config["models"]:
             model=model,
             outputs=merged_keys(model),
             samples=samples_of(model),
+            owned_samples=owned_samples(model),
             passes={task: pass_of(task) for task in config["models"][model]["tasks"]},
             on_invalid=config["on_invalid"],
         script:

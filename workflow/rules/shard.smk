@@ -11,15 +11,7 @@ for model in config["models"]:
             manifest=f"results/packs/{model}/manifest.tsv",
             records=f"results/packs/{model}/records.parquet",
             samples=f"results/packs/{model}/samples.tsv",
-            rejects=[
-                report(
-                    f"results/{sample}/rejects.tsv",
-                    caption="../report/rejects.rst",
-                    category="Input validation",
-                    labels={"sample": sample},
-                )
-                for sample in owned_samples(model)
-            ],
+            rejects=f"results/packs/{model}/rejects.tsv",
         log:
             f"logs/pack/{model}.log",
         benchmark:
@@ -29,7 +21,6 @@ for model in config["models"]:
         threads: 1
         params:
             samples=pack_samples_param(model),
-            rejects_for=owned_samples(model),
             on_invalid=config["on_invalid"],
             allowed_ambiguity=config["allowed_ambiguity"],
             target_tokens=config["shards"]["target_tokens"],
