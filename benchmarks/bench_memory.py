@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -257,10 +256,9 @@ def main() -> None:
         print(json.dumps(result))
         return
     sys.stdout.reconfigure(line_buffering=True)
-    result: dict[str, object] = {
-        "benchmark": "bench_memory",
-        "machine": {"python": platform.python_version(), "cpu_cores": os.cpu_count(), "load": os.getloadavg()},
-    }
+    from bench_inference import machine_description  # this folder is on sys.path when run as a script
+
+    result: dict[str, object] = {"benchmark": "bench_memory", "machine": machine_description("cpu")}
     with tempfile.TemporaryDirectory(prefix="seqshard-bench-memory-") as scratch:
         cache = args.cache_dir or Path(scratch)
         cache.mkdir(parents=True, exist_ok=True)
@@ -268,6 +266,7 @@ def main() -> None:
             result["load"] = bench_load(QUICK_LOAD_CASES if args.quick else LOAD_CASES, cache, args.repeats)
         if "attention" in args.parts:
             result["attention"] = bench_attention(QUICK_ATTENTION_SHAPES if args.quick else ATTENTION_SHAPES)
+    result["machine"]["load_average_at_end"] = os.getloadavg()  # type: ignore[index]
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n")
