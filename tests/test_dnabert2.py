@@ -94,6 +94,11 @@ def test_alibi_bias_values_blocks_and_no_state(demo) -> None:
     assert last.shape == (3, 4, 276, 1300)
     assert last[1, 0, 0, 999].item() == pytest.approx(-(1024 - 999) * slopes[0].item())
     assert last[1, 0, 0, 1000].item() < -1e38 and last[0, 0, 0, 1000].item() > -1e38  # padded keys of row 1 only
+    # Without padding a block is a view into one [heads, 512, 2L] table: nothing per block, nothing per row.
+    unpadded = AttentionBias(slopes, 1300, None, torch.float32)
+    view = unpadded.block(unpadded.blocks[1])
+    assert view.shape == (1, 4, 512, 1300) and view.untyped_storage().data_ptr() == unpadded._table.data_ptr()
+    torch.testing.assert_close(view[0], alibi_bias(slopes, slice(512, 1024), 1300, torch.float32), atol=0, rtol=0)
 
 
 def test_query_blocks_give_the_numbers_of_one_whole_bias(demo, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,7 +13,8 @@ Layer math (post-LayerNorm everywhere), with H hidden, I intermediate:
 The ALiBi bias plus key padding of a padded batch is a [batch, heads, L, L] tensor that the token budget (batch
 × L) does not bound. It is built for blocks of at most 512 query positions (`AttentionBias`), and attention runs
 block by block: at most heads × 512 bias values per token of the batch, whatever L (up to 512, one block built once
-per forward and shared by every layer, as before).
+per forward and shared by every layer, as before; longer, views into one [heads, 512, 2L] ALiBi table plus the
+key padding added per block).
 
 Everything but the attention itself works token by token, so with `DNABERT2Model.unpad` set those steps run on
 the real tokens of a padded batch only, packed into one [n_real, H] tensor, as the reference does; only q, k, v
@@ -152,18 +153,20 @@ ALIBI_QUERY_BLOCK = 512
 class AttentionBias:
     """The additive attention bias of one forward pass (ALiBi plus key padding), built one query block at a time.
 
-    Materialised whole, the bias of a padded batch is [batch, heads, L, L]: 1.6 GB in bf16 for 4 rows of 4,096
+    Materialised whole, the bias of a padded batch is [batch, heads, L, L]: 1.5 GiB in bf16 for 4 rows of 4,096
     tokens. Here it exists for one block of at most ALIBI_QUERY_BLOCK query positions at a time, [batch, heads,
     block, L], so its size is bounded by the batch's tokens (batch × L) times heads × 512. When one block covers
     the batch it is built once and shared by every layer.
+
+    With several blocks, the ALiBi part is one table per forward, [heads, block, 2L]: ALiBi depends on i − j only,
+    so every block's [heads, block, L] is a view into it (no batch dimension; at most 2 × heads × 512 values per
+    token). A block then costs one addition of the key padding, or nothing when no row is padded.
     """
 
     def __init__(
         self, slopes: torch.Tensor, length: int, attention_mask: torch.Tensor | None, dtype: torch.dtype
     ) -> None:
-        self.slopes = slopes
         self.length = length
-        self.dtype = dtype
         self.key_padding: torch.Tensor | None = None
         if attention_mask is not None:
             # Padded keys get the most negative finite value rather than -inf: a row with no real key (which
@@ -174,15 +177,24 @@ class AttentionBias:
         self.blocks = [
             slice(start, min(start + ALIBI_QUERY_BLOCK, length)) for start in range(0, length, ALIBI_QUERY_BLOCK)
         ]
-        self._whole = self._build(self.blocks[0]) if len(self.blocks) == 1 else None
+        if len(self.blocks) == 1:
+            self._whole: torch.Tensor | None = self._with_padding(alibi_bias(slopes, self.blocks[0], length, dtype))
+        else:
+            # Query positions 0..block-1 against key offsets -L..L-1: row i, column u holds -slope·|i - (u - L)|.
+            self._whole = None
+            self._table = alibi_bias(slopes, slice(length, length + ALIBI_QUERY_BLOCK), 2 * length, dtype)
 
-    def _build(self, queries: slice) -> torch.Tensor:
-        bias = alibi_bias(self.slopes, queries, self.length, self.dtype).unsqueeze(0)  # [1, heads, q, L]
-        return bias if self.key_padding is None else bias + self.key_padding
+    def _with_padding(self, alibi: torch.Tensor) -> torch.Tensor:
+        alibi = alibi.unsqueeze(0)  # [1, heads, q, L]
+        return alibi if self.key_padding is None else alibi + self.key_padding
 
     def block(self, queries: slice) -> torch.Tensor:
         """The bias for query positions `queries` (one of `blocks`), [1 or batch, heads, len(queries), L]."""
-        return self._whole if self._whole is not None else self._build(queries)
+        if self._whole is not None:
+            return self._whole
+        # Query s + i against key j sits at row i, column j - s + L of the table: a view, values unchanged.
+        start, rows = queries.start, queries.stop - queries.start
+        return self._with_padding(self._table[:, :rows, self.length - start : 2 * self.length - start])
 
 
 def _activation(name: str) -> nn.Module:
