@@ -201,8 +201,9 @@ def overflowing_checkpoint(source: Path, out: Path) -> Path:
     return out
 
 
-def test_fp16_overflow_reruns_the_batch_in_fp32(checkpoint: Path, fasta: Path, tmp_path: Path) -> None:
-    loaded = load_dnabert2(str(overflowing_checkpoint(checkpoint, tmp_path / "overflow")))
+def embeddings_in(checkpoint: Path, fasta: Path) -> dict[str, tuple[np.ndarray, RunFigures]]:
+    """Embeddings of `fasta` and the run's figures, in fp32 and in fp16 autocast (on the CPU)."""
+    loaded = load_dnabert2(str(checkpoint))
     records, _ = read_valid_records(fasta, "dna")
     results = {}
     for dtype in ("fp32", "fp16"):
@@ -210,6 +211,14 @@ def test_fp16_overflow_reruns_the_batch_in_fp32(checkpoint: Path, fasta: Path, t
         columns, _ = score_records(loaded, records, TaskSettings(), molecule="dna", batch_tokens=16384,
                                    dtype=dtype, figures=figures)  # fmt: skip
         results[dtype] = (np.array(columns["embedding"].to_pylist()), figures)
+    return results
+
+
+def test_fp16_overflow_reruns_the_batch_in_fp32(checkpoint: Path, fasta: Path, tmp_path: Path) -> None:
+    overflowing = overflowing_checkpoint(checkpoint, tmp_path / "overflow")
+    results = embeddings_in(overflowing, fasta)
+    loaded = load_dnabert2(str(overflowing))
+    records, _ = read_valid_records(fasta, "dna")
     # Without the guard the fp16 rows would be NaN; with it, the batch is the fp32 batch.
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.float16):
         ids = torch.tensor([loaded.tokenizer.encode(records[0].sequence)])
@@ -221,17 +230,11 @@ def test_fp16_overflow_reruns_the_batch_in_fp32(checkpoint: Path, fasta: Path, t
 
 
 def test_fp16_without_overflow_runs_in_fp16(checkpoint: Path, fasta: Path) -> None:
-    loaded = load_dnabert2(str(checkpoint))
-    records, _ = read_valid_records(fasta, "dna")
-    out = {}
-    for dtype in ("fp32", "fp16"):
-        figures = RunFigures({}, "cpu", dtype, 1, 16384)
-        columns, _ = score_records(loaded, records, TaskSettings(), molecule="dna", batch_tokens=16384,
-                                   dtype=dtype, figures=figures)  # fmt: skip
-        out[dtype] = np.array(columns["embedding"].to_pylist())
-        assert figures.n_fp32_reruns == 0
-    assert not np.array_equal(out["fp16"], out["fp32"])  # really computed in fp16
-    np.testing.assert_allclose(out["fp16"], out["fp32"], atol=2e-2, rtol=0)
+    results = embeddings_in(checkpoint, fasta)
+    (fp32, fp32_figures), (fp16, fp16_figures) = results["fp32"], results["fp16"]
+    assert fp32_figures.n_fp32_reruns == fp16_figures.n_fp32_reruns == 0
+    assert not np.array_equal(fp16, fp32)  # really computed in fp16
+    np.testing.assert_allclose(fp16, fp32, atol=2e-2, rtol=0)
 
 
 # --- shards of one run that disagree ---------------------------------------------------------------------------
