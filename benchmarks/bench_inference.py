@@ -5,16 +5,24 @@ random-weight checkpoint of the published architecture in the published layout, 
 (timed: the model-load figure), and runs three rows over the *same model inputs*:
 
 - `seqshard`: `seqshard.inference.score_records`, the production path (length-sorted token-budget batches with
-  at most 3 % padding, SDPA attention, bf16 autocast on GPU / fp32 on CPU, task `embed`, mean pooling).
+  at most 3 % padding, SDPA attention, task `embed`, mean pooling).
 - `fixed_batch`: the models' own examples — batches of 32 consecutive model inputs in input order, padded to the
-  batch's longest, fp32, eager attention `softmax(Q·Kᵀ/√d + bias)·V` written out in full.
-- `one_at_a_time`: each model input alone (no padding), fp32, eager attention.
+  batch's longest, eager attention `softmax(Q·Kᵀ/√d + bias)·V` written out in full.
+- `one_at_a_time`: each model input alone (no padding), eager attention; on a GPU over the first `--single-n`
+  sequences only (compared by sequences/s), since it would take longer than the rest together.
+
+Every row runs in the same precision, `dtype: auto` as seqshard resolves it on the device (fp32 on the CPU; on a
+GPU bf16 autocast from compute capability 8.0, fp16 on 7.x), or `--dtype`; TF32 stays off in every row.
 
 Same inputs: a sequence longer than the model's limit (DNABERT-2: 512 tokens; LucaOne: 4096) is cut by
 `seqshard.windows.encode_sequence` into the model's default windows (DNABERT-2: 1000 bp; LucaOne: 4094
 residues) overlapping by a quarter; every row runs exactly those windows (checked) and combines them into one
 vector per sequence, weighted by the tokens each window owns. Each row is timed from records to per-record
-embeddings (tokenizing included), after a warm-up on a few records.
+embeddings (tokenizing included). Before timing, on a GPU each row runs every distinct batch shape it will make
+once (attention libraries build a plan per new shape; the shapes are found by running the row with a stand-in
+model that only records its inputs); on the CPU, where nothing is planned per shape, a few records warm up.
+`--drift N` also compares seqshard in its dtype with seqshard in fp32 on the first N sequences (max |difference|,
+lowest cosine similarity of the embeddings).
 
 Figures per row (a "model input" is one window; "tokens" include [CLS] and [SEP]):
 - sequences/s = records / seconds; real tokens/s = tokens of the model inputs / seconds;
@@ -43,8 +51,8 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +62,9 @@ import torch
 import seqshard.models.dnabert2 as dnabert2_module
 import seqshard.models.lucaone as lucaone_module
 from seqshard.batching import TokenBudgetBatcher, bucket_width
+from seqshard.devices import DTYPES, resolve_device, resolve_dtype
 from seqshard.fasta import SequenceRecord
-from seqshard.inference import RunFigures, TaskSettings, resolve_device, resolve_dtype, score_records
+from seqshard.inference import RunFigures, TaskSettings, score_records
 from seqshard.models import LoadedModel, get_loader
 from seqshard.pooling import pool
 from seqshard.windows import EncodedSequence, encode_chunk
@@ -375,8 +384,16 @@ def fixed_batches(n_inputs: int, batch_size: int) -> list[list[int]]:
     return [list(range(start, min(start + batch_size, n_inputs))) for start in range(0, n_inputs, batch_size)]
 
 
+def autocast(work: Workload) -> object:
+    """The autocast seqshard's Runner uses for the same dtype: the baselines compute in the same precision."""
+    if work.seqshard_dtype == "fp32":
+        return nullcontext()
+    return torch.autocast(device_type=work.device.split(":")[0], dtype=DTYPES[work.seqshard_dtype])
+
+
 def run_baseline(work: Workload, records: Sequence[SequenceRecord], batch_size: int, row: Row | None) -> np.ndarray:
-    """Batches of `batch_size` consecutive model inputs in input order, padded to their longest, fp32, eager."""
+    """Batches of `batch_size` consecutive model inputs in input order, padded to their longest, eager attention,
+    in seqshard's dtype."""
     encoded = encode_records(work.loaded, records, work.settings)
     inputs = window_inputs(encoded)
     plan = fixed_batches(len(inputs), batch_size)
@@ -384,7 +401,7 @@ def run_baseline(work: Workload, records: Sequence[SequenceRecord], batch_size: 
     token_type = loaded.token_types.get(work.molecule, 0)
     pooled = np.zeros((len(inputs), loaded.hidden_size), dtype=np.float32)
     device = next(loaded.model.parameters()).device
-    with torch.inference_mode(), eager_attention():
+    with torch.inference_mode(), eager_attention(), autocast(work):
         for batch in plan:
             width = max(len(inputs[i].ids) for i in batch)
             ids = torch.full((len(batch), width), loaded.tokenizer.pad_id, dtype=torch.long)
@@ -423,18 +440,70 @@ def fill_row(
     row.computed_flops = sum(work.flop_model.forward(width[id(b)], len(b)) for b in plan)
 
 
+class ShapeRecorder:
+    """Stands in for a backbone's forward to learn which batch shapes a row makes: keeps the first inputs of each
+    (shape, padded or not) and returns zeros, so finding the shapes costs the row's CPU work only."""
+
+    def __init__(self, hidden_size: int) -> None:
+        self.hidden_size = hidden_size
+        self.first: dict[tuple[tuple[int, ...], bool], tuple[tuple[object, ...], dict[str, object]]] = {}
+
+    def __call__(self, input_ids: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        mask = args[0] if args else kwargs.get("attention_mask")
+        padded = isinstance(mask, torch.Tensor) and not bool(mask.all())
+        key = (tuple(input_ids.shape), padded)
+        if key not in self.first:
+            self.first[key] = ((_copy(input_ids), *map(_copy, args)), {k: _copy(v) for k, v in kwargs.items()})
+        return torch.zeros(*input_ids.shape, self.hidden_size, device=input_ids.device)
+
+
+def _copy(value: object) -> object:
+    return value.clone() if isinstance(value, torch.Tensor) else value
+
+
+# How every row is run: runner(workload, records, row to fill or None) -> one embedding per record.
+Runner = Callable[["Workload", Sequence[SequenceRecord], "Row | None"], np.ndarray]
+
+
+def warm_up_shapes(work: Workload, runner: Runner, records: Sequence[SequenceRecord]) -> int:
+    """Run the real model once on every distinct batch shape `runner` makes for `records`; the number of shapes."""
+    model = work.loaded.model
+    backbone = getattr(model, "model", model)  # LucaOne's molecule binding wraps its backbone as `.model`
+    recorder = ShapeRecorder(work.loaded.hidden_size)
+    backbone.forward = recorder  # an instance attribute: nn.Module.__call__ now reaches the recorder
+    try:
+        runner(work, records, None)
+    finally:
+        del backbone.forward
+    with torch.inference_mode(), autocast(work):
+        for args, kwargs in recorder.first.values():
+            backbone(*args, **kwargs)
+    synchronize(work.device)
+    return len(recorder.first)
+
+
+def embedding_drift(work: Workload, records: Sequence[SequenceRecord]) -> dict[str, object]:
+    """seqshard in its dtype against seqshard in fp32 on `records`: how far the lower precision moves embeddings."""
+    ours = run_seqshard(work, records, None)
+    reference = run_seqshard(replace(work, seqshard_dtype="fp32"), records, None)
+    cosine = (ours * reference).sum(1) / (np.linalg.norm(ours, axis=1) * np.linalg.norm(reference, axis=1))
+    return {
+        "dtype": work.seqshard_dtype,
+        "n_sequences": len(records),
+        "max_abs_diff": float(np.abs(ours - reference).max()),
+        "min_cosine": float(cosine.min()),
+        "mean_cosine": float(cosine.mean()),
+    }
+
+
 def timed(
-    work: Workload,
-    memory: PeakMemory,
-    runner: Callable[[Sequence[SequenceRecord], Row | None], np.ndarray],
-    records: Sequence[SequenceRecord],
-    row: Row,
+    work: Workload, memory: PeakMemory, runner: Runner, records: Sequence[SequenceRecord], row: Row
 ) -> tuple[float, float, int, np.ndarray]:
     """Wall seconds, CPU seconds, peak memory and per-record embeddings of one timed run of `runner`."""
     synchronize(work.device)
     memory.reset()
     started, cpu_started = time.perf_counter(), time.process_time()
-    values = runner(records, row)
+    values = runner(work, records, row)
     synchronize(work.device)
     return time.perf_counter() - started, time.process_time() - cpu_started, memory.read(), values
 
@@ -465,7 +534,7 @@ def bench_model(args: argparse.Namespace, architecture: str, cache: Path) -> dic
     settings = TaskSettings(task="embed", pooling="mean")
     records = synthetic_records(molecule, mix, n, args.seed)
     work = Workload(
-        bound, molecule, settings, device, resolve_dtype("auto", device), args.batch_tokens,
+        bound, molecule, settings, device, resolve_dtype(args.dtype, device), args.batch_tokens,
         args.baseline_batch_size, flop_model,
     )  # fmt: skip
     encoded = encode_records(bound, records, settings)
@@ -490,17 +559,22 @@ def bench_model(args: argparse.Namespace, architecture: str, cache: Path) -> dic
     )
 
     budget = f"token budget {args.batch_tokens}, <=3% padding, sorted"
+    dtype = work.seqshard_dtype
     rows = {
-        "seqshard": Row("seqshard", budget, work.seqshard_dtype, "sdpa"),
-        "fixed_batch": Row("fixed_batch", f"{args.baseline_batch_size} in input order, padded", "fp32", "eager"),
+        "seqshard": Row("seqshard", budget, dtype, "sdpa"),
+        "fixed_batch": Row("fixed_batch", f"{args.baseline_batch_size} in input order, padded", dtype, "eager"),
     }
-    runners: dict[str, Callable[[Sequence[SequenceRecord], Row | None], np.ndarray]] = {
-        "seqshard": lambda recs, row: run_seqshard(work, recs, row),
-        "fixed_batch": lambda recs, row: run_baseline(work, recs, args.baseline_batch_size, row),
+    # Each runner takes the workload too, so that the shape warm-up can hand it a recording stand-in model.
+    runners: dict[str, Runner] = {
+        "seqshard": run_seqshard,
+        "fixed_batch": lambda w, recs, row: run_baseline(w, recs, args.baseline_batch_size, row),
     }
+    # Which records each row runs: all of them, but one at a time only the first --single-n on a GPU.
+    subsets = {"seqshard": records, "fixed_batch": records}
     if not args.skip_single:
-        rows["one_at_a_time"] = Row("one_at_a_time", "1, no padding", "fp32", "eager")
-        runners["one_at_a_time"] = lambda recs, row: run_baseline(work, recs, 1, row)
+        rows["one_at_a_time"] = Row("one_at_a_time", "1, no padding", dtype, "eager")
+        runners["one_at_a_time"] = lambda w, recs, row: run_baseline(w, recs, 1, row)
+        subsets["one_at_a_time"] = records[: args.single_n] if args.single_n else records
 
     # Same model inputs in every row, by construction (same encoder, same defaults); checked here once.
     _, seqshard_encoded = score_records(
@@ -512,15 +586,20 @@ def bench_model(args: argparse.Namespace, architecture: str, cache: Path) -> dic
 
     memory = PeakMemory(device)
     results: dict[str, np.ndarray] = {}
-    for repeat in range(-1, args.repeats):  # -1: warm-up (threads, allocator, kernels, ALiBi/rotary caches)
+    shapes: dict[str, int] = {}
+    for repeat in range(-1, args.repeats):  # -1: warm-up (threads, allocator, kernels, shapes, ALiBi/rotary)
         for name, runner in runners.items():  # interleaved, so drift in machine speed hits every row alike
             if rows[name].failed:
                 continue
             try:
                 if repeat < 0:
-                    runner(records[: args.warmup], None)
+                    if device.startswith("cuda"):  # every distinct batch shape once: per-shape plans are built now
+                        shapes[name] = warm_up_shapes(work, runner, subsets[name])
+                        print(f"  warm-up {name}: {shapes[name]} distinct batch shapes, each run once")
+                    else:
+                        runner(work, records[: args.warmup], None)
                     continue
-                seconds, cpu_seconds, peak, values = timed(work, memory, runner, records, rows[name])
+                seconds, cpu_seconds, peak, values = timed(work, memory, runner, subsets[name], rows[name])
             except torch.OutOfMemoryError:
                 if name == "seqshard":
                     raise
@@ -535,24 +614,33 @@ def bench_model(args: argparse.Namespace, architecture: str, cache: Path) -> dic
             results[name] = values
             print(f"  repeat {repeat + 1}/{args.repeats} {name}: {seconds:.1f} s")
     for name, values in results.items():
-        rows[name].max_abs_diff_vs_seqshard = float(np.abs(values - results["seqshard"]).max())
+        rows[name].max_abs_diff_vs_seqshard = float(np.abs(values - results["seqshard"][: len(values)]).max())
 
     figures = {name: row.figures() for name, row in rows.items()}
     # Each repeat's ratio pairs runs made minutes apart, so drift in the machine's speed cancels; their median is
-    # the speedup quoted (sequences/s ratio = seconds ratio: every row runs the same sequences).
+    # the speedup quoted: seqshard's sequences/s over the row's (a seconds ratio when both ran the same records).
+    ours = rows["seqshard"]
     per_repeat = {
-        name: [theirs / ours for ours, theirs in zip(rows["seqshard"].seconds, row.seconds, strict=False)]
+        name: [
+            (ours.n_sequences / our_seconds) / (row.n_sequences / their_seconds)
+            for our_seconds, their_seconds in zip(ours.seconds, row.seconds, strict=False)
+        ]
         for name, row in rows.items()
         if name != "seqshard" and not row.failed
     }
     ratios = {name: statistics.median(values) for name, values in per_repeat.items()}
     cpu_ratios = {
         name: statistics.median(
-            theirs / ours for ours, theirs in zip(rows["seqshard"].cpu_seconds, row.cpu_seconds, strict=False)
+            (ours.n_sequences / our_cpu) / (row.n_sequences / their_cpu)
+            for our_cpu, their_cpu in zip(ours.cpu_seconds, row.cpu_seconds, strict=False)
         )
         for name, row in rows.items()
         if name in per_repeat
     }
+    drift = embedding_drift(work, records[: args.drift]) if args.drift else None
+    if drift:
+        print(f"  {drift['dtype']} vs fp32 on {drift['n_sequences']} sequences: max |difference| "
+              f"{drift['max_abs_diff']:.3e}, min cosine {drift['min_cosine']:.6f}")  # fmt: skip
     return {
         "architecture": architecture,
         "size": size,
@@ -566,6 +654,8 @@ def bench_model(args: argparse.Namespace, architecture: str, cache: Path) -> dic
         "seqshard_speedup": ratios,
         "seqshard_speedup_per_repeat": per_repeat,
         "seqshard_cpu_time_ratio": cpu_ratios,
+        "distinct_batch_shapes_warmed": shapes,
+        "drift_vs_fp32": drift,
         "memory_measure": memory.kind + ("" if memory.resettable else " (not resettable: process peak so far)"),
     }
 
@@ -654,8 +744,17 @@ def create_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["dnabert2", "lucaone"], choices=["dnabert2", "lucaone"])
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny models, few sequences")
-    parser.add_argument("--n-dna", type=int, help="DNA sequences (default 80 on CPU, 2000 on GPU, 24 quick)")
-    parser.add_argument("--n-protein", type=int, help="proteins (default 60 on CPU, 2000 on GPU, 16 quick)")
+    parser.add_argument("--n-dna", type=int, help="DNA sequences (default 80 on CPU, 50000 on GPU, 24 quick)")
+    parser.add_argument("--n-protein", type=int, help="proteins (default 60 on CPU, 4000 on GPU, 16 quick)")
+    parser.add_argument(
+        "--single-n", type=int,
+        help="sequences the one-at-a-time row runs (default: all on CPU, the first 2000 on GPU)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--dtype", default="auto", choices=["auto", *DTYPES],
+        help="precision of every row (default: seqshard's auto for the device)",
+    )  # fmt: skip
+    parser.add_argument("--drift", type=int, default=0, help="compare the dtype with fp32 on this many sequences")
     parser.add_argument("--dnabert2-size", choices=sorted(DNABERT2_SIZES), help="default full (tiny with --quick)")
     parser.add_argument(
         "--lucaone-size", choices=sorted(LUCAONE_SIZES),
@@ -668,8 +767,10 @@ def create_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     parser.add_argument("--batch-tokens", type=int, default=16384, help="seqshard's token budget (config default)")
     parser.add_argument("--baseline-batch-size", type=int, default=32, help="the fixed baseline's batch size")
-    parser.add_argument("--repeats", type=int, default=1, help="timed runs of each row, interleaved; medians quoted")
-    parser.add_argument("--warmup", type=int, default=8, help="records run by each row before timing")
+    parser.add_argument(
+        "--repeats", type=int, help="timed runs of each row, interleaved; medians quoted (default 1 on CPU, 3 on GPU)"
+    )
+    parser.add_argument("--warmup", type=int, default=8, help="CPU: records run by each row before timing")
     parser.add_argument("--skip-single", action="store_true", help="leave out the one-at-a-time baseline")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dna-median", type=float, default=600.0, help="bp")
@@ -689,9 +790,12 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     torch.set_num_threads(max(1, args.threads))
     args.device = resolve_device(args.device)
     on_gpu = args.device.startswith("cuda")
-    defaults = (24, 16) if args.quick else ((2000, 2000) if on_gpu else (80, 60))
+    # On a GPU, enough work that the GPU, not start-up or the CPU side, decides the time.
+    defaults = (24, 16) if args.quick else ((50_000, 4000) if on_gpu else (80, 60))
     args.n_dna = args.n_dna or defaults[0]
     args.n_protein = args.n_protein or defaults[1]
+    args.single_n = args.single_n if args.single_n is not None else (2000 if on_gpu and not args.quick else 0)
+    args.repeats = args.repeats or (3 if on_gpu and not args.quick else 1)
     args.dnabert2_size = args.dnabert2_size or ("tiny" if args.quick else "full")
     args.lucaone_size = args.lucaone_size or ("tiny" if args.quick else "full" if on_gpu else "small")
     args.dna_mix = LengthMix(args.dna_median, args.dna_sigma, 50, 10_000)

@@ -18,7 +18,8 @@ cache = None
 if cache_settings["enabled"]:
     cache = ResultCache(cache_settings["dir"], int(cache_settings["max_size_gb"] * 1e9))
 # A GPU job on the local executor takes free devices from a lock-file pool; Slurm's own assignment is kept.
-with gpus_for_job(snakemake.resources.get("gpu", 0)):
+gpus = int(snakemake.resources.get("gpu", 0) or 0)
+with gpus_for_job(gpus):
     run_tasks(
         snakemake.input.shard,
         {task.task: scores / f"{task.task}.parquet" for task in tasks},
@@ -27,7 +28,9 @@ with gpus_for_job(snakemake.resources.get("gpu", 0)):
         settings=tasks,
         molecule=snakemake.params.molecule,
         batch_tokens=run["batch_tokens"],
+        # The device follows the GPU request, so every shard of the run resolves alike; siblings are checked.
         device=run["device"],
+        gpus=gpus,
         dtype=settings["dtype"],
         threads=snakemake.threads,
         allowed_ambiguity=snakemake.params.allowed_ambiguity,
@@ -35,6 +38,7 @@ with gpus_for_job(snakemake.resources.get("gpu", 0)):
         on_invalid="skip",
         rejects_out=scores / "rejects.tsv",
         figures_out=snakemake.output.figures,
+        check_sibling_shards=True,
         labels={
             "model": snakemake.wildcards.model,
             "pass": snakemake.wildcards.pass_,

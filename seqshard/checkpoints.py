@@ -9,8 +9,12 @@ attempted when `HF_HUB_OFFLINE` is not set.
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
+import math
 import os
 import re
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,16 +24,30 @@ __all__ = [
     "CheckpointNotFoundError",
     "file_digest",
     "find_weights_file",
+    "inference_memory_mb",
     "load_state_dict",
     "resolve_checkpoint",
+    "weights_files",
 ]
 
 # `owner/name` or `owner/name@revision`, with the characters the hub allows in names. A relative path with one
 # slash (`resources/model`) has the same shape; that ambiguity is resolved by looking on disk first.
+log = logging.getLogger(__name__)
+
 _HUB_ID = re.compile(
     r"^(?P<repo>[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*)(?:@(?P<revision>[A-Za-z0-9._/-]+))?$"
 )
 _FALSE_VALUES = {"", "0", "false", "no", "off"}
+# Weights files in the order loaders prefer them (safetensors first: it cannot run code), then shard indexes.
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "pytorch.pth")
+SHARD_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+# Host memory (MB) an inference job asks for on its first attempt: INFERENCE_BASE_MB for the interpreter, torch
+# and its CUDA libraries, a chunk of records and a batch's activations on the CPU (a CPU job with the full
+# DNABERT-2 peaks near 2 GB), plus INFERENCE_WEIGHTS_FACTOR times the weights files: the fp32 model is up to twice
+# the file (a bf16 or fp16 checkpoint is cast to fp32), and a mapped file's pages count while they are read.
+INFERENCE_BASE_MB = 4000
+INFERENCE_WEIGHTS_FACTOR = 2.0
 _DIGEST_CHUNK = 8 * 1024 * 1024
 
 
@@ -61,6 +79,59 @@ def resolve_checkpoint(spec: str | Path, required: Sequence[str] = ("config.json
     return snapshot
 
 
+def weights_files(directory: Path) -> list[Path]:
+    """The weights file of a checkpoint directory, or all shards named by a Hugging Face shard index."""
+    directory = Path(directory)
+    for name in WEIGHT_FILES:
+        if (directory / name).is_file():
+            return [directory / name]
+    for name in SHARD_INDEXES:
+        index = directory / name
+        if index.is_file():
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            missing = [shard for shard in shards if not (directory / shard).is_file()]
+            if missing:
+                raise CheckpointNotFoundError(f"{index} names shards that are missing: {', '.join(missing)}")
+            return [directory / shard for shard in shards]
+    raise CheckpointNotFoundError(
+        f"checkpoint directory {directory} has no weights file (looked for {', '.join(WEIGHT_FILES + SHARD_INDEXES)})"
+    )
+
+
+def inference_memory_mb(checkpoint: str | Path) -> int:
+    """Host memory (MB) for an inference job's first attempt: INFERENCE_BASE_MB + INFERENCE_WEIGHTS_FACTOR x the
+    weights files of `checkpoint` (a directory, or a hub id already in the local cache).
+
+    Never downloads and never fails: a checkpoint that is not there yet (a demo the workflow builds first, a hub
+    id not cached) counts as no weights; the job itself then says what is missing.
+    """
+    try:
+        directory = _local_directory(checkpoint)
+        size = sum(path.stat().st_size for path in weights_files(directory)) if directory else 0
+    except (CheckpointNotFoundError, OSError, ValueError):
+        size = 0
+    return INFERENCE_BASE_MB + math.ceil(INFERENCE_WEIGHTS_FACTOR * size / 1e6)
+
+
+def _local_directory(spec: str | Path) -> Path | None:
+    """The checkpoint directory of `spec` when it is on disk or in the hub cache, without any network access."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return path
+    match = _HUB_ID.match(str(spec)) if isinstance(spec, str) else None
+    if match is None:
+        return None
+    from huggingface_hub import snapshot_download
+
+    try:
+        snapshot = snapshot_download(
+            match["repo"], revision=match["revision"], cache_dir=_hub_cache_dir(), local_files_only=True
+        )
+    except Exception:  # noqa: BLE001 - not cached (or no such repo): nothing to measure
+        return None
+    return Path(snapshot)
+
+
 def find_weights_file(directory: Path, candidates: Sequence[str] = ("model.safetensors", "pytorch_model.bin")) -> Path:
     """The first of `candidates` present in `directory`; safetensors first because it cannot run code."""
     for name in candidates:
@@ -72,15 +143,41 @@ def find_weights_file(directory: Path, candidates: Sequence[str] = ("model.safet
     )
 
 
-def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """All tensors of a weights file on the CPU, without unpickling arbitrary objects."""
+def load_state_dict(path: Path, device: str = "cpu", *, mmap: bool = True) -> dict[str, torch.Tensor]:
+    """All tensors of a weights file on `device`, without unpickling arbitrary objects or a second copy in memory.
+
+    The file is memory-mapped rather than read (safetensors, and torch.load(mmap=True) for .bin / .pth in the
+    zip format torch has written since 1.6): on the CPU the tensors are the file's pages, which the kernel can
+    drop and re-read under memory pressure instead of counting them as the process's own memory; for a GPU each
+    tensor is copied from the mapping straight to the device, so the host never holds the weights as its own
+    memory. A legacy (pre-zip) .pth cannot be mapped and is read into memory.
+
+    `mmap=False` is the loader seqshard had before, kept as the loading benchmark's baseline: .bin / .pth read
+    into memory, then everything moved to `device`.
+    """
     path = Path(path)
+    if not mmap:
+        return {key: value.to(device) for key, value in _read_state_dict(path).items()}
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path), device=device)
+    if not zipfile.is_zipfile(path):
+        log.info("%s is in torch's legacy format, which cannot be memory-mapped: reading it into memory", path)
+        return {key: value.to(device) for key, value in _read_state_dict(path).items()}
+    # weights_only refuses pickled code, which is what makes a downloaded .bin safe to open.
+    return _checked(path, torch.load(path, map_location=device, weights_only=True, mmap=True))
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         return load_file(str(path), device="cpu")
-    # weights_only refuses pickled code, which is what makes a downloaded .bin safe to open.
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    return _checked(path, torch.load(path, map_location="cpu", weights_only=True))
+
+
+def _checked(path: Path, state: object) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict):
         raise ValueError(f"{path} does not hold a state dict (found {type(state).__name__})")
     return state

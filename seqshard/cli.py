@@ -53,8 +53,13 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--window-overlap", type=int, help="residues shared by neighbouring windows")
     parser.add_argument("--max-tokens", type=int, help="longest model input in tokens (default: the checkpoint's)")
     parser.add_argument("--batch-tokens", type=int, default=16384, help="token budget per batch, padding included")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"])
+    parser.add_argument(
+        "--device", default="auto", help="auto (CUDA when torch sees it, else the CPU), cpu, cuda or cuda:N"
+    )
+    parser.add_argument(
+        "--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+        help="auto: fp32 on CPU; on GPU bf16 from compute capability 8.0, fp16 on 7.x, fp32 below",
+    )  # fmt: skip
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
     parser.add_argument(
         "--allowed-ambiguity", default="N", help="IUPAC ambiguity codes accepted in DNA/RNA (default: N)"

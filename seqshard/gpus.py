@@ -7,14 +7,22 @@ devices it uses and sets CUDA_VISIBLE_DEVICES to them. The kernel drops the lock
 it ends, so a crashed job never keeps a device.
 
 The pool is, first found: the `visible` argument, the SEQSHARD_GPUS environment variable (device ids as
-CUDA_VISIBLE_DEVICES lists them, e.g. "0,1,3"), the CUDA_VISIBLE_DEVICES the job inherited, or one id per line
-of `nvidia-smi -L`. The pool directory is SEQSHARD_GPU_POOL, else one per machine under the temp directory (one
-per allocation inside a Slurm job, so that a local executor running inside one big allocation shares out just
-that allocation's devices).
+CUDA_VISIBLE_DEVICES lists them, e.g. "0,1,3"), the CUDA_VISIBLE_DEVICES the job inherited, or the GPUs of
+`nvidia-smi -L` by UUID. UUIDs name a device whatever CUDA_DEVICE_ORDER says, so the user's order (CUDA's default
+puts the fastest device first, nvidia-smi counts by PCI bus) is left as it is; ids from the first three sources
+mean what they mean under that order.
+
+The pool directory is SEQSHARD_GPU_POOL, else one per user under the temp directory (one per allocation inside a
+Slurm job, so that a local executor running inside one big allocation shares out just that allocation's
+devices). Jobs of different users therefore do not see each other's locks by default; to share a machine's
+GPUs between users, point SEQSHARD_GPU_POOL at one folder: seqshard creates it writable by everyone (sticky,
+like /tmp) and its lock files readable and writable by everyone. The folder must be on a filesystem with
+working `flock` (a local disk, /dev/shm; not Lustre mounted without its flock option).
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
@@ -34,11 +42,11 @@ DEVICES_VARIABLE = "SEQSHARD_GPUS"
 
 
 def default_pool_dir(environ: Mapping[str, str] | None = None) -> Path:
-    """One pool per machine (not per workflow), so that separate Snakemake runs on one host share it too."""
+    """SEQSHARD_GPU_POOL, else one pool per user and machine (not per workflow: separate runs share it too)."""
     environ = os.environ if environ is None else environ
     if environ.get(POOL_DIR_VARIABLE):
         return Path(environ[POOL_DIR_VARIABLE])
-    pool = Path(tempfile.gettempdir()) / "seqshard-gpu-pool"
+    pool = Path(tempfile.gettempdir()) / f"seqshard-gpu-pool-{os.getuid()}"
     # Under Slurm with device cgroups every allocation numbers its GPUs from 0: keep their pools apart.
     return pool / f"slurm-{environ['SLURM_JOB_ID']}" if "SLURM_JOB_ID" in environ else pool
 
@@ -56,7 +64,13 @@ def visible_devices(environ: Mapping[str, str] | None = None) -> list[str]:
     if shutil.which("nvidia-smi") is None:
         return []
     listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, check=False).stdout
-    return [str(i) for i, _ in enumerate(line for line in listing.splitlines() if line.startswith("GPU "))]
+    gpus = [line for line in listing.splitlines() if line.startswith("GPU ")]
+    # By UUID: an index would mean nvidia-smi's PCI order here and CUDA_DEVICE_ORDER's order in the job.
+    uuids = [re.search(r"\(UUID: (GPU-[^)\s]+)\)", line) for line in gpus]
+    if all(uuids):
+        return [match.group(1) for match in uuids]  # type: ignore[union-attr]
+    log.warning("nvidia-smi -L gave no UUIDs; device ids follow its (PCI bus) order")
+    return [str(i) for i in range(len(gpus))]
 
 
 def scheduler_assigned_devices(environ: Mapping[str, str] | None = None) -> list[str] | None:
@@ -72,18 +86,64 @@ def lock_path(pool_dir: Path, device: str) -> Path:
     return pool_dir / f"gpu{re.sub(r'[^A-Za-z0-9_.-]', '_', device)}.lock"
 
 
+# flock errors that mean "this filesystem cannot lock", not "someone else holds the lock".
+_NO_FLOCK = {errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK}
+
+
+def make_pool_dir(pool: Path, shared: bool) -> None:
+    """Create the pool folder: private (0700) for a user's default pool, writable by all (1777) when shared.
+
+    A default pool that exists but belongs to someone else is refused: its locks would not be this user's.
+    """
+    if not pool.is_dir():
+        pool.mkdir(parents=True, exist_ok=True)
+        try:
+            # mkdir's mode is cut by the umask; chmod is not. Sticky: users cannot remove each other's lock files.
+            pool.chmod(0o1777 if shared else 0o700)
+        except PermissionError:
+            pass  # another user made it between our mkdir and chmod; try_lock says so if it is unusable
+    owner = pool.stat().st_uid
+    if not shared and owner != os.getuid():
+        raise RuntimeError(
+            f"the GPU pool folder {pool} belongs to uid {owner}, not to this user ({os.getuid()}); set "
+            f"{POOL_DIR_VARIABLE} to a folder of your own, or to one shared by every user of these GPUs"
+        )
+
+
 def try_lock(path: Path) -> int | None:
     """An fd holding an exclusive lock on `path`, or None if another process holds it."""
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     except PermissionError:
         # A lock file made by another user: flock works on a read-only descriptor as well.
-        fd = os.open(path, os.O_RDONLY)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except (FileNotFoundError, PermissionError):
+            folder = path.parent.stat()
+            raise RuntimeError(
+                f"cannot create the GPU lock file {path}: the pool folder {path.parent} belongs to uid "
+                f"{folder.st_uid} with mode {folder.st_mode & 0o7777:04o}, which this user (uid {os.getuid()}) "
+                f"cannot write. Set {POOL_DIR_VARIABLE} to a folder you can write (one shared by every user of "
+                f"these GPUs: seqshard creates it with mode 1777), or ask its owner to chmod 1777 {path.parent}"
+            ) from None
+    else:
+        if os.fstat(fd).st_uid == os.getuid():
+            os.fchmod(fd, 0o666)  # past the umask: another user of a shared pool may open it read-write
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
         return None
+    except OSError as error:
+        os.close(fd)
+        if error.errno in _NO_FLOCK:
+            raise RuntimeError(
+                f"cannot lock {path}: flock failed with {errno.errorcode[error.errno]} ({error.strerror}), so the "
+                f"filesystem of the GPU pool folder {path.parent} does not support flock (Lustre mounted without "
+                f"-o flock, some network filesystems). Set {POOL_DIR_VARIABLE} to a folder on a local filesystem, "
+                "e.g. /tmp or /dev/shm"
+            ) from None
+        raise
     return fd
 
 
@@ -108,7 +168,8 @@ def acquire_gpus(
             f"set {DEVICES_VARIABLE} or CUDA_VISIBLE_DEVICES to the devices to share"
         )
     pool = Path(pool_dir) if pool_dir is not None else default_pool_dir()
-    pool.mkdir(parents=True, exist_ok=True)
+    # Shared unless it is this user's default pool: a folder named explicitly may be meant for several users.
+    make_pool_dir(pool, shared=pool_dir is not None or bool(os.environ.get(POOL_DIR_VARIABLE)))
     waited_since = None
     while True:
         held: dict[str, int] = {}
@@ -126,11 +187,10 @@ def acquire_gpus(
             waited_since = time.monotonic()
             log.info("waiting for %d free GPU(s) of %s in %s", n, ",".join(devices), pool)
         time.sleep(poll_seconds)
-    previous = {name: os.environ.get(name) for name in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER")}
+    previous = os.environ.get("CUDA_VISIBLE_DEVICES")
     chosen = list(held)
+    # CUDA_DEVICE_ORDER is the user's: ids are UUIDs (order-free) or ids the user gave under that order.
     os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(chosen)
-    # nvidia-smi numbers devices by PCI bus; CUDA's default order is fastest first. Make the ids mean the same.
-    os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
     if waited_since is not None:
         log.info("waited %.1f s for GPU(s)", time.monotonic() - waited_since)
     log.info("using GPU(s) %s from the pool in %s", os.environ["CUDA_VISIBLE_DEVICES"], pool)
@@ -140,11 +200,10 @@ def acquire_gpus(
                 stack.callback(os.close, fd)
             yield chosen
     finally:
-        for name, value in previous.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        if previous is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = previous
 
 
 def gpus_for_job(requested: int | str | None, pool_dir: Path | str | None = None) -> AbstractContextManager[object]:

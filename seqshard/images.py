@@ -40,7 +40,10 @@ if TYPE_CHECKING:  # the SDK is optional: see connect()
 log = logging.getLogger(__name__)
 
 MODELS = ("dnabert2", "lucaone")
-DEFAULT_TORCH_REQUIREMENT = "torch==2.13.0"
+DEFAULT_TORCH_VERSION = "2.13.0"
+# PyTorch's wheel variant, matched to the default base image's CUDA (12.8); "cpu" for a CPU-only image.
+DEFAULT_TORCH_CUDA = "cu128"
+TORCH_WHEEL_INDEX = "https://download.pytorch.org/whl/{variant}"
 # The model Dockerfiles' stage that bakes a checkpoint in; the default (last) stage has no weights.
 CHECKPOINT_TARGET = "with-checkpoint"
 # What the seqshard wheel is built from; everything else in the repository stays out of the image.
@@ -59,10 +62,27 @@ class ImageInfo:
     entrypoint: list[str]
     env: dict[str, str]
     labels: dict[str, str]
+    driver_requirement: str = ""  # what the image's torch build needs of the nodes' NVIDIA driver
 
     @property
     def size_mb(self) -> float:
         return self.size_bytes / 1e6
+
+
+def driver_requirement(torch_cuda: str | None) -> str:
+    """The NVIDIA driver a torch wheel variant ('cu128', 'cu130', 'cpu') needs on the nodes, in words."""
+    from seqshard.devices import required_driver  # imports torch: only when asked
+
+    if not torch_cuda:
+        return "unknown (the image has no io.seqshard.torch-cuda label)"
+    if torch_cuda == "cpu":
+        return "none: CPU-only torch, no GPU use"
+    match = re.fullmatch(r"cu(\d+?)(\d)", torch_cuda)
+    cuda = f"{match.group(1)}.{match.group(2)}" if match else None
+    needed = required_driver(cuda)
+    if needed is None:
+        return f"unknown for torch variant {torch_cuda!r}"
+    return f"NVIDIA driver >= {needed} (torch built for CUDA {cuda})"
 
 
 @dataclass
@@ -175,14 +195,21 @@ def context_digest(paths: Iterable[Path], *extra: str) -> str:
 
 
 def base_buildargs(
-    context: Path, *, base_image: str | None, torch_requirement: str, torch_index_url: str
+    context: Path, *, base_image: str | None, torch_version: str, torch_cuda: str, torch_index_url: str | None
 ) -> dict[str, str]:
-    """Build arguments of containers/base/Dockerfile for a context written by write_base_context."""
+    """Build arguments of containers/base/Dockerfile for a context written by write_base_context.
+
+    `torch_cuda` is PyTorch's wheel variant (cu128, cu130, cpu); `torch_index_url` None means PyTorch's index for
+    that variant, "" no extra index (the wheel is in the context's wheels/).
+    """
+    if torch_index_url is None:
+        torch_index_url = TORCH_WHEEL_INDEX.format(variant=torch_cuda)
     buildargs = {
-        "TORCH_REQUIREMENT": torch_requirement,
+        "TORCH_VERSION": torch_version,
+        "TORCH_CUDA": torch_cuda,
         "TORCH_INDEX_URL": torch_index_url,
         "DEPS_DIGEST": context_digest(
-            [context / "requirements.txt", context / "wheels"], torch_requirement, torch_index_url
+            [context / "requirements.txt", context / "wheels"], torch_version, torch_cuda, torch_index_url
         ),
         "PACKAGE_DIGEST": context_digest([context / "dist"]),
     }
@@ -255,6 +282,7 @@ def inspect_image(client: docker.DockerClient, ref: str) -> ImageInfo:
     attrs = client.images.get(ref).attrs
     config = attrs.get("Config") or {}
     env = dict(item.split("=", 1) for item in config.get("Env") or [] if "=" in item)
+    labels = dict(config.get("Labels") or {})
     return ImageInfo(
         id=attrs["Id"],
         tags=list(attrs.get("RepoTags") or []),
@@ -263,7 +291,8 @@ def inspect_image(client: docker.DockerClient, ref: str) -> ImageInfo:
         user=config.get("User") or "",
         entrypoint=list(config.get("Entrypoint") or []),
         env=env,
-        labels=dict(config.get("Labels") or {}),
+        labels=labels,
+        driver_requirement=driver_requirement(labels.get("io.seqshard.torch-cuda")),
     )
 
 
@@ -276,8 +305,14 @@ def run_in_image(
     volumes: Mapping[str, Mapping[str, str]] | None = None,
     working_dir: str | None = None,
     user: str | None = None,
+    gpus: bool = False,
 ) -> str:
-    """Run `command` in a fresh container without network; return its output, raising when it exits non-zero."""
+    """Run `command` in a fresh container without network; return its output, raising when it exits non-zero.
+
+    `gpus` asks the engine for every GPU of the host (docker --gpus all).
+    """
+    import docker
+
     container = client.containers.run(
         ref,
         list(command),
@@ -287,6 +322,7 @@ def run_in_image(
         user=user,
         network_mode="none",
         detach=True,
+        device_requests=[docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])] if gpus else None,
     )
     try:
         status = container.wait()
@@ -298,15 +334,32 @@ def run_in_image(
     return output
 
 
-def smoke(client: docker.DockerClient, ref: str) -> str:
-    """`seqshard --version` through the image's entrypoint, plus the torch it imports; raises when either fails."""
+# Run inside the image by `smoke`: what torch sees there, and why it sees no GPU when it sees none.
+_TORCH_REPORT = """
+import json, torch
+from seqshard.devices import cuda_unavailable_reasons
+available = torch.cuda.is_available()
+devices = [
+    {"name": torch.cuda.get_device_name(i), "capability": "%d.%d" % torch.cuda.get_device_capability(i)}
+    for i in range(torch.cuda.device_count() if available else 0)
+]
+print(json.dumps({"torch": torch.__version__, "cuda_build": torch.version.cuda, "cuda_available": available,
+                  "devices": devices, "why_no_cuda": [] if available else cuda_unavailable_reasons()}))
+"""
+
+
+def smoke(client: docker.DockerClient, ref: str, *, gpus: bool = False) -> dict[str, object]:
+    """`seqshard --version` through the image's entrypoint, then what torch sees inside (version, CUDA build,
+    whether CUDA is available, device names and compute capabilities, else why not); raises when either fails.
+
+    `gpus` passes every GPU of the host into the container (the engine's --gpus all); without it the container
+    sees none, and the report says so.
+    """
     version = run_in_image(client, ref, ["--version"]).strip()
     if not version.startswith("seqshard "):
         raise RuntimeError(f"{ref}: `seqshard --version` printed {version!r}")
-    torch_version = run_in_image(
-        client, ref, ["-c", "import torch; print(torch.__version__)"], entrypoint="python"
-    ).strip()
-    return f"{version}, torch {torch_version}"
+    report = run_in_image(client, ref, ["-c", _TORCH_REPORT], entrypoint="python", gpus=gpus)
+    return {"seqshard": version.removeprefix("seqshard "), **json.loads(report.strip().splitlines()[-1])}
 
 
 def build_model_image(
@@ -319,8 +372,9 @@ def build_model_image(
     checkpoint: Path | None = None,
     wheels: Sequence[Path] = (),
     extra_ca: Sequence[Path] = (),
-    torch_requirement: str = DEFAULT_TORCH_REQUIREMENT,
-    torch_index_url: str = "",
+    torch_version: str = DEFAULT_TORCH_VERSION,
+    torch_cuda: str = DEFAULT_TORCH_CUDA,
+    torch_index_url: str | None = None,
     repo: Path | None = None,
     no_cache: bool = False,
 ) -> BuildResult:
@@ -332,8 +386,9 @@ def build_model_image(
         start = time.perf_counter()
         base_context = write_base_context(repo, Path(tmp) / "base", wheels=wheels, extra_ca=extra_ca)
         buildargs = base_buildargs(
-            base_context, base_image=base_image, torch_requirement=torch_requirement, torch_index_url=torch_index_url
-        )
+            base_context, base_image=base_image, torch_version=torch_version, torch_cuda=torch_cuda,
+            torch_index_url=torch_index_url,
+        )  # fmt: skip
         log.info("building %s from %s", base_tag, base_image or "the Dockerfile's default base image")
         base = build_image(client, base_context, base_tag, buildargs=buildargs, no_cache=no_cache)
         seconds["base"] = time.perf_counter() - start
@@ -363,7 +418,7 @@ def _canonical(name: str) -> str:
 def runtime_requirements(package: str = "seqshard", exclude: Iterable[str] = ("seqshard", "torch")) -> list[str]:
     """`name==version` for every installed distribution `package` needs at run time (markers of this Python).
 
-    torch is left out: its build (CPU or CUDA) is chosen per image with the TORCH_REQUIREMENT build argument.
+    torch is left out: its build (CPU or CUDA) is chosen per image with the TORCH_CUDA build argument.
     """
     from packaging.requirements import Requirement
 
@@ -391,7 +446,7 @@ def write_lock(repo: Path) -> Path:
     """Rewrite containers/base/requirements.txt from the versions installed in this environment."""
     path = repo / "containers" / "base" / "requirements.txt"
     header = (
-        "# Pinned runtime dependencies of the seqshard images; torch is chosen with the TORCH_REQUIREMENT build arg.\n"
+        "# Pinned runtime dependencies of the seqshard images; torch is chosen with the TORCH_CUDA build arg.\n"
         "# Generated from the environment the tests pass in: python -m seqshard.images lock\n"
     )
     path.write_text(header + "\n".join(runtime_requirements()) + "\n")
@@ -414,16 +469,24 @@ def create_parser() -> argparse.ArgumentParser:
     build.add_argument("--base-tag", help="tag of the seqshard base image (default: <tag's registry>/base:<version>)")
     build.add_argument("--checkpoint", type=Path, help="bake this checkpoint folder in as the last layer")
     build.add_argument("--wheels", type=Path, action="append", default=[], help="local wheel file or folder for pip")
-    build.add_argument("--torch", default=DEFAULT_TORCH_REQUIREMENT, help="torch requirement, e.g. torch==2.13.0+cpu")
-    build.add_argument("--torch-index-url", default="", help="extra pip index for torch, e.g. .../whl/cu128")
+    build.add_argument("--torch-version", default=DEFAULT_TORCH_VERSION, help="torch version (default: %(default)s)")
+    build.add_argument(
+        "--torch-cuda", default=DEFAULT_TORCH_CUDA,
+        help="PyTorch wheel variant matching the base's CUDA: cu128 (default, CUDA 12.8 base), cu130, or cpu",
+    )  # fmt: skip
+    build.add_argument(
+        "--torch-index-url", help="index holding that torch (default: download.pytorch.org/whl/<variant>; '': none)"
+    )
     build.add_argument(
         "--extra-ca", type=Path, action="append", default=[], help="*.crt file or folder trusted while building only"
     )
     build.add_argument("--no-cache", action="store_true", help="rebuild every layer")
 
-    for name, text in (("inspect", "print size, layer count, user and labels"), ("smoke", "run seqshard --version")):
-        sub = commands.add_parser(name, help=text)
-        sub.add_argument("ref", help="image tag or id")
+    inspect = commands.add_parser("inspect", help="print size, layer count, user, labels and the driver requirement")
+    inspect.add_argument("ref", help="image tag or id")
+    smoke_parser = commands.add_parser("smoke", help="run seqshard --version and report what torch sees inside")
+    smoke_parser.add_argument("ref", help="image tag or id")
+    smoke_parser.add_argument("--gpus", action="store_true", help="give the container every GPU (--gpus all)")
 
     context = commands.add_parser("context", help="write the build contexts for use with docker buildx")
     context.add_argument("--model", required=True, choices=MODELS)
@@ -449,16 +512,19 @@ def run(args: argparse.Namespace) -> None:
             checkpoint=args.checkpoint,
             wheels=args.wheels,
             extra_ca=args.extra_ca,
-            torch_requirement=args.torch,
+            torch_version=args.torch_version,
+            torch_cuda=args.torch_cuda,
             torch_index_url=args.torch_index_url,
             repo=repo,
             no_cache=args.no_cache,
         )
         print(json.dumps(asdict(result), indent=2))
     elif args.command == "inspect":
-        print(json.dumps(asdict(inspect_image(connect(), args.ref)), indent=2))
+        info = inspect_image(connect(), args.ref)
+        print(json.dumps(asdict(info), indent=2))
+        print(f"driver requirement: {info.driver_requirement}")
     elif args.command == "smoke":
-        print(smoke(connect(), args.ref))
+        print(json.dumps(smoke(connect(), args.ref, gpus=args.gpus), indent=2))
     elif args.command == "context":
         write_base_context(repo, args.output / "base", wheels=args.wheels, extra_ca=args.extra_ca)
         write_model_context(repo, args.model, args.output / args.model, checkpoint=args.checkpoint)

@@ -55,6 +55,9 @@ import torch
 
 from seqshard.batching import TokenBudgetBatcher, bucket_width, gather_rows
 from seqshard.cache import CacheWriter, ResultCache, cache_key
+from seqshard.devices import DTYPES, check_run_precision, precision_provenance, resolve_precision, run_key
+from seqshard.devices import resolve_device as resolve_device  # re-exported: callers found it here before
+from seqshard.devices import resolve_dtype as resolve_dtype  # re-exported: callers found it here before
 from seqshard.fasta import Rejected, SequenceRecord, ValidationReport, iter_valid_records, write_rejects
 from seqshard.heads import head_digest, load_linear_head
 from seqshard.models import LoadedModel, SequenceHead, get_loader
@@ -74,7 +77,6 @@ from seqshard.windows import EncodedChunk, EncodedSequence, encode_chunk
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # Records per chunk (see score_chunks); one chunk becomes one Parquet row group.
 CHUNK_RECORDS = 4096
 # Tasks that read the last hidden state of the unmasked input, and so share one forward pass.
@@ -105,24 +107,6 @@ class TaskSettings:
         return {name: getattr(self, name) for name in ("task", *INPUT_SETTINGS, *TASK_SETTINGS[self.task])}
 
 
-def resolve_device(device: str) -> str:
-    """`auto` picks the first CUDA device when one is visible, else the CPU."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} requested but torch sees no CUDA device (CUDA_VISIBLE_DEVICES?)")
-    return device
-
-
-def resolve_dtype(dtype: str, device: str) -> str:
-    """`auto` is bf16 on GPU (autocast) and fp32 on CPU."""
-    if dtype == "auto":
-        return "bf16" if device.startswith("cuda") else "fp32"
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; expected auto, fp32 or bf16")
-    return dtype
-
-
 @dataclass
 class RunFigures:
     """What one run measured; written next to the output as JSON for the resource report."""
@@ -144,6 +128,7 @@ class RunFigures:
     n_truncated: int = 0
     n_oom_splits: int = 0  # batches halved after a GPU out-of-memory
     n_budget_changes: int = 0  # times the token budget was lowered after an out-of-memory, or raised back
+    n_fp32_reruns: int = 0  # fp16 batches whose output overflowed (inf/NaN), computed again in fp32
     batch_shapes: set[tuple[int, int]] = field(default_factory=set)  # distinct (rows, width) run
     load_seconds: float = 0.0
     compute_seconds: float = 0.0  # in batches: forward passes and the task's reductions
@@ -173,6 +158,7 @@ class RunFigures:
             "n_truncated": self.n_truncated,
             "n_oom_splits": self.n_oom_splits,
             "n_budget_changes": self.n_budget_changes,
+            "n_fp32_reruns": self.n_fp32_reruns,
             "load_seconds": round(self.load_seconds, 4),
             "compute_seconds": round(compute, 4),
             "run_seconds": round(self.run_seconds, 4),
@@ -458,11 +444,26 @@ class Runner:
                 mask = mask.to(device, non_blocking=non_blocking)
             # No token types: every backbone is bound to its molecule (LucaOne's type 1 for proteins included).
             hidden = self.loaded.model(ids, mask)
+            if self.dtype == "fp16":
+                hidden = self._fp16_guard(hidden, ids, mask)
             return reduce(hidden, batch)
         except (torch.OutOfMemoryError, RuntimeError) as error:
             if not is_out_of_memory(error):
                 raise
         return None
+
+    def _fp16_guard(self, hidden: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """fp16 overflows past 65,504: a batch with inf/NaN at a real token is computed again in fp32 and counted.
+
+        One more wait for the device per batch, in fp16 runs only (GPUs below compute capability 8.0).
+        """
+        finite = torch.isfinite(hidden).all(dim=-1)
+        if bool((finite if mask is None else finite | ~mask).all()):
+            return hidden
+        self.figures.n_fp32_reruns += 1
+        log.warning("fp16 overflow (inf/NaN) in a batch of %d x %d tokens: computing it again in fp32", *ids.shape)
+        with torch.autocast(device_type=self.device.type, enabled=False):
+            return self.loaded.model(ids, mask)
 
     def _launched(
         self,
@@ -1066,11 +1067,13 @@ def run_tasks(
     batch_tokens: int = 16384,
     device: str = "auto",
     dtype: str = "auto",
+    gpus: int | None = None,
     threads: int = 1,
     allowed_ambiguity: str = "N",
     on_invalid: str = "error",
     rejects_out: Path | str | None = None,
     figures_out: Path | str | None = None,
+    check_sibling_shards: bool = False,
     labels: Mapping[str, str] | None = None,
     provenance: Mapping[str, object] | None = None,
     chunk_records: int = CHUNK_RECORDS,
@@ -1086,15 +1089,26 @@ def run_tasks(
     records that cannot be scored at all, go to `rejects_out` instead of stopping the run. With a result `cache`,
     sequences it already holds for every task are not computed again, and the rest are added to it. `packed`
     says `fasta` is a shard `seqshard.packing.pack_samples` wrote: validated, distinct sequences, read as such.
+
+    Device and dtype are resolved by `seqshard.devices.resolve_precision` from `device`, `dtype` and `gpus` (the
+    GPUs the job was given; None when unknown). With `check_sibling_shards`, the other figures files in
+    `figures_out`'s folder are the other shards of the same run: the job stops at once, before validating or
+    loading anything, if one of them ran on another device type or in another dtype (`check_run_precision`).
     """
     by_task = {s.task: s for s in settings}
     if set(by_task) != set(outputs):
         raise ValueError(f"outputs {sorted(outputs)} do not match the tasks {sorted(by_task)}")
     torch.set_num_threads(max(1, threads))
     os.environ.setdefault("RAYON_NUM_THREADS", str(max(1, threads)))  # the DNABERT-2 tokenizer's thread pool
-    device = resolve_device(device)
-    dtype = resolve_dtype(dtype, device)
+    precision = resolve_precision(device, dtype, gpus)
+    key = run_key({"architecture": architecture, "checkpoint": str(checkpoint), "dtype": dtype,
+                   "tasks": [asdict(s) for s in settings]})  # fmt: skip
+    if check_sibling_shards and figures_out is not None:
+        check_run_precision(figures_out, precision, key)
+    device, dtype = precision.device, precision.dtype
+    log.info("running on %s in %s (%s)", precision.device_name or device, dtype, precision.reason)
     figures = RunFigures(dict(labels or {}), device, dtype, threads, batch_tokens)
+    figures.extra.update({**precision.figures(), "run_key": key})
 
     started = time.perf_counter()
     if packed:
@@ -1116,6 +1130,8 @@ def run_tasks(
     if molecule not in loaded.molecules:
         raise ValueError(f"{architecture} does not accept {molecule} sequences (accepts {sorted(loaded.molecules)})")
 
+    # The resolved device type joins the provenance: the merge then refuses shards computed on different hardware.
+    provenance = {**precision_provenance(precision), **(provenance or {})}
     metadata = {
         task: task_metadata(loaded, s, architecture=architecture, checkpoint=checkpoint, dtype=dtype,
                             molecule=molecule, provenance=provenance)  # fmt: skip

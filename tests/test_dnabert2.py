@@ -20,10 +20,12 @@ from seqshard.checkpoints import (
     resolve_checkpoint,
 )
 from seqshard.models.dnabert2 import (
+    AttentionBias,
     DNABERT2Config,
     DNABERT2ForMaskedLM,
     DNABERT2Model,
     DNABERT2Tokenizer,
+    alibi_bias,
     alibi_slopes,
     load_dnabert2,
     load_dnabert2_masked_lm,
@@ -71,18 +73,49 @@ def test_alibi_slopes_for_powers_of_two() -> None:
     torch.testing.assert_close(alibi_slopes(4), torch.tensor([2.0**-2, 2.0**-4, 2.0**-6, 2.0**-8]), atol=1e-7, rtol=0)
 
 
-def test_alibi_table_is_symmetric_lazy_and_grows(demo) -> None:
-    encoder = demo.model.encoder
-    assert not any("alibi" in key for key in demo.model.state_dict())
-    bias = encoder.alibi(5, torch.device("cpu"), torch.float32)
+def test_alibi_bias_values_blocks_and_no_state(demo) -> None:
+    assert not any("alibi" in key or "slopes" in key for key in demo.model.state_dict())
     slopes = alibi_slopes(4)
+    bias = alibi_bias(slopes, slice(0, 5), 5, torch.float32)
     assert bias.shape == (4, 5, 5)
     assert bias[1, 0, 3].item() == pytest.approx(-3 * slopes[1].item())
     torch.testing.assert_close(bias, bias.transpose(1, 2))
-    assert encoder._alibi.shape[-1] == 512  # starts at alibi_starting_size
-    grown = encoder.alibi(600, torch.device("cpu"), torch.float32)
-    assert grown.shape == (4, 600, 600) and grown[0, 599, 0].item() == pytest.approx(-599 * 0.25)
-    assert encoder.alibi(3, torch.device("cpu"), torch.bfloat16).dtype == torch.bfloat16
+    block = alibi_bias(slopes, slice(512, 600), 600, torch.float32)  # a later query block: positions 512..599
+    assert block.shape == (4, 88, 600) and block[0, 87, 0].item() == pytest.approx(-599 * 0.25)
+    assert alibi_bias(slopes, slice(0, 3), 3, torch.bfloat16).dtype == torch.bfloat16
+
+    # Up to 512 tokens: one block, built once per forward; longer: blocks of 512 query positions.
+    mask = torch.ones(3, 1300, dtype=torch.bool)
+    mask[1:, 1000:] = False
+    assert len(AttentionBias(slopes, 512, mask[:, :512], torch.float32).blocks) == 1
+    long = AttentionBias(slopes, 1300, mask, torch.float32)
+    assert long.blocks == [slice(0, 512), slice(512, 1024), slice(1024, 1300)]
+    last = long.block(long.blocks[2])
+    assert last.shape == (3, 4, 276, 1300)
+    assert last[1, 0, 0, 999].item() == pytest.approx(-(1024 - 999) * slopes[0].item())
+    assert last[1, 0, 0, 1000].item() < -1e38 and last[0, 0, 0, 1000].item() > -1e38  # padded keys of row 1 only
+    # Without padding a block is a view into one [heads, 512, 2L] table: nothing per block, nothing per row.
+    unpadded = AttentionBias(slopes, 1300, None, torch.float32)
+    view = unpadded.block(unpadded.blocks[1])
+    assert view.shape == (1, 4, 512, 1300) and view.untyped_storage().data_ptr() == unpadded._table.data_ptr()
+    torch.testing.assert_close(view[0], alibi_bias(slopes, slice(512, 1024), 1300, torch.float32), atol=0, rtol=0)
+
+
+def test_query_blocks_give_the_numbers_of_one_whole_bias(demo, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Attention over blocks of query positions equals attention with the whole [B, heads, L, L] bias, in fp32."""
+    import seqshard.models.dnabert2 as dnabert2
+
+    rng = random.Random(5)
+    sequences = ["".join(rng.choice("ACGT") for _ in range(n)) for n in (6000, 4800, 1800)]
+    input_ids, mask = _batch(demo.tokenizer, sequences)
+    assert input_ids.shape[1] > 2 * dnabert2.ALIBI_QUERY_BLOCK and not mask.all()
+    demo.model.unpad = False
+    with torch.inference_mode():
+        blocked = demo.model(input_ids, mask)
+        monkeypatch.setattr(dnabert2, "ALIBI_QUERY_BLOCK", input_ids.shape[1])  # one block: the whole bias
+        whole = demo.model(input_ids, mask)
+    assert torch.isfinite(blocked).all()
+    torch.testing.assert_close(blocked, whole, atol=1e-6, rtol=0)
 
 
 # --- published layout ---------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ network here; their GPU tags are read from a run of the same profile on the loca
 
 from __future__ import annotations
 
+import math
 import re
 import shutil
 import subprocess
@@ -18,11 +19,15 @@ from types import SimpleNamespace
 import pytest
 from snakemake_executor_plugin_slurm.utils import set_gres_string
 
+from seqshard.checkpoints import inference_memory_mb
+from seqshard.models.dnabert2 import write_demo_checkpoint
+
 REPO = Path(__file__).resolve().parents[1]
 SNAKEFILE = REPO / "workflow" / "Snakefile"
 PROFILES = REPO / "profiles"
 GPU_TAGS = ("gpu", "gpu_model", "gpu_manufacturer", "nvidia_gpu")
-# What every inference job asks for on its first attempt (workflow/rules/common.smk), whatever the executor.
+# What every inference job asks for on its first attempt (workflow/rules/common.smk), whatever the executor, while
+# the demo checkpoints are not built yet: memory is 4000 MB plus twice the weights, and there are none yet.
 FIRST_ATTEMPT = {"mem_mb": "4000", "runtime": "60", "googlebatch_memory": "3815"}
 
 pytestmark = pytest.mark.workflow
@@ -159,3 +164,51 @@ def test_cloud_profile_plans_the_demo_and_tags_gpus(
     tags = inference_tags(snakemake(sharded_demo, "--profile", str(PROFILES / profile), *on_local_files, "--dry-run"))
     assert {key: tags.get(key) for key in expected} == expected
     assert {key: tags[key] for key in FIRST_ATTEMPT} == FIRST_ATTEMPT
+
+
+def test_inference_memory_follows_the_checkpoint_size(sharded_demo: Path, tmp_path: Path) -> None:
+    workdir = tmp_path / "demo"
+    shutil.copytree(sharded_demo, workdir, symlinks=True)
+    # A bigger DNABERT-2 where the demo's goes: the models that use it ask for more, the others for the base.
+    checkpoint = write_demo_checkpoint(
+        workdir / "resources" / "checkpoints" / "dnabert2-demo",
+        hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024,
+    )  # fmt: skip
+    weights = (checkpoint / "pytorch_model.bin").stat().st_size
+    expected = 4000 + math.ceil(2 * weights / 1e6)
+    assert expected > 4030
+    output = snakemake(workdir, "--profile", str(PROFILES / "local"), "--dry-run")
+    by_model: dict[str, set[str]] = {}
+    for block in re.split(r"\n(?=(?:local)?(?:rule|checkpoint) \w+:)", output):
+        if block.startswith("rule infer_shard:"):
+            model = re.search(r"model=([\w.-]+)", block).group(1)
+            resources = dict(item.split("=", 1) for item in re.search(r"resources: (.*)", block).group(1).split(", "))
+            by_model.setdefault(model, set()).add((resources["mem_mb"], resources["googlebatch_memory"]))
+    mib = str(math.ceil(expected * 10**6 / 2**20))
+    assert by_model["dnabert2"] == by_model["dnabert2_pll"] == {(str(expected), mib)}
+    assert by_model["lucaone"] == {("4000", "3815")}  # lucaone-demo is not built in this copy
+
+
+def test_inference_memory_of_local_sharded_missing_and_cached_checkpoints(tmp_path: Path, monkeypatch) -> None:
+    single = tmp_path / "single"
+    single.mkdir()
+    (single / "pytorch_model.bin").write_bytes(b"\0" * 3_000_000)
+    (single / "training_args.bin").write_bytes(b"\0" * 9_000_000)  # not weights: never counted
+    assert inference_memory_mb(single) == 4000 + 6
+    sharded = tmp_path / "sharded"
+    sharded.mkdir()
+    (sharded / "model.safetensors.index.json").write_text(
+        '{"weight_map": {"a": "model-1.safetensors", "b": "model-2.safetensors", "c": "model-1.safetensors"}}'
+    )
+    (sharded / "model-1.safetensors").write_bytes(b"\0" * 2_000_000)
+    (sharded / "model-2.safetensors").write_bytes(b"\0" * 500_001)
+    assert inference_memory_mb(str(sharded)) == 4000 + 6  # 2 x 2.500001 MB, rounded up
+    # Not there yet (a demo the workflow builds first), or a hub id not in the cache: the base, and no download.
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert inference_memory_mb(tmp_path / "missing") == inference_memory_mb("owner/not-cached") == 4000
+    snapshot = tmp_path / "hub" / "models--owner--cached" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "model.safetensors").write_bytes(b"\0" * 1_000_000)
+    (tmp_path / "hub" / "models--owner--cached" / "refs").mkdir()
+    (tmp_path / "hub" / "models--owner--cached" / "refs" / "main").write_text("abc123")
+    assert inference_memory_mb("owner/cached") == 4000 + 2

@@ -89,6 +89,9 @@ def write_demo(workdir: Path) -> None:
                 "architecture": "dnabert2",
                 "checkpoint": "resources/checkpoints/dnabert2-demo",
                 "tasks": ["embed"],
+                # The GPUs here are stand-ins: jobs are scheduled as GPU jobs and, as configured, run on the CPU.
+                # With device auto a job given a GPU that torch cannot use fails (tests/test_devices.py).
+                "device": "cpu",
             }
         },
     }

@@ -10,6 +10,12 @@ Layer math (post-LayerNorm everywhere), with H hidden, I intermediate:
     attention   q, k, v = split(Wqkv x); a = softmax(q kᵀ/√d + alibi + pad) v; x = LN(dense(a) + x)
     mlp         g = gated_layers x; u = GELU(g[..., :I]) * g[..., I:]; x = LN(wo u + x)
 
+The ALiBi bias plus key padding of a padded batch is a [batch, heads, L, L] tensor that the token budget (batch
+× L) does not bound. It is built for blocks of at most 512 query positions (`AttentionBias`), and attention runs
+block by block: at most heads × 512 bias values per token of the batch, whatever L (up to 512, one block built once
+per forward and shared by every layer, as before; longer, views into one [heads, 512, 2L] ALiBi table plus the
+key padding added per block).
+
 Everything but the attention itself works token by token, so with `DNABERT2Model.unpad` set those steps run on
 the real tokens of a padded batch only, packed into one [n_real, H] tensor, as the reference does; only q, k, v
 are scattered back to [B, heads, L, head_dim] around `scaled_dot_product_attention`.
@@ -36,10 +42,13 @@ if TYPE_CHECKING:
     from tokenizers import Encoding, Tokenizer
 
 __all__ = [
+    "ALIBI_QUERY_BLOCK",
+    "AttentionBias",
     "DNABERT2Config",
     "DNABERT2ForMaskedLM",
     "DNABERT2Model",
     "DNABERT2Tokenizer",
+    "alibi_bias",
     "alibi_slopes",
     "load_dnabert2",
     "load_dnabert2_masked_lm",
@@ -126,6 +135,68 @@ def alibi_slopes(n_heads: int) -> torch.Tensor:
     return torch.tensor(slopes, dtype=torch.float32)
 
 
+def alibi_bias(slopes: torch.Tensor, queries: slice, keys: int, dtype: torch.dtype) -> torch.Tensor:
+    """The ALiBi bias −slope_h·|i − j| for query positions `queries` and key positions 0..keys-1, as
+    [heads, len(queries), keys] in `dtype`, on the device of `slopes` (computed in float32, then cast)."""
+    device = slopes.device
+    query_positions = torch.arange(queries.start, queries.stop, device=device, dtype=torch.float32)
+    key_positions = torch.arange(keys, device=device, dtype=torch.float32)
+    distance = (key_positions[None, :] - query_positions[:, None]).abs()
+    return (-slopes[:, None, None] * distance).to(dtype)
+
+
+# Query positions per attention block (see AttentionBias): the length DNABERT-2 was trained at, so a batch of
+# inputs up to that length is one block, exactly as without blocks.
+ALIBI_QUERY_BLOCK = 512
+
+
+class AttentionBias:
+    """The additive attention bias of one forward pass (ALiBi plus key padding), built one query block at a time.
+
+    Materialised whole, the bias of a padded batch is [batch, heads, L, L]: 1.5 GiB in bf16 for 4 rows of 4,096
+    tokens. Here it exists for one block of at most ALIBI_QUERY_BLOCK query positions at a time, [batch, heads,
+    block, L], so its size is bounded by the batch's tokens (batch × L) times heads × 512. When one block covers
+    the batch it is built once and shared by every layer.
+
+    With several blocks, the ALiBi part is one table per forward, [heads, block, 2L]: ALiBi depends on i − j only,
+    so every block's [heads, block, L] is a view into it (no batch dimension; at most 2 × heads × 512 values per
+    token). A block then costs one addition of the key padding, or nothing when no row is padded.
+    """
+
+    def __init__(
+        self, slopes: torch.Tensor, length: int, attention_mask: torch.Tensor | None, dtype: torch.dtype
+    ) -> None:
+        self.length = length
+        self.key_padding: torch.Tensor | None = None
+        if attention_mask is not None:
+            # Padded keys get the most negative finite value rather than -inf: a row with no real key (which
+            # [CLS]/[SEP] framing never produces) then averages instead of turning into NaN.
+            batch = attention_mask.shape[0]
+            self.key_padding = torch.zeros(batch, 1, 1, length, device=slopes.device, dtype=dtype)
+            self.key_padding.masked_fill_(~attention_mask[:, None, None, :], torch.finfo(dtype).min)
+        self.blocks = [
+            slice(start, min(start + ALIBI_QUERY_BLOCK, length)) for start in range(0, length, ALIBI_QUERY_BLOCK)
+        ]
+        if len(self.blocks) == 1:
+            self._whole: torch.Tensor | None = self._with_padding(alibi_bias(slopes, self.blocks[0], length, dtype))
+        else:
+            # Query positions 0..block-1 against key offsets -L..L-1: row i, column u holds -slope·|i - (u - L)|.
+            self._whole = None
+            self._table = alibi_bias(slopes, slice(length, length + ALIBI_QUERY_BLOCK), 2 * length, dtype)
+
+    def _with_padding(self, alibi: torch.Tensor) -> torch.Tensor:
+        alibi = alibi.unsqueeze(0)  # [1, heads, q, L]
+        return alibi if self.key_padding is None else alibi + self.key_padding
+
+    def block(self, queries: slice) -> torch.Tensor:
+        """The bias for query positions `queries` (one of `blocks`), [1 or batch, heads, len(queries), L]."""
+        if self._whole is not None:
+            return self._whole
+        # Query s + i against key j sits at row i, column j - s + L of the table: a view, values unchanged.
+        start, rows = queries.start, queries.stop - queries.start
+        return self._with_padding(self._table[:, :rows, self.length - start : 2 * self.length - start])
+
+
 def _activation(name: str) -> nn.Module:
     activations: dict[str, nn.Module] = {
         "gelu": nn.GELU(),  # transformers' "gelu" is the exact erf form
@@ -200,7 +271,7 @@ class DNABERT2SelfAttention(nn.Module):
         self.dropout_prob = config.attention_probs_dropout_prob
         self.Wqkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
 
-    def forward(self, hidden: torch.Tensor, bias: torch.Tensor, packing: _Packing | None = None) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, bias: AttentionBias, packing: _Packing | None = None) -> torch.Tensor:
         """Attention of hidden [B, L, H], or of packed [n_real, H] with `packing`, returned in the same layout."""
         qkv = self.Wqkv(hidden)
         if packing is not None:
@@ -211,14 +282,25 @@ class DNABERT2SelfAttention(nn.Module):
         # Wqkv's output is three contiguous blocks q | k | v, each heads × head_dim.
         qkv = qkv.view(batch, length, 3, self.num_heads, self.head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, L, head_dim]
-        if bias.dtype != query.dtype:
-            # SDPA wants the float mask in q's dtype; they differ only under unusual autocast setups.
-            bias = bias.to(query.dtype)
-        context = F.scaled_dot_product_attention(
-            query, key, value, attn_mask=bias, dropout_p=self.dropout_prob if self.training else 0.0
-        )
+        dropout = self.dropout_prob if self.training else 0.0
+        if len(bias.blocks) == 1:
+            context = F.scaled_dot_product_attention(
+                query, key, value, attn_mask=self._in_dtype(bias.block(bias.blocks[0]), query), dropout_p=dropout
+            )
+        else:  # one query block at a time, each with its own slice of the bias: see AttentionBias
+            context = query.new_empty(query.shape)
+            for queries in bias.blocks:
+                context[:, :, queries] = F.scaled_dot_product_attention(
+                    query[:, :, queries], key, value, attn_mask=self._in_dtype(bias.block(queries), query),
+                    dropout_p=dropout,
+                )  # fmt: skip
         context = context.transpose(1, 2).reshape(batch, length, width)
         return context if packing is None else packing.unpad(context)
+
+    @staticmethod
+    def _in_dtype(bias: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        # SDPA wants the float mask in q's dtype; they differ only under unusual autocast setups.
+        return bias if bias.dtype == query.dtype else bias.to(query.dtype)
 
 
 class DNABERT2SelfOutput(nn.Module):
@@ -238,7 +320,7 @@ class DNABERT2Attention(nn.Module):
         self.self = DNABERT2SelfAttention(config)  # named `self` to match the published keys
         self.output = DNABERT2SelfOutput(config)
 
-    def forward(self, hidden: torch.Tensor, bias: torch.Tensor, packing: _Packing | None = None) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, bias: AttentionBias, packing: _Packing | None = None) -> torch.Tensor:
         return self.output(self.self(hidden, bias, packing), hidden)
 
 
@@ -263,7 +345,7 @@ class DNABERT2Layer(nn.Module):
         self.attention = DNABERT2Attention(config)
         self.mlp = DNABERT2GatedMLP(config)
 
-    def forward(self, hidden: torch.Tensor, bias: torch.Tensor, packing: _Packing | None = None) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, bias: AttentionBias, packing: _Packing | None = None) -> torch.Tensor:
         """One layer on hidden [B, L, H], or on packed [n_real, H] with `packing` (the MLP is token-wise)."""
         return self.mlp(self.attention(hidden, bias, packing))
 
@@ -273,22 +355,15 @@ class DNABERT2Encoder(nn.Module):
         super().__init__()
         self.layer = nn.ModuleList(DNABERT2Layer(config) for _ in range(config.num_hidden_layers))
         self.num_heads = config.num_attention_heads
-        self.alibi_starting_size = config.alibi_starting_size
-        # A cache, not a buffer: it is derived from the config, must not appear in the state dict, and is
-        # built on first use so that a model constructed on the meta device never holds a meta table.
-        self._alibi: torch.Tensor | None = None
+        # Derived from the config, so not a buffer (it must not appear in the state dict), and made on first
+        # use on the model's device, so that a model built on the meta device never holds a meta tensor.
+        self._slopes: torch.Tensor | None = None
 
-    def alibi(self, length: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        """The ALiBi bias −slope_h·|i − j| as [heads, length, length], cached and grown on demand."""
-        table = self._alibi
-        if table is None or table.shape[-1] < length or table.device != device or table.dtype != dtype:
-            size = max(length, self.alibi_starting_size, 0 if table is None else table.shape[-1])
-            positions = torch.arange(size, device=device, dtype=torch.float32)
-            distance = (positions[None, :] - positions[:, None]).abs()
-            slopes = alibi_slopes(self.num_heads).to(device)
-            table = (-slopes[:, None, None] * distance).to(dtype)
-            self._alibi = table
-        return table[:, :length, :length]
+    def slopes(self, device: torch.device) -> torch.Tensor:
+        """The ALiBi slopes (float32 [heads]) on `device`, cached."""
+        if self._slopes is None or self._slopes.device != device:
+            self._slopes = alibi_slopes(self.num_heads).to(device)
+        return self._slopes
 
     def forward(
         self, hidden: torch.Tensor, attention_mask: torch.Tensor | None, packing: _Packing | None = None
@@ -305,14 +380,7 @@ class DNABERT2Encoder(nn.Module):
             dtype = torch.get_autocast_dtype(device_type)
         else:
             dtype = hidden.dtype
-        bias = self.alibi(length, hidden.device, dtype).unsqueeze(0)  # [1, heads, L, L]
-        if attention_mask is not None:
-            # Padded keys get the most negative finite value rather than -inf: a row with no real key (which
-            # [CLS]/[SEP] framing never produces) then averages instead of turning into NaN.
-            key_padding = torch.zeros(batch, 1, 1, length, device=hidden.device, dtype=dtype)
-            key_padding.masked_fill_(~attention_mask[:, None, None, :], torch.finfo(dtype).min)
-            # Materialised once per forward ([B, heads, L, L]) and shared by every layer.
-            bias = bias + key_padding
+        bias = AttentionBias(self.slopes(hidden.device), length, attention_mask, dtype)
         for layer in self.layer:
             hidden = layer(hidden, bias, packing)
         return hidden
@@ -561,7 +629,8 @@ def load_dnabert2(checkpoint: str | Path, device: str = "cpu", dtype: torch.dtyp
     directory = resolve_checkpoint(checkpoint, required=("config.json", "tokenizer.json"))
     config = DNABERT2Config.from_json_file(directory / "config.json")
     weights = find_weights_file(directory)
-    state = load_state_dict(weights)
+    # Memory-mapped, straight to `device`: the host never holds a second copy of the weights.
+    state = load_state_dict(weights, device)
     encoder_state, layout = _encoder_state_dict(state, weights)
 
     # Built on meta and filled by assignment: no time spent on a random init that is overwritten anyway.

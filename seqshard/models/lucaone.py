@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from seqshard.checkpoints import CheckpointNotFoundError, file_digest, load_state_dict, resolve_checkpoint
+from seqshard.checkpoints import file_digest, load_state_dict, resolve_checkpoint, weights_files
 from seqshard.models import LoadedModel
 
 __all__ = [
@@ -85,8 +85,6 @@ _ORIGINAL_IGNORED_PREFIXES = (
 # Heads of the port's sequence- and token-classification fine-tunes; only the backbone is used here.
 _HF_IGNORED_PREFIXES = ("classifier.", "pooler.")
 _INV_FREQ_SUFFIX = ".self_attn.rot_emb.inv_freq"
-_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "pytorch.pth")
-_SHARD_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 
 Layout = Literal["hf", "original"]
 
@@ -622,24 +620,6 @@ def read_alphabet_pickle(path: str | Path) -> list[str]:
 # Loading
 
 
-def _weights_files(directory: Path) -> list[Path]:
-    """The weights file of a checkpoint, or all shards named by a Hugging Face shard index."""
-    for name in _WEIGHT_FILES:
-        if (directory / name).is_file():
-            return [directory / name]
-    for name in _SHARD_INDEXES:
-        index = directory / name
-        if index.is_file():
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            missing = [shard for shard in shards if not (directory / shard).is_file()]
-            if missing:
-                raise CheckpointNotFoundError(f"{index} names shards that are missing: {', '.join(missing)}")
-            return [directory / shard for shard in shards]
-    raise CheckpointNotFoundError(
-        f"checkpoint directory {directory} has no weights file (looked for {', '.join(_WEIGHT_FILES + _SHARD_INDEXES)})"
-    )
-
-
 def _digest(files: list[Path]) -> str:
     if len(files) == 1:
         return file_digest(files[0])
@@ -699,22 +679,24 @@ def _check_inv_freq(state: dict[str, torch.Tensor], config: LucaOneConfig, sourc
     expected = 1.0 / (ROTARY_BASE ** (torch.arange(0, config.head_dim, 2).float() / config.head_dim))
     for key in [key for key in state if key.endswith(_INV_FREQ_SUFFIX)]:
         stored = state.pop(key)
-        if stored.shape != expected.shape or not torch.allclose(stored.float(), expected, rtol=1e-3, atol=0.0):
+        if stored.shape != expected.shape or not torch.allclose(stored.float().cpu(), expected, rtol=1e-3, atol=0.0):
             raise ValueError(
                 f"{source}: {key} is not the rotary table for head dim {config.head_dim} and base 10000; "
                 "is num_attention_heads in config.json right?"
             )
 
 
-def _load_modules(checkpoint: str | Path) -> tuple[LucaOneModel | LucaOneForMaskedLM, LucaOneConfig, Path, str, str]:
-    """The checkpoint's model on the CPU (the masked LM when it has the head), its config, directory, layout
-    name and weights digest."""
+def _load_modules(
+    checkpoint: str | Path, device: str = "cpu"
+) -> tuple[LucaOneModel | LucaOneForMaskedLM, LucaOneConfig, Path, str, str]:
+    """The checkpoint's model on `device` (the masked LM when it has the head), its config, directory, layout
+    name and weights digest. Weights are memory-mapped and go straight to `device` (see load_state_dict)."""
     directory = resolve_checkpoint(checkpoint, required=("config.json",))
     config = LucaOneConfig.from_json_file(directory / "config.json")
-    files = _weights_files(directory)
+    files = weights_files(directory)
     state: dict[str, torch.Tensor] = {}
     for path in files:
-        state.update(load_state_dict(path))  # safetensors, or torch.load(weights_only=True) for .bin / .pth
+        state.update(load_state_dict(path, device))  # safetensors, or torch.load(weights_only=True, mmap=True)
     source = files[0] if len(files) == 1 else directory
     state, layout = _canonical_state_dict(state, source)
     _check_inv_freq(state, config, source)
@@ -784,7 +766,7 @@ def load_lucaone(
     (hidden states → logits) when the checkpoint has `lm_head.*`, else None. Pass `molecule` to get the model
     already bound (see LucaOneLoadedModel.for_molecule).
     """
-    model, config, directory, layout, digest = _load_modules(checkpoint)
+    model, config, directory, layout, digest = _load_modules(checkpoint, device)
     # A no-op for fp32 weights asked for in fp32; otherwise casts (rotary tables stay float32 regardless).
     model = model.to(device=device, dtype=dtype).eval()
     mlm_head = model.lm_head if isinstance(model, LucaOneForMaskedLM) else None

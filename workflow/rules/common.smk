@@ -5,6 +5,7 @@ import pandas as pd
 from snakemake.logging import logger
 from snakemake.utils import validate
 
+from seqshard.checkpoints import inference_memory_mb
 from seqshard.demo import DEMOS
 from seqshard.models import ARCHITECTURE_MOLECULES
 from seqshard.parquet import INPUT_SETTINGS, TASK_SETTINGS, TASKS
@@ -284,9 +285,9 @@ def get_report_inputs(wildcards):
 # ignores `gpu`). No request means a CPU job on every executor. config.yaml stays free of hardware settings.
 # Memory and time are derived likewise: mem_mb (Slurm, Kubernetes), googlebatch_memory (Google Batch).
 
-# Host memory (MB) and wall time (minutes) of one inference job on its first attempt. Each retry doubles the
-# memory and adds the first attempt's time, so `--retries` escalates after an out-of-memory kill or a timeout.
-INFER_MEM_MB = 4000
+# Wall time (minutes) of one inference job on its first attempt; its host memory comes from the checkpoint's
+# size (seqshard.checkpoints.inference_memory_mb). Each retry doubles the memory and adds the first attempt's
+# time, so `--retries` escalates after an out-of-memory kill or a timeout.
 INFER_RUNTIME_MIN = 60
 
 
@@ -332,7 +333,9 @@ def nvidia_gpu(wildcards, rulename):
 
 
 def infer_mem_mb(wildcards, attempt):
-    return INFER_MEM_MB * 2 ** (attempt - 1)
+    """First attempt: 4000 MB plus twice the model's weights files (see the README); each retry doubles it."""
+    location = config["models"][wildcards.model]["checkpoint"]
+    return inference_memory_mb(location) * 2 ** (attempt - 1)
 
 
 def infer_runtime(wildcards, attempt):
