@@ -5,6 +5,7 @@ from pathlib import Path
 from seqshard.cache import ResultCache
 from seqshard.gpus import gpus_for_job
 from seqshard.inference import TaskSettings, run_tasks
+from seqshard.jobs import recorded_job
 from seqshard.logs import setup_logging
 
 setup_logging(snakemake.log[0])
@@ -18,7 +19,10 @@ cache = None
 if cache_settings["enabled"]:
     cache = ResultCache(cache_settings["dir"], int(cache_settings["max_size_gb"] * 1e9))
 # A GPU job on the local executor takes free devices from a lock-file pool; Slurm's own assignment is kept.
-with gpus_for_job(snakemake.resources.get("gpu", 0)):
+with (
+    recorded_job(snakemake.log[0], snakemake.threads) as job,
+    gpus_for_job(snakemake.resources.get("gpu", 0)),
+):
     run_tasks(
         snakemake.input.shard,
         {task.task: scores / f"{task.task}.parquet" for task in tasks},
@@ -35,11 +39,13 @@ with gpus_for_job(snakemake.resources.get("gpu", 0)):
         on_invalid="skip",
         rejects_out=scores / "rejects.tsv",
         figures_out=snakemake.output.figures,
+        # The rule and job name the figures' job for the resource report, whatever the wildcards are.
         labels={
             "model": snakemake.wildcards.model,
             "pass": snakemake.wildcards.pass_,
             "shard": snakemake.wildcards.shard,
             "tasks": ",".join(task.task for task in tasks),
+            **job.labels,
         },
         provenance={"model": snakemake.wildcards.model},
         cache=cache,
