@@ -4,7 +4,7 @@ Findings are grouped: one per (rule, kind) with the number of jobs and the worst
 figure is judged only where it can mean something:
 - CPU efficiency (CPU seconds / (wall seconds x threads)) only for jobs of at least `min_job_seconds`: a short
   job's time goes to starting Python and importing libraries, on one core, whatever its threads. Single-threaded
-  jobs (reading, sharding, merging: they wait on storage, and have no thread to give back) are judged only when
+  jobs (reading, packing, merging: they wait on storage, and have no thread to give back) are judged only when
   their rule holds at least `light_rule_share` of the run's CPU-hours. A job given more threads than its host
   has cores is reported as that, its real cause, and not again as low efficiency.
 - Batches: the token budget is judged when it is below `min_batch_tokens` and the batches really were that small;

@@ -229,8 +229,9 @@ def merge_inputs(model):
     return inputs
 
 
-def get_report_thresholds():
-    """Report thresholds in a fixed key order: Snakemake compares params as text, and YAML order may vary."""
+def get_report_settings():
+    """Report thresholds and prices in a fixed key order: Snakemake compares params as text, and YAML order
+    may vary."""
     return {key: config["report"][key] for key in sorted(config["report"])}
 
 
