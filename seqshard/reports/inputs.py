@@ -37,24 +37,12 @@ RECORD_TABLE_COLUMNS = ["rule", "job", *_RECORD_TEXT, *_RECORD_NUMBERS]
 # An inference job runs one forward pass (`pass`) of one model entry over one shard, for every task sharing it.
 _FIGURE_LABELS = ["model", "pass", "tasks", "shard"]
 _FIGURE_TEXT = ["device", "dtype", "host", "gpu_reason"]
+_COUNTS = ["n_records", "n_sequences", "n_cached", "n_tokens", "n_computed_tokens"]
+_TIMES = ["load_seconds", "compute_seconds", "sequences_per_second", "tokens_per_second"]
 _FIGURE_NUMBERS = [
-    "threads",
-    "cpu_count",
-    "started_at",
-    "ended_at",
-    "n_records",
-    "n_sequences",
-    "n_cached",
-    "n_tokens",
-    "n_computed_tokens",
-    "n_batches",
-    "batch_tokens",
-    "load_seconds",
-    "compute_seconds",
-    "sequences_per_second",
-    "tokens_per_second",
+    "threads", "cpu_count", "started_at", "ended_at", *_COUNTS, "n_batches", "batch_tokens", *_TIMES,
     "peak_gpu_memory_bytes",
-]
+]  # fmt: skip
 _GPU_NUMBERS = [
     "gpu_count",
     "gpu_samples",
@@ -67,42 +55,12 @@ FIGURE_TABLE_COLUMNS = ["rule", "job", *_FIGURE_LABELS, *_FIGURE_TEXT, *_FIGURE_
 
 #: Columns of the per-job table, in order.
 TABLE_COLUMNS = [
-    "rule",
-    "job",
-    "host",
-    "started_at",
-    "ended_at",
-    "model",
-    "pass",
-    "tasks",
-    "shard",
-    "device",
-    "dtype",
-    "wall_seconds",
-    "max_rss_mb",
-    "cpu_seconds",
-    "threads",
-    "cpu_count",
-    "cpu_efficiency",
-    "host_load",
-    "io_in_mb",
-    "io_out_mb",
-    "n_records",
-    "n_sequences",
-    "n_cached",
-    "n_tokens",
-    "n_computed_tokens",
-    "padding_fraction",
-    "n_batches",
-    "batch_tokens",
-    "load_seconds",
-    "compute_seconds",
-    "sequences_per_second",
-    "tokens_per_second",
-    "peak_gpu_memory_mb",
-    *_GPU_NUMBERS,
-    "gpu_reason",
-]
+    "rule", "job", "host", "started_at", "ended_at", *_FIGURE_LABELS, "device", "dtype",
+    "wall_seconds", "max_rss_mb", "cpu_seconds", "threads", "cpu_count", "cpu_efficiency", "host_load",
+    "io_in_mb", "io_out_mb",
+    *_COUNTS, "padding_fraction", "n_batches", "batch_tokens", *_TIMES, "peak_gpu_memory_mb",
+    *_GPU_NUMBERS, "gpu_reason",
+]  # fmt: skip
 TEXT_COLUMNS = ["rule", "job", "host", "model", "pass", "tasks", "shard", "device", "dtype", "gpu_reason"]
 
 
