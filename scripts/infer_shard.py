@@ -5,6 +5,7 @@ from pathlib import Path
 from seqshard.cache import ResultCache
 from seqshard.gpus import gpus_for_job
 from seqshard.inference import TaskSettings, run_tasks
+from seqshard.jobs import recorded_job
 from seqshard.logs import setup_logging
 
 setup_logging(snakemake.log[0])
@@ -19,7 +20,7 @@ if cache_settings["enabled"]:
     cache = ResultCache(cache_settings["dir"], int(cache_settings["max_size_gb"] * 1e9))
 # A GPU job on the local executor takes free devices from a lock-file pool; Slurm's own assignment is kept.
 gpus = int(snakemake.resources.get("gpu", 0) or 0)
-with gpus_for_job(gpus):
+with recorded_job(snakemake.log[0], snakemake.threads) as job, gpus_for_job(gpus):
     run_tasks(
         snakemake.input.shard,
         {task.task: scores / f"{task.task}.parquet" for task in tasks},
@@ -39,11 +40,13 @@ with gpus_for_job(gpus):
         rejects_out=scores / "rejects.tsv",
         figures_out=snakemake.output.figures,
         check_sibling_shards=True,
+        # The rule and job name the figures' job for the resource report, whatever the wildcards are.
         labels={
             "model": snakemake.wildcards.model,
             "pass": snakemake.wildcards.pass_,
             "shard": snakemake.wildcards.shard,
             "tasks": ",".join(task.task for task in tasks),
+            **job.labels,
         },
         provenance={"model": snakemake.wildcards.model},
         cache=cache,

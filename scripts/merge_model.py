@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+from seqshard.jobs import recorded_job
 from seqshard.logs import setup_logging
 from seqshard.packing import merge_model
 
@@ -10,12 +11,13 @@ params = snakemake.params
 by_pass = {}
 for directory in map(Path, snakemake.input.scores):
     by_pass.setdefault(directory.parent.name, {})[directory.name] = directory
-merge_model(
-    Path(snakemake.input.manifest).parent,
-    {task: by_pass[pass_] for task, pass_ in params.passes.items()},
-    {(sample, task): path for (sample, task), path in zip(params.outputs, snakemake.output.merged, strict=True)},
-    dict(zip(params.samples, snakemake.output.rejects, strict=True)),
-    model=params.model,
-    on_invalid=params.on_invalid,
-    sample_rejects=dict(zip(params.owned_samples, snakemake.output.sample_rejects, strict=True)),
-)
+with recorded_job(snakemake.log[0], snakemake.threads):
+    merge_model(
+        Path(snakemake.input.manifest).parent,
+        {task: by_pass[pass_] for task, pass_ in params.passes.items()},
+        {(sample, task): path for (sample, task), path in zip(params.outputs, snakemake.output.merged, strict=True)},
+        dict(zip(params.samples, snakemake.output.rejects, strict=True)),
+        model=params.model,
+        on_invalid=params.on_invalid,
+        sample_rejects=dict(zip(params.owned_samples, snakemake.output.sample_rejects, strict=True)),
+    )

@@ -2,15 +2,17 @@
 
 from pathlib import Path
 
+from seqshard.jobs import recorded_job
 from seqshard.logs import setup_logging
 from seqshard.packing import SampleInput, pack_samples
 
 setup_logging(snakemake.log[0])
-pack_samples(
-    [SampleInput(*row) for row in snakemake.params.samples],
-    Path(snakemake.output.manifest).parent,
-    target_tokens=snakemake.params.target_tokens,
-    max_sequences=snakemake.params.max_sequences,
-    allowed_ambiguity=snakemake.params.allowed_ambiguity,
-    on_invalid=snakemake.params.on_invalid,
-)
+with recorded_job(snakemake.log[0], snakemake.threads):
+    pack_samples(
+        [SampleInput(*row) for row in snakemake.params.samples],
+        Path(snakemake.output.manifest).parent,
+        target_tokens=snakemake.params.target_tokens,
+        max_sequences=snakemake.params.max_sequences,
+        allowed_ambiguity=snakemake.params.allowed_ambiguity,
+        on_invalid=snakemake.params.on_invalid,
+    )

@@ -1,17 +1,23 @@
-"""Rule resource_report: benchmarks and inference figures into resource_usage.tsv and .html."""
+"""Rule resource_report: benchmarks, job records and inference figures into the resource report's files."""
 
-from pathlib import Path
-
+from seqshard.jobs import recorded_job
 from seqshard.logs import setup_logging
-from seqshard.reports import Thresholds, write_resource_report
+from seqshard.reports import settings_from_config, write_resource_report
 
 setup_logging(snakemake.log[0])
-write_resource_report(
-    Path(snakemake.params.benchmark_root),
-    [Path(p) for p in snakemake.input.benchmarks],
-    [Path(p) for p in snakemake.input.figures],
-    Path(snakemake.output.tsv),
-    Path(snakemake.output.html),
-    Thresholds(**snakemake.params.thresholds),
-    plots_dir=Path(snakemake.output.plots),
-)
+thresholds, prices = settings_from_config(snakemake.params.settings)
+with recorded_job(snakemake.log[0], snakemake.threads):
+    write_resource_report(
+        snakemake.params.benchmark_root,
+        snakemake.input.benchmarks,
+        snakemake.input.figures,
+        snakemake.output.tsv,
+        snakemake.output.html,
+        thresholds,
+        plots_dir=snakemake.output.plots,
+        log_root=snakemake.params.log_root,
+        prices=prices,
+        timeline_out=snakemake.output.timeline,
+        throughput_out=snakemake.output.throughput,
+        warnings_out=snakemake.output.warnings,
+    )

@@ -40,6 +40,7 @@ import json
 import logging
 import os
 import queue
+import socket
 import threading
 import time
 from collections import deque
@@ -61,6 +62,7 @@ from seqshard.devices import resolve_dtype as resolve_dtype  # re-exported: call
 from seqshard.fasta import Rejected, SequenceRecord, ValidationReport, iter_valid_records, write_rejects
 from seqshard.heads import head_digest, load_linear_head
 from seqshard.models import LoadedModel, SequenceHead, get_loader
+from seqshard.monitoring import GpuSampler, usable_cpus
 from seqshard.packing import iter_packed_shard
 from seqshard.parquet import (
     INPUT_SETTINGS,
@@ -135,6 +137,12 @@ class RunFigures:
     run_seconds: float = 0.0  # reading the file to closing the output, model load excluded
     peak_gpu_memory_bytes: int | None = None
     extra: dict[str, object] = field(default_factory=dict)
+    # When and where the run happened, and its GPU's telemetry (seqshard.monitoring), for the resource report.
+    host: str = field(default_factory=socket.gethostname)
+    cpu_count: int = field(default_factory=usable_cpus)
+    started_at: float = field(default_factory=time.time)
+    ended_at: float | None = None
+    gpu: dict[str, object] | None = None
 
     def as_dict(self) -> dict[str, object]:
         compute = self.compute_seconds
@@ -165,6 +173,11 @@ class RunFigures:
             "sequences_per_second": round(self.n_sequences / compute, 3) if compute else None,
             "tokens_per_second": round(self.n_tokens / compute, 1) if compute else None,
             "peak_gpu_memory_bytes": self.peak_gpu_memory_bytes,
+            "host": self.host,
+            "cpu_count": self.cpu_count,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+            "gpu": self.gpu,
             **self.extra,
         }
 
@@ -1156,8 +1169,9 @@ def run_tasks(
         figures=figures, chunk_records=chunk_records, duplicates=check.duplicates, precomputed=precomputed,
     )  # fmt: skip
     writers = {task: TableWriter(outputs[task]) for task in by_task}
+    gpu_sampler = GpuSampler.for_device(device)
     try:
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="seqshard-write") as pool_:
+        with gpu_sampler, ThreadPoolExecutor(max_workers=1, thread_name_prefix="seqshard-write") as pool_:
             written: Future[None] | None = None
             for chunk in scored:
                 keep = _kept_rows(chunk, on_invalid, rejected, fasta)
@@ -1185,6 +1199,8 @@ def run_tasks(
     if rejects_out is not None:
         write_rejects(rejected, Path(rejects_out))
     figures.run_seconds = time.perf_counter() - started
+    figures.gpu = gpu_sampler.summary()
+    figures.ended_at = time.time()
     n_rows = next(iter(writers.values())).n_rows
     log.info(
         "wrote %d rows per task to %s (%d records read, %d CRLF lines, %d duplicates computed once): %d windows, "

@@ -86,17 +86,34 @@ class GpuSampler:
     Use as a context manager around the work to measure; `summary()` afterwards gives per-device mean and peak
     utilization, memory and power with the sample count, or `{"gpu_available": False, "gpu_reason": ...}`.
     `latest()` returns the newest sample per device for live gauges.
+
+    `visible_index` narrows sampling to the n-th visible device (torch's `cuda:n`), so a job that uses one GPU of
+    several is not credited with its neighbours' work; `disabled_reason` makes a sampler that samples nothing
+    and gives that reason (see `for_device`).
     """
 
-    def __init__(self, interval_seconds: float = 0.25) -> None:
+    def __init__(
+        self, interval_seconds: float = 0.25, *, visible_index: int | None = None, disabled_reason: str | None = None
+    ) -> None:
         self.interval_seconds = interval_seconds
-        self.reason: str | None = None
+        self.visible_index = visible_index
+        self.reason: str | None = disabled_reason
         self._devices: list[tuple[object, _DeviceSeries]] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._nvml = None
-        self._open()
+        if disabled_reason is None:
+            self._open()
+
+    @classmethod
+    def for_device(cls, device: str, interval_seconds: float = 0.25) -> GpuSampler:
+        """A sampler of the GPU a torch device string names (`cuda`, `cuda:1`); for any other device one that
+        samples nothing and says the work ran there, so CPU jobs never report a GPU they did not use."""
+        kind, _, index = device.partition(":")
+        if kind != "cuda":
+            return cls(interval_seconds, disabled_reason=f"the work ran on {device}, not on a GPU")
+        return cls(interval_seconds, visible_index=int(index or 0))
 
     def _open(self) -> None:
         try:
@@ -123,6 +140,12 @@ class GpuSampler:
             self._devices.append((handle, _DeviceSeries(index, name, uuid)))
         if not self._devices:
             self.reason = f"NVML lists {count} GPU(s), none visible to this process (CUDA_VISIBLE_DEVICES)"
+        elif self.visible_index is not None:
+            if self.visible_index >= len(self._devices):
+                self.reason = f"cuda:{self.visible_index} requested but {len(self._devices)} GPU(s) are visible"
+                self._devices = []
+            else:
+                self._devices = [self._devices[self.visible_index]]
 
     @property
     def available(self) -> bool:
@@ -187,6 +210,19 @@ class GpuSampler:
 
 def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def usable_cpus() -> int:
+    """CPU cores this process may run on: its affinity mask (what Slurm's cgroup or taskset allow), else all."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def process_started_at() -> float:
+    """When this process started (epoch seconds): for a workflow rule script, when its job began."""
+    return psutil.Process().create_time()
 
 
 def process_figures(process: psutil.Process | None = None) -> dict[str, float]:

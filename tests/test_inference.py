@@ -1,8 +1,10 @@
 """The shared inference path: pooling masks, batch-independence, input order, CLI and run figures."""
 
 import json
+import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pandas as pd
@@ -171,6 +173,11 @@ def test_run_task_streams_chunks_into_row_groups_and_leaves_nothing_on_failure(c
     assert [pq.ParquetFile(out).metadata.row_group(i).num_rows for i in range(3)] == [4, 4, 2]
     figures = json.loads((tmp_path / "f.json").read_text())
     assert figures["run_seconds"] >= figures["compute_seconds"] > 0
+    # When and where it ran, and its GPU telemetry: on the CPU the figures say there was no GPU, never zeros.
+    assert figures["host"] == socket.gethostname() and figures["cpu_count"] >= 1
+    assert figures["started_at"] <= figures["ended_at"] <= time.time()
+    assert figures["ended_at"] - figures["started_at"] >= figures["run_seconds"] - 1e-3  # run_seconds is rounded
+    assert figures["gpu"] == {"gpu_available": False, "gpu_reason": "the work ran on cpu, not on a GPU"}
 
     bad = tmp_path / "bad.fa"  # valid records first, then a fault: the run fails after rows were produced
     bad.write_text(fasta.read_text() + ">broken\nACGTXX\n")

@@ -231,8 +231,9 @@ def merge_inputs(model):
     return inputs
 
 
-def get_report_thresholds():
-    """Report thresholds in a fixed key order: Snakemake compares params as text, and YAML order may vary."""
+def get_report_settings():
+    """Report thresholds and prices in a fixed key order: Snakemake compares params as text, and YAML order
+    may vary."""
     return {key: config["report"][key] for key in sorted(config["report"])}
 
 
@@ -241,23 +242,31 @@ def report_what_ran():
     `onerror` in the Snakefile): with --keep-going, what finished is still reported."""
     from pathlib import Path
 
-    from seqshard.reports import Thresholds, write_resource_report
+    from seqshard.reports import settings_from_config, write_resource_report
 
     figures = sorted(Path("results/packs").glob("*/figures/*/*.json"))
     benchmarks = sorted(Path("benchmarks").glob("**/*.tsv"))
     if not figures and not benchmarks:
         return
+    thresholds, prices = settings_from_config(get_report_settings())
+    out = Path("results/report")
     try:
         write_resource_report(
             Path("benchmarks"),
             benchmarks,
             figures,
-            Path("results/report/resource_usage.tsv"),
-            Path("results/report/resource_usage.html"),
-            Thresholds(**get_report_thresholds()),
-            plots_dir=Path("results/report/plots"),
+            out / "resource_usage.tsv",
+            out / "resource_usage.html",
+            thresholds,
+            plots_dir=out / "plots",
+            log_root=Path("logs"),
+            prices=prices,
+            timeline_out=out / "timeline.png",
+            throughput_out=out / "throughput.tsv",
+            warnings_out=out / "warnings.tsv",
         )
-    except Exception as error:  # the run failed already; a report that cannot be made must not hide why
+    # The run failed already; a report that cannot be made must not hide why.
+    except Exception as error:
         logger.warning(f"no resource report for the jobs that ran: {error}")
         return
     logger.warning(
