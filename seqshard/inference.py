@@ -1239,7 +1239,8 @@ def _cache_identity(
     loaded: LoadedModel, settings: TaskSettings, architecture: str, dtype: str, molecule: str
 ) -> dict[str, object]:
     """Everything a task's cached numbers depend on: the checkpoint by digest (not by path), the relevant
-    settings, the input fitting the model resolved to, dtype and molecule."""
+    settings, the input fitting the model resolved to, dtype, device type (a GPU's fp32 differs from a CPU's in
+    the last bits, and provenance names the device type) and molecule."""
     return {
         **settings.relevant(),
         "architecture": architecture,
@@ -1248,6 +1249,7 @@ def _cache_identity(
         "max_tokens": settings.max_tokens or loaded.max_tokens,
         "window_length": settings.window_length or loaded.default_window,
         "dtype": dtype,
+        "device_type": next(loaded.model.parameters()).device.type,
         "molecule": molecule,
     }
 
