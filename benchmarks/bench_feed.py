@@ -8,7 +8,8 @@ must do per token; its rate is the most tokens per second this job could ever fe
 
 Printed per model input kind (DNABERT-2 DNA: log-normal lengths, median 600 bp, 50 bp to 10 kb; LucaOne protein:
 median 300 aa) and per thread count (`--threads`, 1 and 2: torch's threads and the tokenizer's pool):
-tokens/s of the pipeline, batches, distinct batch shapes, and the ratio to a baseline run in the same command:
+tokens/s of the pipeline, batches, distinct batch shapes (and those the GPU's plan, by width bucket, makes for
+the same inputs: planned here, not run), and the ratio to a baseline run in the same command:
 the per-token-list path seqshard used before (Python lists of ids and ownership per window, one
 `torch.tensor(list)` per row to build a batch, results copied to the host after every batch), on the same inputs
 and outputs. Output: a table on stdout and `--out` JSON.
@@ -145,6 +146,31 @@ def list_baseline(fasta: Path, out: Path, architecture: str, checkpoint: str, mo
     return sum(lengths)
 
 
+def gpu_plan(
+    fasta: Path, architecture: str, checkpoint: str, molecule: str, batch_tokens: int
+) -> tuple[int, int, float]:
+    """Batches, distinct shapes and useful-token fraction of the GPU's batch plan for these inputs, chunked as a
+    GPU job chunks them (computed from the real encodings; no GPU needed to plan)."""
+    from seqshard.inference import CHUNK_RECORDS, iter_chunks
+    from seqshard.windows import encode_chunk
+
+    loaded = get_loader(architecture)(checkpoint, "cpu", torch.float32).for_molecule(molecule)
+    batcher = TokenBudgetBatcher.for_device("cuda", batch_tokens)
+    shapes, batches, real, computed = set(), 0, 0, 0
+    records = iter_valid_records(fasta, molecule)
+    for chunk in iter_chunks(records, CHUNK_RECORDS * 4, 64 * batch_tokens):
+        encoded = encode_chunk([r.sequence for r in chunk], loaded.tokenizer, max_tokens=loaded.max_tokens,
+                               mode="window", window=loaded.default_window, overlap=loaded.default_window // 4)
+        lengths = encoded.lengths
+        for batch in batcher.batches(lengths):
+            width = batcher.width(int(lengths[batch].max()))
+            shapes.add((len(batch), width))
+            batches += 1
+            real += int(lengths[batch].sum())
+            computed += len(batch) * width
+    return batches, len(shapes), real / computed
+
+
 def checkpoints(root: Path, hidden: int) -> dict[str, str]:
     """Small random checkpoints in the published layouts whose hidden size is the full models' (768 / 2560): the
     loaders read them, then the model is swapped; the tokenizers are the real code paths."""
@@ -168,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"arguments": vars(args) | {"out": str(args.out)}, "cpu_cores": os.cpu_count(),
                                "rows": []}  # fmt: skip
     print(f"{'input':<16} {'threads':>7} {'pipeline tok/s':>15} {'list path tok/s':>16} {'ratio':>6} "
-          f"{'batches':>8} {'shapes':>7}")  # fmt: skip
+          f"{'batches':>8} {'shapes':>7} {'useful':>7}   GPU plan: {'batches':>7} {'shapes':>7} {'useful':>7}")
     with tempfile.TemporaryDirectory(prefix="seqshard-feed-") as scratch:
         root = Path(scratch)
         # LucaOne's hidden size is 2560; its checkpoint here is 256 wide to stay small, and the no-op model
@@ -195,14 +221,19 @@ def main(argv: list[str] | None = None) -> int:
                     baseline_rates.append(fed / (time.perf_counter() - started))
                 assert figures is not None
                 rate, baseline = float(np.median(rates)), float(np.median(baseline_rates))
+                gpu_batches, gpu_shapes, gpu_useful = gpu_plan(fasta, architecture, paths[architecture], molecule,
+                                                               args.batch_tokens)  # fmt: skip
                 row = {"input": f"{architecture}/{kind}", "threads": threads, "tokens_per_second": rate,
                        "list_path_tokens_per_second": baseline, "ratio": rate / baseline,
                        "n_tokens": figures.n_tokens, "n_batches": figures.n_batches,
                        "n_batch_shapes": len(figures.batch_shapes),
-                       "useful_token_fraction": figures.n_tokens / figures.n_computed_tokens}  # fmt: skip
+                       "useful_token_fraction": figures.n_tokens / figures.n_computed_tokens,
+                       "gpu_plan": {"n_batches": gpu_batches, "n_batch_shapes": gpu_shapes,
+                                    "useful_token_fraction": gpu_useful}}  # fmt: skip
                 results["rows"].append(row)
                 print(f"{row['input']:<16} {threads:>7} {rate:>15,.0f} {baseline:>16,.0f} {rate / baseline:>6.2f} "
-                      f"{figures.n_batches:>8} {len(figures.batch_shapes):>7}")  # fmt: skip
+                      f"{figures.n_batches:>8} {len(figures.batch_shapes):>7} {row['useful_token_fraction']:>7.3f}"
+                      f"             {gpu_batches:>7} {gpu_shapes:>7} {gpu_useful:>7.3f}")  # fmt: skip
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2) + "\n")

@@ -54,7 +54,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from seqshard.batching import TokenBudgetBatcher, bucket_width, gather_rows
+from seqshard.batching import TokenBudgetBatcher, gather_rows
 from seqshard.cache import CacheWriter, ResultCache, cache_key
 from seqshard.devices import DTYPES, check_run_precision, precision_provenance, resolve_precision, run_key
 from seqshard.devices import resolve_device as resolve_device  # re-exported: callers found it here before
@@ -323,7 +323,7 @@ class Runner:
 
     def __init__(
         self, loaded: LoadedModel, *, molecule: str, batch_tokens: int, dtype: str, figures: RunFigures,
-        max_padding: float = 0.03, buckets_per_octave: int | None = 32, progress_seconds: float = 30.0,
+        max_padding: float = 0.03, bucket_widths: bool = True, progress_seconds: float = 30.0,
         recover_after: int = 32,
     ) -> None:  # fmt: skip
         self.loaded = loaded
@@ -331,7 +331,7 @@ class Runner:
         self.max_batch_tokens = batch_tokens
         self.budget = batch_tokens  # lowered after an out-of-memory, raised back after `recover_after` good ones
         self.max_padding = max_padding
-        self.buckets_per_octave = buckets_per_octave
+        self.bucket_widths = bucket_widths  # False: exact widths, for tests that compare plans
         self.dtype = dtype
         self.figures = figures
         self.progress_seconds = progress_seconds
@@ -345,10 +345,12 @@ class Runner:
         return torch.autocast(device_type=self.device.type, dtype=DTYPES[self.dtype])
 
     def batcher(self) -> TokenBudgetBatcher:
-        return TokenBudgetBatcher(self.budget, self.max_padding, buckets_per_octave=self.buckets_per_octave)
+        if not self.bucket_widths:
+            return TokenBudgetBatcher(self.budget, self.max_padding, buckets_per_octave=None)
+        return TokenBudgetBatcher.for_device(self.device.type, self.budget, self.max_padding)
 
     def _build(self, inputs: ModelInputs, indices: np.ndarray) -> HostBatch:
-        width = bucket_width(int(inputs.lengths[indices].max()), self.buckets_per_octave)
+        width = self.batcher().width(int(inputs.lengths[indices].max()))
         tokenizer = self.loaded.tokenizer
         return assemble_batch(inputs, indices, width, tokenizer.pad_id, tokenizer.mask_id, self.device.type == "cuda")
 
@@ -1164,6 +1166,8 @@ def run_tasks(
         records = iter_packed_shard(fasta)
     else:
         records = iter_valid_records(fasta, molecule, allowed_ambiguity=allowed_ambiguity, on_invalid=on_invalid)
+    if device.startswith("cuda") and chunk_records == CHUNK_RECORDS:
+        chunk_records = 4 * CHUNK_RECORDS  # larger chunks: fewer partly filled batches, so fewer batch shapes
     scored = score_chunks(
         loaded, records, list(by_task.values()), molecule=molecule, batch_tokens=batch_tokens, dtype=dtype,
         figures=figures, chunk_records=chunk_records, duplicates=check.duplicates, precomputed=precomputed,

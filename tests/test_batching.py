@@ -41,3 +41,27 @@ def test_longest_first_and_oversized_sequence_alone():
 def test_max_batch_size():
     batches = list(TokenBudgetBatcher(10_000, max_batch_size=3).batches([4] * 7))
     assert [len(b) for b in batches] == [3, 3, 1]
+
+
+def test_the_gpu_plan_keeps_few_shapes_and_little_padding():
+    """By width bucket: every batch of a bucket but its last has one shape; padding is the rounding alone."""
+    import random
+
+    from seqshard.batching import bucket_width
+
+    rng = random.Random(5)
+    lengths = [min(512, max(5, int(rng.lognormvariate(4.6, 0.8)))) for _ in range(20000)]
+    gpu = TokenBudgetBatcher.for_device("cuda", 16384)
+    cpu = TokenBudgetBatcher.for_device("cpu", 16384)
+    plans = {name: list(b.batches(lengths)) for name, b in (("gpu", gpu), ("cpu", cpu))}
+    assert sorted(i for batch in plans["gpu"] for i in batch) == list(range(len(lengths)))
+    shapes = {name: {(len(b), batcher.width(max(lengths[i] for i in b))) for b in plan}
+              for (name, plan), batcher in zip(plans.items(), (gpu, cpu), strict=True)}  # fmt: skip
+    assert len(shapes["gpu"]) < 0.8 * len(shapes["cpu"])
+    widths = {gpu.width(max(lengths[i] for i in b)) for b in plans["gpu"]}
+    assert len(shapes["gpu"]) <= 2 * len(widths)  # a full shape and a last one per bucket
+    for batch in plans["gpu"]:
+        width = gpu.width(max(lengths[i] for i in batch))
+        assert all(bucket_width(lengths[i], 16, 8) == width for i in batch) and len(batch) * width <= 16384
+    useful = sum(lengths) / sum(len(b) * gpu.width(max(lengths[i] for i in b)) for b in plans["gpu"])
+    assert useful >= 0.97
