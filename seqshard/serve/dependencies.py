@@ -16,7 +16,8 @@ from seqshard.serve.service import ModelService
 _bearer = HTTPBearer(auto_error=False, description="the key in the server's --api-key-file, when it has one")
 
 
-def get_service(request: Request) -> ModelService:
+async def get_service(request: Request) -> ModelService:
+    # async: FastAPI would run a plain function in a worker thread, a thread hop on every request for nothing
     return request.app.state.service
 
 

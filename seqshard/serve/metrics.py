@@ -1,8 +1,10 @@
 """What the server counts, as Prometheus series in the server's own registry, and the JSON of `GET /metrics`.
 
 The series (text format on `--metrics-port`):
-- `seqshard_http_requests_total{endpoint,method,status}`, `seqshard_http_request_duration_seconds{endpoint}`;
-- `seqshard_batch_sequences`, `seqshard_batch_tokens` (per batch gathered from the queue), `seqshard_queue_depth`,
+- `seqshard_http_requests_total{endpoint,method,status}`, `seqshard_http_request_duration_seconds{endpoint}`,
+  `seqshard_http_requests_in_flight`;
+- `seqshard_batch_sequences`, `seqshard_batch_tokens`, `seqshard_batch_duration_seconds` (per batch gathered from
+  the queue), `seqshard_queue_depth`,
   `seqshard_model_batches_total`, `seqshard_tokens_total`, `seqshard_computed_tokens_total` (padding included),
   `seqshard_sequences_total{task_type}`, `seqshard_model_load_seconds`, `seqshard_model_loaded`;
 - `process_cpu_seconds_total`, `process_resident_memory_bytes`, ... (prometheus_client's process collector);
@@ -94,12 +96,19 @@ class ServerMetrics:
             "seqshard_batch_tokens", "Model tokens per batch gathered from the queue, padding excluded",
             buckets=TOKEN_BUCKETS, registry=registry,
         )  # fmt: skip
+        self.batch_seconds = Histogram(
+            "seqshard_batch_duration_seconds", "Time the model worker spent on one batch (tokenizing to results)",
+            buckets=LATENCY_BUCKETS, registry=registry,
+        )  # fmt: skip
         self.model_batches = Counter("seqshard_model_batches", "Forward passes of the model", registry=registry)
         self.tokens = Counter("seqshard_tokens", "Model tokens of the sequences, padding excluded", registry=registry)
         self.computed_tokens = Counter(
             "seqshard_computed_tokens", "Tokens the model computed, padding included", registry=registry
         )
         self.sequences = Counter("seqshard_sequences", "Sequences predicted", ["task_type"], registry=registry)
+        self.in_flight = Gauge(
+            "seqshard_http_requests_in_flight", "HTTP requests received and not yet answered", registry=registry
+        )
         self.queue_depth = Gauge(
             "seqshard_queue_depth", "Sequences waiting in the queue or computing", registry=registry
         )
@@ -118,7 +127,10 @@ class ServerMetrics:
         self.requests.labels(endpoint, method, str(status)).inc()
         self.latency.labels(endpoint).observe(seconds)
 
-    def observe_batch(self, task_type: str, n_sequences: int, n_tokens: int, n_computed: int, n_batches: int) -> None:
+    def observe_batch(
+        self, task_type: str, n_sequences: int, n_tokens: int, n_computed: int, n_batches: int, seconds: float
+    ) -> None:
+        self.batch_seconds.observe(seconds)
         self.batch_sequences.observe(n_sequences)
         self.batch_tokens.observe(n_tokens)
         self.tokens.inc(n_tokens)

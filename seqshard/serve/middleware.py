@@ -1,7 +1,9 @@
 """One ASGI middleware around the whole API: a request id for every request, the body size cap (enforced before
 anything parses the body), request metrics by route, and the INTERNAL_ERROR envelope for unexpected failures.
 
-A plain ASGI middleware rather than Starlette's BaseHTTPMiddleware: it adds no task or stream per request.
+A plain ASGI middleware rather than Starlette's BaseHTTPMiddleware: it adds no task or stream per request. The
+body cap is not FastAPI's `max_body_size`: Starlette's limiter answers a declared oversize body with a plain-text
+413 that replaces whatever the application sends, so the answer would leave the API's envelope.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ class ApiMiddleware:
                     raise self._too_large(f"over {self.max_body_bytes} bytes so far")
             return message
 
+        self.metrics.in_flight.inc()
         try:
             length = dict(scope["headers"]).get(b"content-length")
             if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
@@ -77,6 +80,7 @@ class ApiMiddleware:
                 error = ApiError(ErrorCode.INTERNAL_ERROR, "internal server error", f"request {request_id}")
                 await error_response(request_id, error)(scope, receive, send_with_id)
         finally:
+            self.metrics.in_flight.dec()
             route = scope.get("route")
             endpoint = getattr(route, "path", None) or "unmatched"  # never the raw path: bounded label values
             self.metrics.observe_request(endpoint, scope["method"], status, time.perf_counter() - started)

@@ -67,6 +67,7 @@ class BatchQueue:
         self.on_depth = on_depth or (lambda depth: None)
         self.tokens_per_residue = 1.0
         self._first_batch = True
+        self._last_batch_end = 0.0
         self.sequences_per_second: float | None = None
         self._pending: deque[Job] = deque()
         self._depth = 0  # sequences waiting or computing
@@ -121,7 +122,10 @@ class BatchQueue:
                     return None
                 self._condition.wait()
             first = self._pending[0]
-            deadline = first.enqueued + self.max_wait
+            # The wait also counts from the end of the previous batch: while the model computed, the event loop
+            # had little time (the worker holds the GIL between torch calls) to read the requests that arrived,
+            # and this pause lets it queue them, so that under load batches fill instead of staying small.
+            deadline = max(first.enqueued, self._last_batch_end) + self.max_wait
             while not self._stopping:
                 gathered = sum(self._estimate(job) for job in self._pending if job.key == first.key)
                 remaining = deadline - time.monotonic()
@@ -146,7 +150,8 @@ class BatchQueue:
             live = [job for job in batch if not job.future.cancelled()]  # clients that hung up get nothing
             started = time.monotonic()
             outcomes = self._run(live) if live else []
-            elapsed = time.monotonic() - started
+            self._last_batch_end = time.monotonic()
+            elapsed = self._last_batch_end - started
             n_sequences = sum(len(job.sequences) for job in batch)
             if live and elapsed > 0:
                 rate = sum(len(job.sequences) for job in live) / elapsed

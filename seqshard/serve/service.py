@@ -174,14 +174,12 @@ class ModelService:
         for job in jobs:
             for index, sequence in enumerate(job):
                 records.append(SequenceRecord(len(records), f"sequences[{index}]", sequence, 0))
+        started = time.perf_counter()
         figures = RunFigures({}, self.device, self.dtype, self.settings.threads, self.settings.batch_tokens)
         columns, encoded = score_records(
             loaded, records, settings, molecule=molecule, batch_tokens=self.settings.batch_tokens, dtype=self.dtype,
             figures=figures,
         )  # fmt: skip
-        self.metrics.observe_batch(
-            task_type.value, len(records), figures.n_tokens, figures.n_computed_tokens, figures.n_batches
-        )
         rows = self._rows(settings.task, columns, loaded)
         results: list[list[dict[str, object]]] = []
         position = 0
@@ -200,6 +198,10 @@ class ModelService:
                 )
                 position += 1
             results.append(part)
+        self.metrics.observe_batch(
+            task_type.value, len(records), figures.n_tokens, figures.n_computed_tokens, figures.n_batches,
+            time.perf_counter() - started,
+        )  # fmt: skip
         return results, figures.n_tokens
 
     def _rows(self, task: str, columns: dict[str, object], loaded: LoadedModel) -> list[dict[str, object]]:
