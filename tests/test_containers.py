@@ -518,23 +518,6 @@ def test_apptainer_definitions_mirror_the_dockerfiles() -> None:
 # --- the image serves the model over HTTP (seqshard.images up / status / down) ----------------------------------
 
 
-def loopback_port(taken: set[int]) -> int:
-    """A free loopback port in 18000-18099, the range this test may use."""
-    import socket
-
-    for port in range(18000, 18100):
-        if port in taken:
-            continue
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        taken.add(port)
-        return port
-    raise RuntimeError("no free port in 18000-18099")
-
-
 def test_image_serves_health_and_predict_to_a_host_client(
     engine, built: images.BuildResult, demo_inputs: Path, host_embeddings: Path, tmp_path: Path, caplog
 ) -> None:
@@ -544,14 +527,14 @@ def test_image_serves_health_and_predict_to_a_host_client(
     import logging
 
     import httpx
+    from loopback import free_port
 
     from seqshard.client import SeqshardClient, predict_fasta
 
     name = "seqshard-test-serve"
     for stale in engine.containers.list(all=True, filters={"name": name}):
         stale.remove(force=True)
-    taken: set[int] = set()
-    port, metrics_port = loopback_port(taken), loopback_port(taken)
+    port, metrics_port = free_port(), free_port()
     images.up(engine, "dnabert2", IMAGE, demo_inputs / "checkpoint", name=name, port=port, metrics_port=metrics_port,
               cpus=1.5, memory="3g")  # fmt: skip
     url = f"http://127.0.0.1:{port}"

@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -30,41 +29,23 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from loopback import free_port
 
 from seqshard.client import SeqshardClient, ServerError
 from seqshard.serve.limits import SlidingWindowLimiter
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
-PORTS = range(18000, 18100)
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 API_KEY = "test-key-7f3a"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 JSON_AUTH = {**AUTH, "Content-Type": "application/json"}
-_handed_out: set[int] = set()
-_ports_lock = threading.Lock()
 
 
 def unavailable(reason: str) -> None:
     if IN_CI:
         pytest.fail(reason)
     pytest.skip(reason)
-
-
-def free_port() -> int:
-    """A port of this session's range that nothing listens on and no other server of this session was given."""
-    with _ports_lock:
-        for port in PORTS:
-            if port in _handed_out:
-                continue
-            with socket.socket() as probe:
-                try:
-                    probe.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-            _handed_out.add(port)
-            return port
-    raise RuntimeError(f"no free port left in {PORTS.start}-{PORTS.stop - 1}")
 
 
 @dataclass
@@ -333,6 +314,7 @@ def test_prometheus_exposition_counts_requests_batches_and_process(client: Seqsh
     text = httpx.get(main_server.metrics_url).text
     for name in ("seqshard_http_requests_total", "seqshard_http_request_duration_seconds_bucket",
                  "seqshard_batch_sequences_bucket", "seqshard_batch_tokens_bucket", "seqshard_queue_depth",
+                 "seqshard_batch_duration_seconds_bucket", "seqshard_http_requests_in_flight",
                  "seqshard_model_load_seconds", "seqshard_model_batches_total", "seqshard_tokens_total",
                  "seqshard_computed_tokens_total", "process_cpu_seconds_total", "process_resident_memory_bytes",
                  "seqshard_host_cpu_percent", "seqshard_host_memory_percent",
