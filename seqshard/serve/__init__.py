@@ -7,6 +7,7 @@
 - `schemas`, `errors`, `middleware`, `dependencies`, `limits`, `routes/`: the API surface.
 - `metrics`: Prometheus series and the JSON figures of `GET /metrics`.
 - `client`: a Python client (httpx) that retries 429/503, and the Parquet writer of `seqshard predict`.
+- `healthcheck`: the containers' HEALTHCHECK command (standard library only).
 
 This package imports nothing heavy at import time, so `seqshard.serve.client` stays light.
 """
