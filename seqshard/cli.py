@@ -6,9 +6,13 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from seqshard import __version__
 from seqshard.logs import setup_logging
+
+if TYPE_CHECKING:
+    from seqshard.inference import TaskSettings
 
 
 def create_parser() -> argparse.ArgumentParser:
@@ -29,6 +33,25 @@ def create_parser() -> argparse.ArgumentParser:
     score.add_argument("--task", required=True, choices=["mlm_score", "classify", "regress"])
     score.add_argument("--head", type=Path, help="linear head directory for classify/regress (README, 'Heads')")
 
+    serve = commands.add_parser("serve", help="serve a model over HTTP (README, 'Serving')")
+    add_serve_arguments(serve)
+
+    predict = commands.add_parser(
+        "predict", help="predict every sequence of a FASTA file on a running server; same Parquet as embed/score"
+    )
+    predict.add_argument("fasta", type=Path, help="input FASTA, plain or gzip")
+    predict.add_argument("-o", "--output", type=Path, required=True, help="output Parquet file")
+    predict.add_argument("--url", required=True, help="the server, e.g. http://127.0.0.1:8000")
+    predict.add_argument(
+        "--task-type",
+        default="embedding",
+        choices=["embedding", "promoter_prediction", "classification", "property_prediction"],
+    )
+    predict.add_argument("--molecule", choices=["dna", "rna", "protein"], help="default: the server's")
+    predict.add_argument("--api-key-file", type=Path, help="file holding the server's API key")
+    predict.add_argument("--batch-size", type=int, default=100, help="sequences per request (server maximum: 100)")
+    predict.add_argument("--concurrency", type=int, default=4, help="requests in flight")
+
     demo = commands.add_parser(
         "demo-checkpoint", help="write a small RANDOM-weight checkpoint (or head) in a published layout"
     )
@@ -45,6 +68,16 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments shared by every task: input, output, model, long-sequence handling, device and speed."""
     parser.add_argument("fasta", type=Path, help="input FASTA, plain or gzip")
     parser.add_argument("-o", "--output", type=Path, required=True, help="output Parquet file")
+    add_model_arguments(parser)
+    parser.add_argument("--figures", type=Path, help="also write run figures (timings, tokens) as JSON here")
+    parser.add_argument(
+        "--cache", type=Path, help="result cache directory: reuse results of earlier runs for the same sequences"
+    )
+    parser.add_argument("--cache-max-gb", type=float, default=20.0, help="size cap of the result cache (GB)")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model and how sequences are fitted to it, device and speed: shared by embed, score and serve."""
     parser.add_argument("--model", default="dnabert2", choices=["dnabert2", "lucaone"], help="model architecture")
     parser.add_argument("--checkpoint", required=True, help="checkpoint directory or hub id (owner/name)")
     parser.add_argument("--molecule", default="dna", choices=["dna", "rna", "protein"])
@@ -64,28 +97,64 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--allowed-ambiguity", default="N", help="IUPAC ambiguity codes accepted in DNA/RNA (default: N)"
     )
-    parser.add_argument("--figures", type=Path, help="also write run figures (timings, tokens) as JSON here")
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """`seqshard serve`: the model arguments, then where to listen and the limits (defaults: ServeSettings)."""
+    from dataclasses import MISSING, fields
+
+    from seqshard.serve.settings import HOST_VARIABLE, ServeSettings
+
+    default = {field.name: field.default for field in fields(ServeSettings) if field.default is not MISSING}
+    add_model_arguments(parser)
+    parser.add_argument("--head", type=Path, help="linear head directory: classification or property_prediction")
+    parser.add_argument("--pooling", default="mean", choices=["mean", "max", "cls"], help="embedding pooling")
+    parser.add_argument("--host", help=f"address to listen on (default: ${HOST_VARIABLE}, else 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=default["port"])
     parser.add_argument(
-        "--cache", type=Path, help="result cache directory: reuse results of earlier runs for the same sequences"
+        "--metrics-port", type=int, default=default["metrics_port"], help="Prometheus metrics; 0: no exporter"
     )
-    parser.add_argument("--cache-max-gb", type=float, default=20.0, help="size cap of the result cache (GB)")
+    parser.add_argument(
+        "--max-wait-ms", type=float, default=default["max_wait_ms"], help="longest wait for a batch to fill"
+    )
+    parser.add_argument(
+        "--max-queue", type=int, default=default["max_queue"], help="sequences queued or computing, then 503"
+    )
+    parser.add_argument("--max-batch-sequences", type=int, default=default["max_batch_sequences"])
+    parser.add_argument("--max-sequence-length", type=int, default=default["max_sequence_length"])
+    parser.add_argument(
+        "--rate-limit", type=int, default=default["rate_limit"], help="requests per minute per client; 0: none"
+    )
+    parser.add_argument("--max-body-bytes", type=int, default=default["max_body_bytes"])
+    parser.add_argument("--api-key-file", type=Path, help="require `Authorization: Bearer <key in this file>`")
+    parser.add_argument(
+        "--graceful-timeout", type=float, default=default["graceful_timeout"], help="seconds SIGTERM waits"
+    )
+    parser.add_argument("--access-log", action="store_true", help="log every request")
+
+
+def task_settings(args: argparse.Namespace, task: str = "embed") -> TaskSettings:
+    """The settings that shape the numbers, from the model arguments (embed, score, serve)."""
+    from seqshard.inference import TaskSettings
+
+    return TaskSettings(
+        task=task,
+        pooling=getattr(args, "pooling", "mean"),
+        per_token=getattr(args, "per_token", False),
+        long_sequences=args.long_sequences,
+        window_length=args.window_length,
+        window_overlap=args.window_overlap,
+        max_tokens=args.max_tokens,
+        head=str(args.head) if getattr(args, "head", None) else None,
+    )
 
 
 def run(args: argparse.Namespace) -> None:
     if args.command in ("embed", "score"):
         from seqshard.cache import ResultCache
-        from seqshard.inference import TaskSettings, run_task
+        from seqshard.inference import run_task
 
-        settings = TaskSettings(
-            task="embed" if args.command == "embed" else args.task,
-            pooling=getattr(args, "pooling", "mean"),
-            per_token=getattr(args, "per_token", False),
-            long_sequences=args.long_sequences,
-            window_length=args.window_length,
-            window_overlap=args.window_overlap,
-            max_tokens=args.max_tokens,
-            head=str(args.head) if getattr(args, "head", None) else None,
-        )
+        settings = task_settings(args, "embed" if args.command == "embed" else args.task)
         run_task(
             args.fasta,
             args.output,
@@ -101,6 +170,32 @@ def run(args: argparse.Namespace) -> None:
             figures_out=args.figures,
             cache=ResultCache(args.cache, int(args.cache_max_gb * 1e9)) if args.cache else None,
         )
+    elif args.command == "serve":
+        from seqshard.serve.app import run_server
+        from seqshard.serve.settings import ServeSettings
+
+        host = {"host": args.host} if args.host else {}  # else ServeSettings' default (environment or loopback)
+        settings = ServeSettings(
+            model=args.model, checkpoint=args.checkpoint, head=str(args.head) if args.head else None, **host,
+            port=args.port, metrics_port=args.metrics_port or None, device=args.device, dtype=args.dtype,
+            threads=args.threads, molecule=args.molecule, allowed_ambiguity=args.allowed_ambiguity,
+            shaping=task_settings(args), batch_tokens=args.batch_tokens, max_wait_ms=args.max_wait_ms,
+            max_queue=args.max_queue, max_batch_sequences=args.max_batch_sequences,
+            max_sequence_length=args.max_sequence_length, rate_limit=args.rate_limit,
+            max_body_bytes=args.max_body_bytes, api_key_file=args.api_key_file,
+            graceful_timeout=args.graceful_timeout,
+        )  # fmt: skip
+        settings.api_key()  # an unreadable or empty key file stops here, before anything starts
+        run_server(settings, access_log=args.access_log)
+    elif args.command == "predict":
+        from seqshard.serve.client import predict_fasta
+
+        api_key = args.api_key_file.read_text(encoding="utf-8").strip() if args.api_key_file else None
+        rows = predict_fasta(
+            args.url, args.fasta, args.output, task_type=args.task_type, molecule=args.molecule, api_key=api_key,
+            batch_size=args.batch_size, concurrency=args.concurrency,
+        )  # fmt: skip
+        logging.getLogger("seqshard").info("wrote %d rows to %s", rows, args.output)
     elif args.command == "demo-checkpoint":
         from seqshard.demo import write_demo
 
@@ -113,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(verbose=args.verbose)
     try:
         run(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as error:
+    except (ValueError, OSError, RuntimeError) as error:  # ServerError and httpx's errors are among these
         logging.getLogger("seqshard").error("%s", error)
         return 1
     return 0

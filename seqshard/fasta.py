@@ -141,13 +141,24 @@ def _fault_in_sequence(raw: _RawRecord, allowed: frozenset[str], molecule: str) 
             if char in " \t\r\v\f":
                 return f"whitespace inside the sequence at line {number}, column {column}"
             if char.upper() not in allowed:
-                extra = "".join(sorted(allowed - ALPHABETS[molecule]))
-                accepted = "".join(sorted(ALPHABETS[molecule])) + (f" + {extra}" if extra else "")
                 return (
                     f"character {char!r} at line {number}, column {column} is not in the {molecule} alphabet "
-                    f"(accepted: {accepted}, case-insensitive)"
+                    f"(accepted: {accepted_letters(molecule, allowed)}, case-insensitive)"
                 )
     return None
+
+
+def accepted_letters(molecule: str, allowed: frozenset[str]) -> str:
+    """The letters `allowed` for `molecule`, written for messages: the alphabet, then the accepted extras."""
+    extra = "".join(sorted(allowed - ALPHABETS[molecule]))
+    return "".join(sorted(ALPHABETS[molecule])) + (f" + {extra}" if extra else "")
+
+
+def first_invalid_position(sequence: str, allowed: frozenset[str]) -> int | None:
+    """0-based position of the first character of `sequence` that is not an allowed letter (either case), or
+    None: the check of a FASTA line, for one sequence given as a string (the HTTP server's requests)."""
+    match = _outside(allowed).search(sequence)
+    return None if match is None else match.start()
 
 
 def allowed_letters(molecule: str, allowed_ambiguity: str = "N") -> frozenset[str]:

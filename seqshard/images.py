@@ -14,6 +14,12 @@ test extra, imported only when an engine is needed, so `seqshard` itself never d
     python -m seqshard.images smoke TAG
     python -m seqshard.images context --model dnabert2 DIR   # the build contexts, for docker buildx
     python -m seqshard.images lock                # rewrite containers/base/requirements.txt from this environment
+
+Served models (`seqshard serve` in a model image):
+
+    python -m seqshard.images up --model dnabert2 --image TAG --checkpoint DIR [--cpus 4 --memory 16g --gpus 1]
+    python -m seqshard.images status seqshard-dnabert2   # CPU, memory, network, disk; alerts over thresholds
+    python -m seqshard.images down seqshard-dnabert2     # SIGTERM: requests in flight finish
 """
 
 from __future__ import annotations
@@ -408,6 +414,154 @@ def build_model_image(
     return BuildResult(base=base, image=image, seconds=seconds)
 
 
+# --- served model containers ---------------------------------------------------------------------------------
+
+SERVE_PORT = 8000  # where `seqshard serve` listens inside the container (the image's HEALTHCHECK checks it)
+METRICS_PORT = 8001
+MODELS_MOUNT = "/app/models"  # the checkpoint directory, mounted read-only
+API_KEY_MOUNT = "/run/secrets/seqshard-api-key"
+
+
+@dataclass(frozen=True)
+class AlertThresholds:
+    """Above these, `container_status` logs an alert (README, "Serving": the compose alert rules match)."""
+
+    cpu_percent: float = 80.0  # of the CPUs the container may use
+    memory_percent: float = 90.0  # of its memory limit
+    disk_bytes: int = 1 << 30  # written to its own filesystem layer: a model server should write next to nothing
+
+
+@dataclass
+class ContainerStatus:
+    """One reading of a served model container's state and resource use."""
+
+    name: str
+    state: str  # running, exited, ...
+    health: str | None  # healthy, unhealthy, starting; None when the image has no health check
+    cpu_percent: float
+    memory_bytes: int
+    memory_limit_bytes: int
+    memory_percent: float
+    network_received_bytes: int
+    network_sent_bytes: int
+    disk_read_bytes: int
+    disk_written_bytes: int
+    disk_bytes: int  # size of the container's writable layer
+    alerts: list[str] = field(default_factory=list)
+
+
+def serve_options(
+    model: str,
+    image: str,
+    checkpoint: Path,
+    *,
+    name: str,
+    port: int = SERVE_PORT,
+    metrics_port: int = METRICS_PORT,
+    address: str = "127.0.0.1",
+    cpus: float | None = None,
+    memory: str | None = None,
+    gpus: int = 0,
+    api_key_file: Path | None = None,
+    serve_args: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Keyword arguments of `client.containers.run` for `seqshard serve` in `image`: the checkpoint read-only at
+    /app/models, the API and metrics ports published on `address` of the host, CPU and memory limits, and
+    `gpus` GPUs requested from the engine (the NVIDIA container toolkit)."""
+    if model not in MODELS:
+        raise ValueError(f"unknown model {model!r}; images exist for {', '.join(MODELS)}")
+    checkpoint = Path(checkpoint).resolve()
+    if not (checkpoint / "config.json").is_file():
+        raise FileNotFoundError(f"{checkpoint}: not a checkpoint folder (no config.json)")
+    command = ["serve", "--model", model, "--checkpoint", MODELS_MOUNT, "--port", str(SERVE_PORT),
+               "--metrics-port", str(METRICS_PORT), *serve_args]  # fmt: skip
+    volumes = {str(checkpoint): {"bind": MODELS_MOUNT, "mode": "ro"}}
+    if api_key_file is not None:
+        volumes[str(Path(api_key_file).resolve())] = {"bind": API_KEY_MOUNT, "mode": "ro"}
+        command += ["--api-key-file", API_KEY_MOUNT]
+    options: dict[str, Any] = {
+        "image": image,
+        "command": command,
+        "name": name,
+        "detach": True,
+        "volumes": volumes,
+        "ports": {f"{SERVE_PORT}/tcp": (address, port), f"{METRICS_PORT}/tcp": (address, metrics_port)},
+        "environment": {"SEQSHARD_SERVE_HOST": "0.0.0.0"},  # inside the container; published on `address` only
+        "labels": {"io.seqshard.serve": model},
+    }
+    if cpus is not None:
+        options["nano_cpus"] = int(cpus * 1e9)
+    if memory is not None:
+        options["mem_limit"] = memory
+    if gpus:
+        import docker
+
+        options["device_requests"] = [docker.types.DeviceRequest(count=gpus, capabilities=[["gpu"]])]
+    return options
+
+
+def up(client: docker.DockerClient, model: str, image: str, checkpoint: Path, **options: Any) -> Any:
+    """Start a served model container (see serve_options); returns the container."""
+    container = client.containers.run(**serve_options(model, image, checkpoint, **options))
+    log.info("started %s (%s) from %s", container.name, model, image)
+    return container
+
+
+def down(client: docker.DockerClient, name: str, timeout: int = 60) -> None:
+    """Stop the container with SIGTERM (requests in flight finish; SIGKILL after `timeout` s) and remove it."""
+    container = client.containers.get(name)
+    container.stop(timeout=timeout)
+    container.remove()
+    log.info("stopped and removed %s", name)
+
+
+def _cpu_percent(stats: Mapping[str, Any]) -> float:
+    """CPU use between the engine's two readings, as a percent of the CPUs the container may use."""
+    now, before = stats.get("cpu_stats") or {}, stats.get("precpu_stats") or {}
+    used = (now.get("cpu_usage") or {}).get("total_usage", 0) - (before.get("cpu_usage") or {}).get("total_usage", 0)
+    elapsed = now.get("system_cpu_usage", 0) - before.get("system_cpu_usage", 0)
+    cpus = now.get("online_cpus") or len((now.get("cpu_usage") or {}).get("percpu_usage") or []) or 1
+    return 100.0 * used / elapsed * cpus if used > 0 and elapsed > 0 else 0.0
+
+
+def container_status(
+    client: docker.DockerClient, name: str, thresholds: AlertThresholds = AlertThresholds()
+) -> ContainerStatus:
+    """Read the container's CPU, memory, network and disk figures; log a warning for each threshold crossed."""
+    container = client.containers.get(name)
+    stats = container.stats(stream=False)
+    memory = stats.get("memory_stats") or {}
+    memory_bytes, limit = int(memory.get("usage", 0)), int(memory.get("limit", 0))
+    networks = (stats.get("networks") or {}).values()
+    block = (stats.get("blkio_stats") or {}).get("io_service_bytes_recursive") or []
+    listed = client.api.containers(all=True, size=True, filters={"name": name})
+    health = (container.attrs.get("State") or {}).get("Health") or {}
+    status = ContainerStatus(
+        name=name,
+        state=container.status,
+        health=health.get("Status") or None,
+        cpu_percent=_cpu_percent(stats),
+        memory_bytes=memory_bytes,
+        memory_limit_bytes=limit,
+        memory_percent=100.0 * memory_bytes / limit if limit else 0.0,
+        network_received_bytes=sum(int(n.get("rx_bytes", 0)) for n in networks),
+        network_sent_bytes=sum(int(n.get("tx_bytes", 0)) for n in networks),
+        disk_read_bytes=sum(int(e.get("value", 0)) for e in block if str(e.get("op")).lower() == "read"),
+        disk_written_bytes=sum(int(e.get("value", 0)) for e in block if str(e.get("op")).lower() == "write"),
+        disk_bytes=int(next((c.get("SizeRw") or 0 for c in listed if name in [n.lstrip("/") for n in c["Names"]]), 0)),
+    )
+    for figure, value, limit_value, unit in (
+        ("CPU", status.cpu_percent, thresholds.cpu_percent, "%"),
+        ("memory", status.memory_percent, thresholds.memory_percent, "% of its limit"),
+        ("disk", status.disk_bytes, thresholds.disk_bytes, " bytes written to its layer"),
+    ):
+        if value > limit_value:
+            status.alerts.append(f"{name}: {figure} at {value:.1f}{unit}, over the {limit_value:g} threshold")
+    for alert in status.alerts:
+        log.warning("ALERT %s", alert)
+    return status
+
+
 # --- the pinned dependency list ------------------------------------------------------------------------------
 
 
@@ -496,6 +650,26 @@ def create_parser() -> argparse.ArgumentParser:
     context.add_argument("output", type=Path, help="folder to create; gets base/ and <model>/")
 
     commands.add_parser("lock", help="rewrite containers/base/requirements.txt from this environment")
+
+    serve = commands.add_parser("up", help="start a served model container (seqshard serve in the image)")
+    serve.add_argument("--model", required=True, choices=MODELS)
+    serve.add_argument("--image", required=True, help="model image tag")
+    serve.add_argument("--checkpoint", type=Path, required=True, help="checkpoint folder, mounted read-only")
+    serve.add_argument("--name", help="container name (default: seqshard-<model>)")
+    serve.add_argument("--port", type=int, default=SERVE_PORT, help="host port of the API")
+    serve.add_argument("--metrics-port", type=int, default=METRICS_PORT, help="host port of the Prometheus metrics")
+    serve.add_argument("--address", default="127.0.0.1", help="host address the ports are published on")
+    serve.add_argument("--cpus", type=float, help="CPU limit, e.g. 4")
+    serve.add_argument("--memory", help="memory limit, e.g. 16g")
+    serve.add_argument("--gpus", type=int, default=0, help="GPUs to request (NVIDIA container toolkit)")
+    serve.add_argument("--api-key-file", type=Path, help="require this API key (mounted read-only)")
+    down_parser = commands.add_parser("down", help="stop (gracefully) and remove a served model container")
+    down_parser.add_argument("name")
+    status = commands.add_parser("status", help="CPU, memory, network and disk of a served model container")
+    status.add_argument("name")
+    status.add_argument("--cpu-alert", type=float, default=AlertThresholds.cpu_percent, help="percent")
+    status.add_argument("--memory-alert", type=float, default=AlertThresholds.memory_percent, help="percent")
+    status.add_argument("--disk-alert", type=int, default=AlertThresholds.disk_bytes, help="bytes")
     return parser
 
 
@@ -531,6 +705,18 @@ def run(args: argparse.Namespace) -> None:
         print(args.output)
     elif args.command == "lock":
         print(write_lock(repo))
+    elif args.command == "up":
+        container = up(
+            connect(), args.model, args.image, args.checkpoint, name=args.name or f"seqshard-{args.model}",
+            port=args.port, metrics_port=args.metrics_port, address=args.address, cpus=args.cpus, memory=args.memory,
+            gpus=args.gpus, api_key_file=args.api_key_file,
+        )  # fmt: skip
+        print(container.name)
+    elif args.command == "down":
+        down(connect(), args.name)
+    elif args.command == "status":
+        thresholds = AlertThresholds(args.cpu_alert, args.memory_alert, args.disk_alert)
+        print(json.dumps(asdict(container_status(connect(), args.name, thresholds)), indent=2))
 
 
 def main(argv: list[str] | None = None) -> int:

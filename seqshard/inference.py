@@ -70,8 +70,7 @@ from seqshard.parquet import (
     TASKS,
     TableWriter,
     per_token_array,
-    results_table,
-    task_schema,
+    task_table,
     vectors_array,
 )
 from seqshard.pooling import POOLINGS, pool
@@ -1333,12 +1332,6 @@ def chunk_table(
     """A chunk's output rows for one task: the base columns, then the task's."""
     columns = chunk.columns[settings.task]
     rows = np.arange(len(chunk.records)) if keep is None else keep
-    # A head's labels are its output columns: prob_<label> for classify, one column per target for regress.
-    head_labels = {
-        "classify": [name.removeprefix("prob_") for name in columns if name.startswith("prob_")],
-        "regress": list(columns),
-    }.get(settings.task, [])
-    schema = task_schema(settings.task, hidden_size, head_labels, settings.per_token)
     base = {
         "id": [chunk.records[i].id for i in rows.tolist()],
         "length": [len(chunk.records[i].sequence) for i in rows.tolist()],
@@ -1349,7 +1342,7 @@ def chunk_table(
     task_columns = columns if keep is None or len(rows) == len(chunk.records) else {
         name: _take(values, rows) for name, values in columns.items()
     }  # fmt: skip
-    return results_table(schema, base | task_columns, metadata)
+    return task_table(settings.task, hidden_size, base, task_columns, metadata, settings.per_token)
 
 
 def run_embed(fasta: Path | str, out: Path | str, *, pooling: str = "mean", **options: object) -> RunFigures:

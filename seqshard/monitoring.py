@@ -226,18 +226,22 @@ def process_started_at() -> float:
 
 
 def process_figures(process: psutil.Process | None = None) -> dict[str, float]:
-    """This process's resident memory and CPU use (percent of one core since the previous call), plus the host's
-    memory and disk use, for health endpoints and job figures."""
+    """This process's resident memory and CPU use (percent of one core since the previous call on the same
+    `process` object: pass one that lives as long as the caller), plus the host's CPU, memory, disk use and network
+    byte counters, for health endpoints and job figures."""
     process = process or psutil.Process()
     with process.oneshot():
         rss = process.memory_info().rss
         cpu = process.cpu_percent(interval=None)
     memory = psutil.virtual_memory()
+    network = psutil.net_io_counters()
     return {
         "process_rss_bytes": float(rss),
         "process_cpu_percent": cpu,
         "host_memory_percent": memory.percent,
         "host_cpu_percent": psutil.cpu_percent(interval=None),
         "host_disk_percent": psutil.disk_usage(os.getcwd()).percent,
+        "host_network_sent_bytes": float(network.bytes_sent),
+        "host_network_received_bytes": float(network.bytes_recv),
         "time": time.time(),
     }

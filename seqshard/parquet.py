@@ -112,6 +112,25 @@ def results_table(schema: pa.Schema, columns: Mapping[str, object], metadata: Ma
     return pa.Table.from_arrays(arrays, schema=schema.with_metadata(provenance_metadata(metadata)))
 
 
+def task_table(
+    task: str,
+    hidden_size: int,
+    base: Mapping[str, object],
+    columns: Mapping[str, object],
+    metadata: Mapping[str, object],
+    per_token: bool = False,
+) -> pa.Table:
+    """One task's output rows: the base columns (id, length, n_tokens, n_windows, truncated), then the task's.
+
+    A head's labels are read off its columns: `prob_<label>` for classify, one column per target for regress.
+    """
+    labels = {
+        "classify": [name.removeprefix("prob_") for name in columns if name.startswith("prob_")],
+        "regress": list(columns),
+    }.get(task, [])
+    return results_table(task_schema(task, hidden_size, labels, per_token), {**base, **columns}, metadata)
+
+
 def embedding_table(
     ids: Sequence[str],
     lengths: Sequence[int],

@@ -513,3 +513,66 @@ def test_apptainer_definitions_mirror_the_dockerfiles() -> None:
         assert f'io.seqshard.architecture="{model}"' in dockerfile
         assert "export HF_HUB_OFFLINE=1" in definition
         assert definition.count("/opt/seqshard-checkpoint") >= 2 and "/opt/seqshard-checkpoint/" in dockerfile
+
+
+# --- the image serves the model over HTTP (seqshard.images up / status / down) ----------------------------------
+
+
+def test_image_serves_health_and_predict_to_a_host_client(
+    engine, built: images.BuildResult, demo_inputs: Path, host_embeddings: Path, tmp_path: Path, caplog
+) -> None:
+    """`seqshard.images up` starts the image's server with limits and the checkpoint read-only at /app/models; a
+    client on the host gets /health and predictions equal to the host's `seqshard embed`; the image's own
+    HEALTHCHECK passes; `status` reads the container's figures and logs alerts; `down` stops it with SIGTERM."""
+    import logging
+
+    import httpx
+    from loopback import free_port
+
+    from seqshard.client import SeqshardClient, predict_fasta
+
+    name = "seqshard-test-serve"
+    for stale in engine.containers.list(all=True, filters={"name": name}):
+        stale.remove(force=True)
+    port, metrics_port = free_port(), free_port()
+    images.up(engine, "dnabert2", IMAGE, demo_inputs / "checkpoint", name=name, port=port, metrics_port=metrics_port,
+              cpus=1.5, memory="3g")  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        with SeqshardClient(url) as client:
+            health = client.wait_until_healthy(timeout=300)
+            assert health["model"] == "dnabert2"
+            assert client.model_info()["settings"]["checkpoint"] == images.MODELS_MOUNT
+            assert client.predict("ACGTAGGCTA")["dimension"] == 64
+        predict_fasta(url, demo_inputs / "sample_b.fa.gz", tmp_path / "served.parquet")
+        want, got = pq.read_table(host_embeddings), pq.read_table(tmp_path / "served.parquet")
+        assert got.column("id").to_pylist() == want.column("id").to_pylist()
+        np.testing.assert_allclose(
+            np.stack(got.column("embedding").to_numpy(zero_copy_only=False)),
+            np.stack(want.column("embedding").to_numpy(zero_copy_only=False)),
+            rtol=0,
+            atol=1e-5,
+        )
+        assert "seqshard_http_requests_total" in httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
+
+        host_config = engine.api.inspect_container(name)["HostConfig"]
+        assert host_config["NanoCpus"] == 1_500_000_000 and host_config["Memory"] == 3 * 2**30
+        mounts = {mount["Destination"]: mount for mount in engine.api.inspect_container(name)["Mounts"]}
+        assert mounts[images.MODELS_MOUNT]["RW"] is False
+        # podman 4.3's Docker API leaves the health check out of image inspection; its own CLI shows it.
+        healthcheck = json.loads(run("podman", "image", "inspect", IMAGE).stdout)[0]["Healthcheck"]
+        assert "seqshard.serve.healthcheck" in " ".join(healthcheck["Test"])
+        # No systemd here to run health checks on a timer: run the image's HEALTHCHECK once, inside the container.
+        checked = subprocess.run(["podman", "healthcheck", "run", name], capture_output=True, text=True)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+
+        with caplog.at_level(logging.WARNING, logger="seqshard.images"):
+            status = images.container_status(engine, name, images.AlertThresholds(memory_percent=0.001))
+        assert status.state == "running" and status.health == "healthy"
+        assert status.memory_limit_bytes == 3 * 2**30 and 50e6 < status.memory_bytes < status.memory_limit_bytes
+        assert status.cpu_percent >= 0 and status.disk_bytes >= 0
+        assert [alert.split(":")[1].split()[0] for alert in status.alerts] == ["memory"]
+        assert f"ALERT {name}: memory at" in caplog.text
+    finally:
+        images.down(engine, name)
+    assert not engine.containers.list(all=True, filters={"name": name})

@@ -1,0 +1,13 @@
+"""The HTTP service: seqshard's models behind a small JSON API, batched and monitored.
+
+- `settings`: every flag of `seqshard serve` with its default, in one dataclass.
+- `app`: the FastAPI application factory and the uvicorn runner (graceful SIGTERM).
+- `service`: the loaded model, what it can do, request validation and one batch through the batch code path.
+- `queue`: gathers concurrent requests into token-budget batches for a model worker thread.
+- `schemas`, `errors`, `middleware`, `dependencies`, `limits`, `routes/`: the API surface.
+- `metrics`: Prometheus series and the JSON figures of `GET /metrics`.
+- `client`: a Python client (httpx) that retries 429/503, and the Parquet writer of `seqshard predict`.
+- `healthcheck`: the containers' HEALTHCHECK command (standard library only).
+
+This package imports nothing heavy at import time, so `seqshard.serve.client` stays light.
+"""

@@ -1,0 +1,33 @@
+"""The API's routers, one module per concern, and what they share: the success envelope and the documented
+error responses."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from fastapi import Request
+
+from seqshard.serve.errors import request_id_of
+from seqshard.serve.schemas import Envelope, ErrorResponse
+
+E = TypeVar("E", bound=Envelope[Any])
+
+_DESCRIPTIONS = {
+    400: "INVALID_REQUEST, INVALID_SEQUENCE or SEQUENCE_TOO_LONG",
+    401: "UNAUTHORIZED: missing or wrong API key (servers started with --api-key-file)",
+    413: "PAYLOAD_TOO_LARGE: the body is over the size cap",
+    429: "RATE_LIMITED, with Retry-After",
+    500: "PREDICTION_FAILED (this request only) or INTERNAL_ERROR",
+    503: "OVERLOADED (queue full, with Retry-After) or MODEL_NOT_LOADED",
+}
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The error envelopes a route may answer with, for the OpenAPI document."""
+    return {status: {"model": ErrorResponse, "description": _DESCRIPTIONS[status]} for status in statuses}
+
+
+def reply(request: Request, envelope: type[E], message: str, data: object) -> E:
+    """`data` in the success envelope, with the request's id and the time."""
+    return envelope(message=message, data=data, timestamp=datetime.now(UTC), request_id=request_id_of(request))

@@ -1,0 +1,253 @@
+"""The request and response models of the API, declared once: they validate requests and are the OpenAPI document.
+
+Every response is one envelope: `{success, message, data, timestamp, request_id}`, or for an error
+`{success: false, message, error: {code, details}, timestamp, request_id}`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Generic, Literal, TypeVar
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class TaskType(StrEnum):
+    """What a request asks for. Which of these a server can do depends on its checkpoint and head."""
+
+    embedding = "embedding"
+    promoter_prediction = "promoter_prediction"  # DNABERT-2 fine-tune's own classification head
+    classification = "classification"  # a linear classification head (--head)
+    property_prediction = "property_prediction"  # a linear regression head (--head)
+
+
+# The seqshard task (and Parquet schema) behind each task type.
+SEQSHARD_TASK = {
+    TaskType.embedding: "embed",
+    TaskType.promoter_prediction: "classify",
+    TaskType.classification: "classify",
+    TaskType.property_prediction: "regress",
+}
+
+
+class ErrorCode(StrEnum):
+    INVALID_REQUEST = "INVALID_REQUEST"  # 400: bad JSON, unknown task_type, too many sequences, bad options
+    INVALID_SEQUENCE = "INVALID_SEQUENCE"  # 400: letters outside the molecule's alphabet, empty sequence
+    SEQUENCE_TOO_LONG = "SEQUENCE_TOO_LONG"  # 400
+    UNAUTHORIZED = "UNAUTHORIZED"  # 401: missing or wrong API key
+    NOT_FOUND = "NOT_FOUND"  # 404
+    METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"  # 405
+    PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"  # 413: body over the size cap, refused before parsing
+    RATE_LIMITED = "RATE_LIMITED"  # 429 with Retry-After
+    PREDICTION_FAILED = "PREDICTION_FAILED"  # 500: this request's prediction failed; others of its batch did not
+    INTERNAL_ERROR = "INTERNAL_ERROR"  # 500
+    OVERLOADED = "OVERLOADED"  # 503 with Retry-After: the queue is full
+    MODEL_NOT_LOADED = "MODEL_NOT_LOADED"  # 503: loading (with Retry-After), or the load failed
+
+
+DataT = TypeVar("DataT")
+
+
+class Envelope(BaseModel, Generic[DataT]):
+    success: bool = True
+    message: str
+    data: DataT
+    timestamp: datetime = Field(description="UTC, ISO 8601")
+    request_id: UUID
+
+
+class ErrorDetail(BaseModel):
+    code: ErrorCode
+    details: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    success: Literal[False] = False
+    message: str
+    error: ErrorDetail
+    timestamp: datetime = Field(description="UTC, ISO 8601")
+    request_id: UUID
+
+
+# --- requests ------------------------------------------------------------------------------------------------
+
+Molecule = Literal["dna", "rna", "protein"]
+
+
+class PredictOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    return_confidence: bool = Field(True, description="classifiers: include `confidence`")
+    batch_size: int | None = Field(
+        None, ge=1, description="advisory only: the server gathers concurrent requests into batches by itself"
+    )
+    embedding_dimension: int | None = Field(None, ge=1, description="if given, must equal the model's")
+    molecule: Molecule | None = Field(None, description="default: the server's --molecule")
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"sequence": "TATAAAAGGCGCGCATCGATCGGCTAGCTAGGACT", "task_type": "embedding"},
+                {"sequence": "TATAAAAGGCGCGCATCGATCGG", "task_type": "promoter_prediction", "options": {}},
+            ]
+        },
+    )
+
+    sequence: str
+    task_type: TaskType
+    options: PredictOptions = Field(default_factory=PredictOptions)
+
+
+class BatchPredictRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"sequences": ["TATAAAAGGCGCGC", "ACGTNNACGTAGGA"], "task_type": "embedding"},
+                {
+                    "sequences": ["MKTAYIAKQRQISFVKSHFSRQ"],
+                    "task_type": "classification",
+                    "options": {"molecule": "protein"},
+                },
+            ]
+        },
+    )
+
+    sequences: list[str] = Field(min_length=1, description="at most --max-batch-sequences (default 100)")
+    task_type: TaskType
+    options: PredictOptions = Field(default_factory=PredictOptions)
+
+
+# --- response data -------------------------------------------------------------------------------------------
+
+
+class ClassDetails(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    class_: str = Field(alias="class", description="the predicted label")
+    probability: float = Field(description="its probability")
+    probabilities: dict[str, float] = Field(description="every label's probability")
+
+
+class Prediction(BaseModel):
+    task_type: TaskType
+    sequence_length: int
+    n_tokens: int = Field(description="model tokens, [CLS] and [SEP] counted once")
+    n_windows: int = Field(description="model inputs the sequence was cut into")
+    truncated: bool
+    processing_time: float = Field(description="seconds from this request's arrival in the queue to its result")
+    prediction: float | None = Field(None, description="classifiers: probability of the positive or top class")
+    confidence: float | None = Field(None, description="classifiers: probability of the predicted class")
+    details: ClassDetails | None = None
+    embedding: list[float] | None = None
+    dimension: int | None = None
+    values: dict[str, float] | None = Field(None, description="property_prediction: one value per target")
+
+
+class BatchItem(Prediction):
+    sequence: str
+
+
+class BatchPredictions(BaseModel):
+    predictions: list[BatchItem]
+    processing_time: float
+    total_sequences: int
+
+
+class MemoryUsage(BaseModel):
+    process_rss_bytes: int
+    host_percent: float
+
+
+class Health(BaseModel):
+    status: Literal["healthy", "loading", "unhealthy"]
+    model: str
+    version: str = Field(description="seqshard version")
+    uptime: float = Field(description="seconds since the server started")
+    gpu_available: bool
+    memory_usage: MemoryUsage
+    reason: str | None = Field(None, description="why the server is unhealthy")
+
+
+class InputFormat(BaseModel):
+    molecules: list[Molecule]
+    default_molecule: Molecule
+    alphabets: dict[str, str] = Field(description="accepted letters per molecule, case-insensitive")
+    max_sequence_length: int
+    max_batch_sequences: int
+
+
+class ModelInfo(BaseModel):
+    name: str = Field(description="architecture")
+    version: str = Field(description="the checkpoint as given to --checkpoint")
+    description: str
+    tasks: list[TaskType]
+    input_format: InputFormat
+    output_format: dict[str, str] = Field(description="what each task returns")
+    max_sequence_length: int
+    embedding_dimension: int
+    checkpoint_digest: str
+    settings: dict[str, str | int | float | bool | None] = Field(
+        description="the settings that shape the numbers (pooling, windows, dtype, ...), as in Parquet provenance"
+    )
+
+
+class GpuFigures(BaseModel):
+    index: int
+    name: str
+    uuid: str
+    utilization_percent: float | None = None
+    memory_used_bytes: float | None = None
+    memory_total_bytes: float | None = None
+    power_watts: float | None = None
+
+
+class ModelMetrics(BaseModel):
+    total_requests: int = Field(description="prediction requests answered")
+    successful_requests: int
+    failed_requests: int
+    average_response_time: float | None = Field(description="seconds, over prediction requests; null before any")
+    gpu_utilization: list[GpuFigures] | None = Field(description="per GPU, from NVML; null without a GPU")
+    memory_usage: MemoryUsage
+
+
+class NetworkIO(BaseModel):
+    bytes_sent: int
+    bytes_recv: int
+
+
+class SystemMetrics(BaseModel):
+    cpu_usage: float = Field(description="host CPU, percent")
+    memory_usage: float = Field(description="host memory, percent")
+    disk_usage: float = Field(description="disk of the working directory, percent")
+    network_io: NetworkIO
+
+
+class Metrics(BaseModel):
+    model_metrics: ModelMetrics
+    system_metrics: SystemMetrics
+
+
+class HealthResponse(Envelope[Health]):
+    pass
+
+
+class ModelInfoResponse(Envelope[ModelInfo]):
+    pass
+
+
+class PredictResponse(Envelope[Prediction]):
+    pass
+
+
+class BatchPredictResponse(Envelope[BatchPredictions]):
+    pass
+
+
+class MetricsResponse(Envelope[Metrics]):
+    pass

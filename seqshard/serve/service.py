@@ -1,0 +1,290 @@
+"""The served model: loading it, what it can do, checking requests, and running one batch of them.
+
+A batch runs through `seqshard.inference.score_records`, the code path of `seqshard embed` / `score` and of the
+workflow: the same tokenizer, windows, token-budget batcher, model and task reductions. Served and batch
+results are therefore the same numbers. Sequences are checked with `seqshard.fasta`'s alphabets.
+
+Task types map onto seqshard's tasks: `embedding` is `embed`; a classification head gives `promoter_prediction`
+(the DNABERT-2 fine-tune's own head) or `classification` (a `--head` directory); a regression head gives
+`property_prediction`. `/model/info` lists only what the loaded checkpoint and head can do.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Hashable
+from dataclasses import asdict, replace
+
+import numpy as np
+
+from seqshard import __version__
+from seqshard.fasta import SequenceRecord, accepted_letters, allowed_letters, first_invalid_position
+from seqshard.heads import head_digest, load_linear_head
+from seqshard.inference import RunFigures, TaskSettings, resolve_device, resolve_dtype, score_records
+from seqshard.models import LoadedModel, get_loader
+from seqshard.serve.errors import ApiError, retry_after
+from seqshard.serve.metrics import ServerMetrics
+from seqshard.serve.schemas import SEQSHARD_TASK, ErrorCode, PredictOptions, TaskType
+from seqshard.serve.settings import ServeSettings
+
+log = logging.getLogger(__name__)
+
+DESCRIPTIONS = {
+    "dnabert2": "DNABERT-2: a BERT encoder with ALiBi attention over BPE tokens of DNA",
+    "lucaone": "LucaOne: a foundation model of nucleic acid and protein sequences, one token per residue",
+}
+OUTPUT_FORMATS = {
+    TaskType.embedding: "embedding: the pooled last hidden state (float32 vector) and its dimension",
+    TaskType.promoter_prediction: "prediction, confidence and details: class, probability, every label's probability",
+    TaskType.classification: "prediction, confidence and details: class, probability, every label's probability",
+    TaskType.property_prediction: "values: one number per target of the head",
+}
+
+
+class ModelService:
+    """Holds the model once loaded; `status` is loading, healthy or unhealthy (the load failed: `reason`)."""
+
+    def __init__(self, settings: ServeSettings, metrics: ServerMetrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.started = time.time()
+        self.status = "loading"
+        self.reason: str | None = None
+        self.loaded: LoadedModel | None = None
+        self.tasks: dict[TaskType, TaskSettings] = {}
+        self.device = self.dtype = ""
+
+    # --- loading -------------------------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Load the checkpoint (and head); runs in a thread while the server already answers /health."""
+        settings = self.settings
+        try:
+            started = time.perf_counter()
+            self.device = resolve_device(settings.device)
+            self.dtype = resolve_dtype(settings.dtype, self.device)
+            import torch
+
+            loaded = get_loader(settings.model)(settings.checkpoint, self.device, torch.float32)
+            own_head = loaded.sequence_head
+            if settings.head is not None:
+                loaded = replace(loaded, sequence_head=load_linear_head(settings.head, loaded.hidden_size, self.device))
+            if settings.molecule not in loaded.molecules:
+                raise ValueError(
+                    f"{settings.model} does not accept {settings.molecule} sequences (--molecule; it accepts "
+                    f"{', '.join(sorted(loaded.molecules))})"
+                )
+            available = [TaskType.embedding]
+            head = loaded.sequence_head
+            if head is not None and head.kind == "classify":
+                available.append(TaskType.promoter_prediction if head is own_head else TaskType.classification)
+            elif head is not None:
+                available.append(TaskType.property_prediction)
+            # A --head is loaded once above; per batch, score_records uses it as if it were the checkpoint's own.
+            self.tasks = {task: replace(settings.shaping, task=SEQSHARD_TASK[task], head=None) for task in available}
+            self.loaded = loaded
+            seconds = time.perf_counter() - started
+            self.metrics.model_load_seconds.set(seconds)
+            self.metrics.model_loaded.set(1)
+            self.status = "healthy"
+            log.info(
+                "loaded %s from %s in %.2f s on %s (%s); tasks: %s", settings.model, loaded.checkpoint_dir, seconds,
+                self.device, self.dtype, ", ".join(self.tasks),
+            )  # fmt: skip
+        except Exception as error:  # noqa: BLE001 - any load failure makes the server unhealthy, with the reason
+            self.reason = f"{type(error).__name__}: {error}"
+            self.status = "unhealthy"
+            log.error("could not load the model: %s", self.reason)
+
+    def require_ready(self) -> LoadedModel:
+        if self.loaded is not None:
+            return self.loaded
+        if self.status == "loading":
+            raise ApiError(ErrorCode.MODEL_NOT_LOADED, "the model is still loading", headers=retry_after(5))
+        raise ApiError(ErrorCode.MODEL_NOT_LOADED, "the model could not be loaded", self.reason)
+
+    # --- requests ------------------------------------------------------------------------------------------
+
+    def check_request(
+        self, sequences: list[str], task_type: TaskType, options: PredictOptions, *, single: bool
+    ) -> tuple[Hashable, list[str]]:
+        """The batch key (task, molecule) and the upper-cased sequences, or the ApiError that refuses them."""
+        loaded = self.require_ready()
+        settings = self.settings
+        if task_type not in self.tasks:
+            raise ApiError(
+                ErrorCode.INVALID_REQUEST,
+                f"task_type {task_type.value!r} is not available on this server",
+                f"this checkpoint{' and head' if settings.head else ''} can do: {', '.join(self.tasks)}",
+            )
+        if len(sequences) > settings.max_batch_sequences:
+            raise ApiError(
+                ErrorCode.INVALID_REQUEST,
+                f"{len(sequences)} sequences in one batch; at most {settings.max_batch_sequences}",
+                "send several batches (the server batches concurrent requests by itself)",
+            )
+        if options.embedding_dimension is not None and options.embedding_dimension != loaded.hidden_size:
+            raise ApiError(
+                ErrorCode.INVALID_REQUEST,
+                f"options.embedding_dimension is {options.embedding_dimension}, but this model's is "
+                f"{loaded.hidden_size}",
+            )
+        molecule = options.molecule or self.settings.molecule
+        if molecule not in loaded.molecules:
+            raise ApiError(
+                ErrorCode.INVALID_REQUEST,
+                f"{settings.model} does not accept {molecule} sequences",
+                f"accepted molecules: {', '.join(sorted(loaded.molecules))}",
+            )
+        allowed = allowed_letters(molecule, settings.allowed_ambiguity)
+        for index, sequence in enumerate(sequences):
+            name = "the sequence" if single else f"sequence {index}"
+            if not sequence:
+                raise ApiError(ErrorCode.INVALID_SEQUENCE, f"{name} is empty", f"sequence {index}")
+            if len(sequence) > settings.max_sequence_length:
+                raise ApiError(
+                    ErrorCode.SEQUENCE_TOO_LONG,
+                    f"{name} has {len(sequence)} characters; at most {settings.max_sequence_length}",
+                    f"sequence {index}, length {len(sequence)}",
+                )
+            position = first_invalid_position(sequence, allowed)
+            if position is not None:
+                letter = sequence[position]
+                raise ApiError(
+                    ErrorCode.INVALID_SEQUENCE,
+                    f"{name}: character {letter!r} at position {position + 1} is not in the {molecule} alphabet "
+                    f"(accepted: {accepted_letters(molecule, allowed)}, case-insensitive)",
+                    f"sequence {index}, position {position + 1}, character {letter!r}",
+                )
+        return (task_type, molecule), [sequence.upper() for sequence in sequences]
+
+    # --- the model worker ----------------------------------------------------------------------------------
+
+    def run_batch(self, key: Hashable, jobs: list[list[str]]) -> tuple[list[list[dict[str, object]]], int]:
+        """Predict every job's sequences in one pass of the batch code path; per job, one result per sequence.
+
+        Runs in the model worker thread. Record ids name the sequence within its request, so an error raised
+        for one sequence (a window too long in tokens, say) names it when the job is run alone.
+        """
+        task_type, molecule = key  # type: ignore[misc]
+        loaded = self.require_ready()
+        settings = self.tasks[task_type]
+        records: list[SequenceRecord] = []
+        for job in jobs:
+            for index, sequence in enumerate(job):
+                records.append(SequenceRecord(len(records), f"sequences[{index}]", sequence, 0))
+        started = time.perf_counter()
+        figures = RunFigures({}, self.device, self.dtype, self.settings.threads, self.settings.batch_tokens)
+        columns, encoded = score_records(
+            loaded, records, settings, molecule=molecule, batch_tokens=self.settings.batch_tokens, dtype=self.dtype,
+            figures=figures,
+        )  # fmt: skip
+        rows = self._rows(settings.task, columns, loaded)
+        results: list[list[dict[str, object]]] = []
+        position = 0
+        for job in jobs:
+            part = []
+            for sequence in job:
+                coded = encoded[position]
+                part.append(
+                    {
+                        "sequence_length": len(sequence),
+                        "n_tokens": coded.n_tokens,
+                        "n_windows": len(coded.windows),
+                        "truncated": coded.truncated,
+                        **rows[position],
+                    }
+                )
+                position += 1
+            results.append(part)
+        self.metrics.observe_batch(
+            task_type.value, len(records), figures.n_tokens, figures.n_computed_tokens, figures.n_batches,
+            time.perf_counter() - started,
+        )  # fmt: skip
+        return results, figures.n_tokens
+
+    def _rows(self, task: str, columns: dict[str, object], loaded: LoadedModel) -> list[dict[str, object]]:
+        """score_records' columns as one result dict per record."""
+        if task == "embed":
+            array = columns["embedding"]
+            vectors = np.asarray(array.flatten().to_numpy(), dtype=np.float32).reshape(len(array), -1)  # type: ignore[attr-defined]
+            return [{"embedding": vector.tolist(), "dimension": int(vectors.shape[1])} for vector in vectors]
+        labels = loaded.sequence_head.labels  # type: ignore[union-attr]
+        if task == "regress":
+            values = np.stack([np.asarray(columns[label], dtype=np.float32) for label in labels], axis=1)
+            return [{"values": dict(zip(labels, row.tolist(), strict=True))} for row in values]
+        probabilities = np.stack([np.asarray(columns[f"prob_{label}"], dtype=np.float32) for label in labels], axis=1)
+        rows = []
+        for row in probabilities:
+            top = int(row.argmax())
+            # A binary classifier reports the probability of its positive (second) label; others their top class.
+            positive = float(row[1]) if len(labels) == 2 else float(row[top])
+            rows.append(
+                {
+                    "prediction": positive,
+                    "confidence": float(row[top]),
+                    "details": {
+                        "class": labels[top],
+                        "probability": float(row[top]),
+                        "probabilities": dict(zip(labels, row.tolist(), strict=True)),
+                    },
+                }
+            )
+        return rows
+
+    # --- descriptions --------------------------------------------------------------------------------------
+
+    def health(self) -> dict[str, object]:
+        return {
+            "status": self.status,
+            "model": self.settings.model,
+            "version": __version__,
+            "uptime": time.time() - self.started,
+            "gpu_available": self.metrics.gpu_sampler is not None,
+            "memory_usage": self.metrics.memory_usage(),
+            "reason": self.reason,
+        }
+
+    def info(self) -> dict[str, object]:
+        loaded = self.require_ready()
+        settings = self.settings
+        molecules = sorted(loaded.molecules)
+        shaping = settings.shaping
+        window = shaping.window_length or loaded.default_window
+        provenance = {
+            **{key: value for key, value in asdict(shaping).items() if key not in ("task", "head", "per_token")},
+            "window_length": window,
+            "window_overlap": shaping.window_overlap if shaping.window_overlap is not None else window // 4,
+            "max_tokens": shaping.max_tokens or loaded.max_tokens,
+            "architecture": settings.model,
+            "checkpoint": settings.checkpoint,
+            "checkpoint_digest": loaded.digest,
+            "dtype": self.dtype,
+            "device": self.device,
+            "hidden_size": loaded.hidden_size,
+            "allowed_ambiguity": settings.allowed_ambiguity,
+            "head": settings.head,
+            "head_digest": head_digest(settings.head) if settings.head else None,
+        }
+        return {
+            "name": settings.model,
+            "version": settings.checkpoint,
+            "description": DESCRIPTIONS.get(settings.model, settings.model),
+            "tasks": list(self.tasks),
+            "input_format": {
+                "molecules": molecules,
+                "default_molecule": self.settings.molecule,
+                "alphabets": {
+                    molecule: accepted_letters(molecule, allowed_letters(molecule, settings.allowed_ambiguity))
+                    for molecule in molecules
+                },
+                "max_sequence_length": settings.max_sequence_length,
+                "max_batch_sequences": settings.max_batch_sequences,
+            },
+            "output_format": {task.value: OUTPUT_FORMATS[task] for task in self.tasks},
+            "max_sequence_length": settings.max_sequence_length,
+            "embedding_dimension": loaded.hidden_size,
+            "checkpoint_digest": loaded.digest,
+            "settings": provenance,
+        }

@@ -1,0 +1,793 @@
+"""`seqshard serve` for real: uvicorn subprocesses on loopback (ports 18000-18099) with small random-weight
+checkpoints, driven over HTTP. Every endpoint and every error code is provoked for real, served results are
+compared with `seqshard embed` / `score` on the same sequences, schemathesis fuzzes the served OpenAPI document,
+and Debian's Prometheus scrapes a running server with the shipped configuration and alert rules.
+
+Servers are stopped by their PID when a test (or the module) ends, also on failure. Under CI=true a missing
+prometheus/promtool fails the tests that need it instead of skipping them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from loopback import free_port
+
+from seqshard.client import SeqshardClient, ServerError
+from seqshard.serve.limits import SlidingWindowLimiter
+
+REPO = Path(__file__).resolve().parents[1]
+DEPLOY = REPO / "deploy"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+API_KEY = "test-key-7f3a"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+JSON_AUTH = {**AUTH, "Content-Type": "application/json"}
+
+
+def unavailable(reason: str) -> None:
+    if IN_CI:
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[bytes]
+    port: int
+    metrics_port: int
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> int:
+        """SIGTERM, then SIGKILL after 30 s; the exit status."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def wait_answering(self, timeout: float = 120.0) -> None:
+        """Until /health answers at all (loading, healthy or unhealthy)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"server exited with {self.process.returncode}:\n{self.log_text()[-4000:]}")
+            try:
+                httpx.get(f"{self.url}/health", timeout=2)
+                return
+            except httpx.TransportError:
+                time.sleep(0.2)
+        raise AssertionError(f"server did not answer within {timeout} s:\n{self.log_text()[-4000:]}")
+
+    def wait_healthy(self, timeout: float = 120.0) -> None:
+        self.wait_answering(timeout)
+        with SeqshardClient(self.url) as client:
+            client.wait_until_healthy(timeout)
+
+    def prometheus_value(self, name: str, **labels: str) -> float:
+        """The sum of the series `name` with `labels` in the server's Prometheus exposition."""
+        total = 0.0
+        for line in httpx.get(self.metrics_url, timeout=10).text.splitlines():
+            match = re.match(r"^([a-zA-Z_:][\w:]*)(\{[^}]*\})? (\S+)$", line)
+            if match is None or match[1] != name:
+                continue
+            found = dict(re.findall(r'(\w+)="([^"]*)"', match[2] or ""))
+            if all(found.get(key) == value for key, value in labels.items()):
+                total += float(match[3])
+        return total
+
+
+def start_server(folder: Path, *args: str, cwd: Path | None = None) -> Server:
+    port, metrics_port = free_port(), free_port()
+    log = folder / f"server-{port}.log"
+    with open(log, "wb") as handle:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "seqshard", "serve", "--port", str(port), "--metrics-port", str(metrics_port),
+             *args],
+            stdout=handle, stderr=subprocess.STDOUT, cwd=cwd or folder,
+        )  # fmt: skip
+    return Server(process, port, metrics_port, log)
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator[object]:
+    """Starts servers for one test and stops every one of them afterwards, pass or fail."""
+    started: list[Server] = []
+
+    def start(*args: str, cwd: Path | None = None, healthy: bool = True) -> Server:
+        server = start_server(tmp_path, *args, cwd=cwd)
+        started.append(server)
+        server.wait_healthy() if healthy else server.wait_answering()
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+# --- checkpoints and inputs ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from seqshard.demo import write_demo
+    from seqshard.heads import write_demo_head
+
+    folder = tmp_path_factory.mktemp("checkpoints")
+    paths = {
+        "promoter": write_demo("dnabert2-promoter-demo", folder / "promoter"),
+        "lucaone": write_demo("lucaone-demo", folder / "lucaone"),
+        "location": write_demo("lucaone-location-head-demo", folder / "location"),
+        "stability": write_demo_head(folder / "stability", hidden_size=64, labels=["stability", "solubility"],
+                                     task="regress", seed=5),
+    }  # fmt: skip
+    key = folder / "api-key"
+    key.write_text(API_KEY + "\n")
+    paths["api_key"] = key
+    return paths
+
+
+def random_sequences(alphabet: str, lengths: list[int], seed: int) -> list[str]:
+    rng = np.random.default_rng(seed)
+    return ["".join(rng.choice(list(alphabet), n)) for n in lengths]
+
+
+# Windows (over 1,000 bp for DNABERT-2), a base below the budget's sort order, and an N.
+DNA = random_sequences("ACGT", [5, 60, 250, 700, 1200, 2600, 90, 33], seed=11)
+DNA[2] = DNA[2][:100] + "N" + DNA[2][101:]
+PROTEIN = random_sequences("ACDEFGHIKLMNPQRSTVWY", [30, 120, 400, 4500], seed=12)  # 4,500: two LucaOne windows
+
+
+def write_fasta(path: Path, sequences: list[str]) -> Path:
+    path.write_text("".join(f">seq{i} record {i}\n{sequence}\n" for i, sequence in enumerate(sequences)))
+    return path
+
+
+def seqshard(*args: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "seqshard", *args], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-4000:]
+
+
+@pytest.fixture(scope="module")
+def main_server(checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """DNABERT-2 promoter fine-tune (embedding + promoter_prediction), API key, no rate limit, a 200 kB body cap."""
+    folder = tmp_path_factory.mktemp("main-server")
+    server = start_server(
+        folder, "--model", "dnabert2", "--checkpoint", str(checkpoints["promoter"]), "--api-key-file",
+        str(checkpoints["api_key"]), "--rate-limit", "0", "--max-body-bytes", "200000", "--threads", "1",
+    )  # fmt: skip
+    try:
+        server.wait_healthy()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def client(main_server: Server) -> Iterator[SeqshardClient]:
+    with SeqshardClient(main_server.url, api_key=API_KEY) as client:
+        yield client
+
+
+def post(server: Server, path: str, body: object, **kwargs: object) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {API_KEY}", **kwargs.pop("headers", {})}  # type: ignore[dict-item]
+    return httpx.post(f"{server.url}{path}", json=body, headers=headers, timeout=120, **kwargs)  # type: ignore[arg-type]
+
+
+def assert_error(response: httpx.Response, status: int, code: str, *fragments: str) -> dict[str, object]:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["success"] is False and body["error"]["code"] == code, body
+    assert set(body) == {"success", "message", "error", "timestamp", "request_id"}
+    assert response.headers["x-request-id"] == body["request_id"]
+    text = f"{body['message']} {body['error']['details']}"
+    for fragment in fragments:
+        assert fragment in text, text
+    return body
+
+
+# --- the endpoints -------------------------------------------------------------------------------------------
+
+
+def test_health_needs_no_key_and_describes_the_server(main_server: Server) -> None:
+    response = httpx.get(f"{main_server.url}/health")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["success"] is True and body["message"] == "model healthy"
+    assert re.fullmatch(r"[0-9a-f-]{36}", body["request_id"]) and body["timestamp"].endswith("Z")
+    data = body["data"]
+    assert data["status"] == "healthy" and data["model"] == "dnabert2"
+    from seqshard import __version__
+
+    assert data["version"] == __version__ and data["uptime"] > 0
+    assert data["gpu_available"] is False  # no GPU on the test machines; a GPU machine would say True
+    assert data["memory_usage"]["process_rss_bytes"] > 50e6
+
+
+def test_every_other_endpoint_needs_the_key(main_server: Server) -> None:
+    requests = [("GET", "/model/info", None), ("GET", "/metrics", None),
+                ("POST", "/predict", {"sequence": "ACGT", "task_type": "embedding"}),
+                ("POST", "/predict/batch", {"sequences": ["ACGT"], "task_type": "embedding"})]  # fmt: skip
+    for method, path, body in requests:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {API_KEY}"}):
+            response = httpx.request(method, f"{main_server.url}{path}", json=body, headers=headers)
+            assert_error(response, 401, "UNAUTHORIZED", "Authorization: Bearer")
+            assert response.headers["www-authenticate"] == "Bearer"
+        response = httpx.request(
+            method, f"{main_server.url}{path}", json=body, headers={"Authorization": f"Bearer {API_KEY}"}
+        )
+        assert response.status_code == 200, response.text
+
+
+def test_model_info_lists_what_the_checkpoint_can_do(client: SeqshardClient, checkpoints: dict[str, Path]) -> None:
+    from seqshard.checkpoints import file_digest, find_weights_file
+
+    info = client.model_info()
+    assert info["name"] == "dnabert2" and info["version"] == str(checkpoints["promoter"])
+    assert info["tasks"] == ["embedding", "promoter_prediction"]
+    assert info["embedding_dimension"] == 64 and info["max_sequence_length"] == 5120
+    assert info["checkpoint_digest"] == file_digest(find_weights_file(checkpoints["promoter"]))
+    assert info["input_format"]["alphabets"] == {"dna": "ACGT + N"}
+    assert info["input_format"]["max_batch_sequences"] == 100
+    assert info["settings"]["pooling"] == "mean" and info["settings"]["max_tokens"] == 512
+    assert set(info["output_format"]) == {"embedding", "promoter_prediction"}
+
+
+def test_predict_each_task_type(client: SeqshardClient) -> None:
+    embedded = client.predict(DNA[3], "embedding", embedding_dimension=64)
+    assert embedded["task_type"] == "embedding" and embedded["dimension"] == len(embedded["embedding"]) == 64
+    assert embedded["sequence_length"] == len(DNA[3]) and embedded["n_windows"] == 1 and not embedded["truncated"]
+    assert embedded["processing_time"] > 0 and "prediction" not in embedded
+
+    classified = client.predict(DNA[5], "promoter_prediction")
+    details = classified["details"]
+    assert set(details["probabilities"]) == {"non_promoter", "promoter"}
+    assert sum(details["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)
+    assert classified["prediction"] == details["probabilities"]["promoter"]  # binary: the positive class
+    assert details["probability"] == classified["confidence"] == max(details["probabilities"].values())
+    assert details["class"] == max(details["probabilities"], key=details["probabilities"].get)
+    assert classified["n_windows"] > 1  # 2,600 bp is over 512 tokens: cut into windows of 1,000 bp
+    assert "confidence" not in client.predict(DNA[4], "promoter_prediction", return_confidence=False)
+
+    batch = client.predict_batch(DNA, "embedding", batch_size=4)
+    assert batch["total_sequences"] == len(DNA) == len(batch["predictions"])
+    assert [p["sequence"] for p in batch["predictions"]] == DNA  # input order, each with its sequence
+    assert batch["predictions"][3]["embedding"] == pytest.approx(embedded["embedding"], abs=1e-5)
+    lower = client.predict(DNA[3].lower(), "embedding")  # case-insensitive, as in FASTA files
+    assert lower["embedding"] == pytest.approx(embedded["embedding"], abs=1e-5)
+
+
+def test_metrics_json_counts_prediction_requests(client: SeqshardClient, main_server: Server) -> None:
+    before = client.metrics()["model_metrics"]
+    client.predict("ACGTACGT", "embedding")
+    with pytest.raises(ServerError):
+        client.predict("ACGTXACGT", "embedding")
+    after = client.metrics()
+    model, system = after["model_metrics"], after["system_metrics"]
+    assert model["total_requests"] == before["total_requests"] + 2
+    assert model["successful_requests"] == before["successful_requests"] + 1
+    assert model["failed_requests"] == before["failed_requests"] + 1
+    assert model["average_response_time"] > 0
+    assert model["gpu_utilization"] is None  # no GPU: null, never zeros
+    assert model["memory_usage"]["process_rss_bytes"] > 50e6
+    assert 0 <= system["cpu_usage"] <= 100 and 0 < system["memory_usage"] < 100 and 0 < system["disk_usage"] < 100
+    assert system["network_io"]["bytes_recv"] > 0
+    # The JSON is read back from the Prometheus series: both views count the same requests.
+    ok = main_server.prometheus_value("seqshard_http_requests_total", endpoint="/predict", status="200")
+    batch_ok = main_server.prometheus_value("seqshard_http_requests_total", endpoint="/predict/batch", status="200")
+    assert ok + batch_ok == client.metrics()["model_metrics"]["successful_requests"]
+
+
+def test_prometheus_exposition_counts_requests_batches_and_process(client: SeqshardClient, main_server: Server) -> None:
+    client.predict_batch(DNA[:4], "embedding")
+    text = httpx.get(main_server.metrics_url).text
+    for name in ("seqshard_http_requests_total", "seqshard_http_request_duration_seconds_bucket",
+                 "seqshard_batch_sequences_bucket", "seqshard_batch_tokens_bucket", "seqshard_queue_depth",
+                 "seqshard_batch_duration_seconds_bucket", "seqshard_http_requests_in_flight",
+                 "seqshard_model_load_seconds", "seqshard_model_batches_total", "seqshard_tokens_total",
+                 "seqshard_computed_tokens_total", "process_cpu_seconds_total", "process_resident_memory_bytes",
+                 "seqshard_host_cpu_percent", "seqshard_host_memory_percent",
+                 "seqshard_host_disk_percent"):  # fmt: skip
+        assert f"\n{name}" in text, name
+    assert "seqshard_gpu_" not in text  # no GPU here: no GPU series at all
+    assert main_server.prometheus_value("seqshard_model_loaded") == 1
+    assert main_server.prometheus_value("seqshard_model_load_seconds") > 0
+    assert main_server.prometheus_value("seqshard_sequences_total", task_type="embedding") >= 4
+    assert main_server.prometheus_value("seqshard_computed_tokens_total") >= main_server.prometheus_value(
+        "seqshard_tokens_total"
+    )
+
+
+# --- every error code ----------------------------------------------------------------------------------------
+
+
+def test_invalid_requests(main_server: Server) -> None:
+    bad_json = httpx.post(f"{main_server.url}/predict", content=b'{"sequence": "ACG',
+                          headers=JSON_AUTH)  # fmt: skip
+    assert_error(bad_json, 400, "INVALID_REQUEST", "not valid JSON")
+    assert_error(post(main_server, "/predict", {"sequence": "ACGT", "task_type": "folding"}), 400, "INVALID_REQUEST",
+                 "task_type")  # fmt: skip
+    assert_error(post(main_server, "/predict", {"sequence": "ACGT", "task_type": "classification"}), 400,
+                 "INVALID_REQUEST", "'classification' is not available", "embedding, promoter_prediction")  # fmt: skip
+    too_many = {"sequences": ["ACGT"] * 101, "task_type": "embedding"}
+    assert_error(post(main_server, "/predict/batch", too_many), 400, "INVALID_REQUEST", "101 sequences", "at most 100")
+    for options, fragment in (({"batch_size": 0}, "batch_size"), ({"colour": "red"}, "colour"),
+                              ({"embedding_dimension": 768}, "this model's is 64"),
+                              ({"molecule": "protein"}, "does not accept protein")):  # fmt: skip
+        body = {"sequence": "ACGT", "task_type": "embedding", "options": options}
+        assert_error(post(main_server, "/predict", body), 400, "INVALID_REQUEST", fragment)
+    assert_error(
+        post(main_server, "/predict/batch", {"sequences": [], "task_type": "embedding"}), 400, "INVALID_REQUEST"
+    )
+    form = httpx.post(
+        f"{main_server.url}/predict", data={"sequence": "ACGT"}, headers={"Authorization": f"Bearer {API_KEY}"}
+    )
+    assert_error(form, 400, "INVALID_REQUEST", "Content-Type: application/json")
+
+
+def test_invalid_sequences_name_sequence_position_and_letter(main_server: Server) -> None:
+    assert_error(post(main_server, "/predict", {"sequence": "ACGTACGZTT", "task_type": "embedding"}), 400,
+                 "INVALID_SEQUENCE", "the sequence", "'Z' at position 8", "dna alphabet", "ACGT + N")  # fmt: skip
+    batch = {"sequences": ["ACGT", "ACGT", "AC-GT"], "task_type": "embedding"}
+    assert_error(post(main_server, "/predict/batch", batch), 400, "INVALID_SEQUENCE", "sequence 2", "'-' at position 3")
+    assert_error(post(main_server, "/predict", {"sequence": "", "task_type": "embedding"}), 400, "INVALID_SEQUENCE",
+                 "empty")  # fmt: skip
+    # U is RNA, not DNA; R is an IUPAC code this server was not told to accept.
+    assert_error(post(main_server, "/predict", {"sequence": "ACGU", "task_type": "embedding"}), 400, "INVALID_SEQUENCE")
+    assert_error(post(main_server, "/predict", {"sequence": "ACGR", "task_type": "embedding"}), 400, "INVALID_SEQUENCE")
+
+
+def test_sequence_too_long(main_server: Server) -> None:
+    assert post(main_server, "/predict", {"sequence": "A" * 5120, "task_type": "embedding"}).status_code == 200
+    assert_error(post(main_server, "/predict", {"sequence": "A" * 5121, "task_type": "embedding"}), 400,
+                 "SEQUENCE_TOO_LONG", "5121 characters", "at most 5120")  # fmt: skip
+
+
+def test_body_over_the_cap_is_refused_before_parsing(main_server: Server) -> None:
+    # Not even JSON: the refusal comes from the size alone, before anything reads the body.
+    huge = b"x" * 200_001
+    response = httpx.post(f"{main_server.url}/predict", content=huge,
+                          headers=JSON_AUTH)  # fmt: skip
+    assert_error(response, 413, "PAYLOAD_TOO_LARGE", "200001 bytes", "200000")
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it arrives
+        for _ in range(30):
+            yield b"y" * 10_000
+
+    response = httpx.post(f"{main_server.url}/predict", content=chunks(),
+                          headers=JSON_AUTH)  # fmt: skip
+    assert_error(response, 413, "PAYLOAD_TOO_LARGE")
+    ok = {"sequences": ["ACGT" * 400] * 100, "task_type": "embedding"}  # 160 kB of sequence: under the cap
+    assert post(main_server, "/predict/batch", ok).status_code == 200
+
+
+def test_not_found_and_method_not_allowed_use_the_envelope(main_server: Server) -> None:
+    assert_error(httpx.get(f"{main_server.url}/nowhere"), 404, "NOT_FOUND")
+    assert_error(httpx.delete(f"{main_server.url}/predict"), 405, "METHOD_NOT_ALLOWED")
+
+
+def test_rate_limit_per_client_with_retry_after(server_factory, checkpoints: dict[str, Path]) -> None:
+    server = server_factory("--checkpoint", str(checkpoints["promoter"]), "--rate-limit", "3")
+    body = {"sequence": "ACGTACGT", "task_type": "embedding"}
+    for _ in range(3):
+        assert httpx.post(f"{server.url}/predict", json=body).status_code == 200
+    response = httpx.post(f"{server.url}/predict", json=body)
+    assert_error(response, 429, "RATE_LIMITED", "more than 3 requests in a minute from 127.0.0.1")
+    assert 1 <= int(response.headers["retry-after"]) <= 60
+    assert_error(httpx.get(f"{server.url}/model/info"), 429, "RATE_LIMITED")
+    assert httpx.get(f"{server.url}/health").status_code == 200  # health checks are never limited
+    with SeqshardClient(server.url, max_retries=0) as client, pytest.raises(ServerError) as raised:
+        client.predict("ACGT")
+    assert raised.value.code == "RATE_LIMITED" and raised.value.status == 429
+
+
+def test_overloaded_queue_answers_503_and_the_client_retries(server_factory, checkpoints: dict[str, Path]) -> None:
+    """With a long wait for company the first request sits in the queue; the next one finds it full."""
+    server = server_factory("--checkpoint", str(checkpoints["promoter"]), "--max-queue", "6", "--max-wait-ms", "2000")
+    first: dict[str, httpx.Response] = {}
+    waiting = threading.Thread(
+        target=lambda: first.setdefault("r", httpx.post(f"{server.url}/predict/batch", timeout=60,
+                                                        json={"sequences": DNA[:5], "task_type": "embedding"}))
+    )  # fmt: skip
+    waiting.start()
+    deadline = time.monotonic() + 10
+    while server.prometheus_value("seqshard_queue_depth") < 5 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    response = httpx.post(f"{server.url}/predict/batch", json={"sequences": DNA[:2], "task_type": "embedding"})
+    assert_error(response, 503, "OVERLOADED", "queue is full")
+    assert int(response.headers["retry-after"]) >= 1
+    with SeqshardClient(server.url, max_retries=5) as client:  # waits Retry-After, then gets through
+        data = client.predict_batch(DNA[:2], "embedding")
+    assert len(data["predictions"]) == 2
+    waiting.join()
+    assert first["r"].status_code == 200
+    assert server.prometheus_value("seqshard_http_requests_total", endpoint="/predict/batch", status="503") >= 2
+
+
+def test_a_failing_request_fails_alone_in_its_batch(server_factory, checkpoints: dict[str, Path]) -> None:
+    """A real resource failure: the running server's address space is capped at 1 GiB above what it uses, and a
+    200,000 bp run of N (200,002 DNABERT-2 tokens, one per N, taken whole with max_tokens raised) needs a 3.3 GB
+    attention-bias table, which cannot be allocated. Sent together with good requests (gathered into one batch
+    by a long wait and a large budget), only it fails, with PREDICTION_FAILED; the others get the same numbers as
+    alone, and the server goes on serving."""
+    server = server_factory("--checkpoint", str(checkpoints["promoter"]), "--max-wait-ms", "1500",
+                            "--max-sequence-length", "250000", "--max-tokens", "250000",
+                            "--batch-tokens", "1000000")  # fmt: skip
+    used = psutil.Process(server.process.pid).memory_info().vms
+    resource.prlimit(server.process.pid, resource.RLIMIT_AS, (used + 2**30, used + 2**30))
+    bodies = [{"sequence": DNA[3], "task_type": "embedding"}, {"sequence": "N" * 200_000, "task_type": "embedding"},
+              {"sequence": DNA[5], "task_type": "embedding"}]  # fmt: skip
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        responses = list(pool.map(lambda body: httpx.post(f"{server.url}/predict", json=body, timeout=120), bodies))
+    assert_error(responses[1], 500, "PREDICTION_FAILED", "this request", "memory")
+    assert responses[0].status_code == responses[2].status_code == 200
+    assert "a batch of 3 requests failed" in server.log_text()  # they really shared a batch
+    for body, response in ((bodies[0], responses[0]), (bodies[2], responses[2])):
+        alone = httpx.post(f"{server.url}/predict", json=body, timeout=60).json()["data"]["embedding"]
+        assert response.json()["data"]["embedding"] == pytest.approx(alone, abs=1e-5)
+    assert server.prometheus_value("seqshard_http_requests_total", endpoint="/predict", status="500") == 1
+
+
+def test_model_not_loaded_while_loading(server_factory, checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    """A checkpoint whose tokenizer_config.json is a FIFO: the load blocks on it (like a checkpoint still
+    arriving over a slow filesystem) until the test writes it, so the loading state lasts as long as needed."""
+    checkpoint = tmp_path / "slow-checkpoint"
+    shutil.copytree(checkpoints["promoter"], checkpoint)
+    fifo = checkpoint / "tokenizer_config.json"
+    content = fifo.read_bytes()
+    fifo.unlink()
+    os.mkfifo(fifo)
+    server = server_factory("--checkpoint", str(checkpoint), healthy=False)
+    health = httpx.get(f"{server.url}/health")
+    assert health.status_code == 503 and health.json()["data"]["status"] == "loading"
+    response = httpx.post(f"{server.url}/predict", json={"sequence": "ACGT", "task_type": "embedding"})
+    assert_error(response, 503, "MODEL_NOT_LOADED", "still loading")
+    assert int(response.headers["retry-after"]) >= 1
+    assert_error(httpx.get(f"{server.url}/model/info"), 503, "MODEL_NOT_LOADED")
+    with open(fifo, "wb") as writer:  # the load goes on
+        writer.write(content)
+    server.wait_healthy()
+    assert httpx.post(f"{server.url}/predict", json={"sequence": "ACGT", "task_type": "embedding"}).status_code == 200
+
+
+def test_unloadable_checkpoint_is_unhealthy_and_internal_errors_use_the_envelope(
+    server_factory, tmp_path: Path
+) -> None:
+    workdir = tmp_path / "workdir"
+    workdir.mkdir()
+    server = server_factory("--checkpoint", str(tmp_path / "missing"), cwd=workdir, healthy=False)
+    deadline = time.monotonic() + 60
+    while (health := httpx.get(f"{server.url}/health")).json()["data"]["status"] == "loading":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert health.status_code == 503
+    assert health.json()["data"]["status"] == "unhealthy" and "missing" in health.json()["data"]["reason"]
+    response = httpx.post(f"{server.url}/predict", json={"sequence": "ACGT", "task_type": "embedding"})
+    assert_error(response, 503, "MODEL_NOT_LOADED", "could not be loaded", "no such checkpoint directory")
+    assert "retry-after" not in response.headers  # waiting will not help
+    # The server's working directory disappears under it: it can no longer measure its disk, an unexpected
+    # failure that must come back as INTERNAL_ERROR in the envelope, not as a traceback.
+    workdir.rmdir()
+    assert_error(httpx.get(f"{server.url}/metrics"), 500, "INTERNAL_ERROR", "request")
+    assert "Traceback" in server.log_text()  # logged for the operator
+    assert httpx.get(f"{server.url}/health").status_code == 503  # and the server goes on answering
+
+
+# --- concurrency and shutdown --------------------------------------------------------------------------------
+
+
+def test_health_answers_while_a_long_batch_computes(server_factory, checkpoints: dict[str, Path]) -> None:
+    server = server_factory("--model", "lucaone", "--checkpoint", str(checkpoints["lucaone"]), "--molecule",
+                            "protein", "--batch-tokens", "4096")  # fmt: skip
+    long_batch = random_sequences("ACDEFGHIKLMNPQRSTVWY", [5000] * 4, seed=4)
+    done = threading.Event()
+    result: dict[str, httpx.Response] = {}
+
+    def send() -> None:
+        result["r"] = httpx.post(f"{server.url}/predict/batch", timeout=600,
+                                 json={"sequences": long_batch, "task_type": "embedding"})  # fmt: skip
+        done.set()
+
+    threading.Thread(target=send).start()
+    deadline = time.monotonic() + 30
+    while server.prometheus_value("seqshard_queue_depth") < len(long_batch) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    answered_during_batch = 0
+    while not done.is_set():
+        health = httpx.get(f"{server.url}/health", timeout=5)
+        assert health.status_code == 200
+        if not done.is_set():
+            answered_during_batch += 1
+        time.sleep(0.1)
+    assert answered_during_batch >= 1
+    assert result["r"].status_code == 200 and len(result["r"].json()["data"]["predictions"]) == len(long_batch)
+
+
+def test_sigterm_finishes_requests_in_flight(server_factory, checkpoints: dict[str, Path]) -> None:
+    server = server_factory("--checkpoint", str(checkpoints["promoter"]), "--max-wait-ms", "1500")
+    result: dict[str, httpx.Response] = {}
+    sender = threading.Thread(
+        target=lambda: result.setdefault("r", httpx.post(f"{server.url}/predict/batch", timeout=60,
+                                                         json={"sequences": DNA, "task_type": "embedding"}))
+    )  # fmt: skip
+    sender.start()
+    deadline = time.monotonic() + 10
+    while server.prometheus_value("seqshard_queue_depth") < len(DNA) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    server.process.send_signal(signal.SIGTERM)  # the request waits in the queue for 1.5 s
+    sender.join()
+    assert result["r"].status_code == 200
+    assert len(result["r"].json()["data"]["predictions"]) == len(DNA)
+    # uvicorn re-raises the SIGTERM it caught once it has shut down, so the process ends "killed by SIGTERM"
+    # (exit 143 in a container), after the response above.
+    assert server.process.wait(timeout=30) == -signal.SIGTERM
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{server.url}/health")
+    assert "Finished server process" in server.log_text()
+
+
+def test_bad_flags_are_one_line_errors(tmp_path: Path, checkpoints: dict[str, Path]) -> None:
+    empty_key = tmp_path / "empty"
+    empty_key.write_text("\n")
+    for args, message in (
+        (["--checkpoint", "x", "--api-key-file", str(empty_key)], "is empty"),
+        (["--checkpoint", "x", "--max-queue", "0"], "--max-queue must be at least 1"),
+    ):
+        done = subprocess.run([sys.executable, "-m", "seqshard", "serve", *args], capture_output=True, text=True)
+        assert done.returncode == 1 and message in done.stderr and "Traceback" not in done.stderr
+
+
+# --- served numbers equal batch numbers ----------------------------------------------------------------------
+
+
+def assert_same_parquet(batch: Path, served: Path) -> None:
+    """The same schema (columns and types) and values within 1e-5: served and batch results are interchangeable."""
+    want, got = pq.read_table(batch), pq.read_table(served)
+    assert got.schema.remove_metadata().equals(want.schema.remove_metadata()), (got.schema, want.schema)
+    for name in want.column_names:
+        expected, actual = want.column(name).to_pylist(), got.column(name).to_pylist()
+        kind = want.schema.field(name).type
+        if pa.types.is_floating(kind) or pa.types.is_fixed_size_list(kind):
+            np.testing.assert_allclose(np.array(actual, dtype=np.float64), np.array(expected, dtype=np.float64),
+                                       rtol=0, atol=1e-5, err_msg=name)  # fmt: skip
+        else:
+            assert actual == expected, name
+
+
+def test_served_embeddings_and_promoter_probabilities_equal_the_batch_commands(
+    main_server: Server, checkpoints: dict[str, Path], tmp_path: Path, client: SeqshardClient
+) -> None:
+    fasta = write_fasta(tmp_path / "dna.fa", DNA)
+    key = ["--api-key-file", str(checkpoints["api_key"])]
+    seqshard("embed", str(fasta), "-o", str(tmp_path / "embed.parquet"), "--checkpoint", str(checkpoints["promoter"]))
+    seqshard("predict", "--url", main_server.url, str(fasta), "-o", str(tmp_path / "served-embed.parquet"), *key,
+             "--batch-size", "3")  # fmt: skip
+    assert_same_parquet(tmp_path / "embed.parquet", tmp_path / "served-embed.parquet")
+
+    seqshard("score", "--task", "classify", str(fasta), "-o", str(tmp_path / "classify.parquet"), "--checkpoint",
+             str(checkpoints["promoter"]))  # fmt: skip
+    seqshard("predict", "--url", main_server.url, str(fasta), "-o", str(tmp_path / "served-classify.parquet"), *key,
+             "--task-type", "promoter_prediction")  # fmt: skip
+    assert_same_parquet(tmp_path / "classify.parquet", tmp_path / "served-classify.parquet")
+
+    # One sequence alone through POST /predict: the same vector as its row of the batch run.
+    batch = np.stack(pq.read_table(tmp_path / "embed.parquet").column("embedding").to_numpy(zero_copy_only=False))
+    for index in (0, 5):
+        served = np.array(client.predict(DNA[index], "embedding")["embedding"])
+        assert np.abs(served - batch[index]).max() <= 1e-5
+    provenance = pq.read_schema(tmp_path / "served-embed.parquet").metadata
+    assert provenance[b"seqshard.served_from"] == main_server.url.encode()
+    assert (
+        provenance[b"seqshard.checkpoint_digest"]
+        == pq.read_schema(tmp_path / "embed.parquet").metadata[b"seqshard.checkpoint_digest"]
+    )
+
+
+@pytest.mark.parametrize(("head", "task_type", "task"), [("location", "classification", "classify"),
+                                                          ("stability", "property_prediction", "regress")])  # fmt: skip
+def test_lucaone_heads_served_equal_seqshard_score(
+    server_factory, checkpoints: dict[str, Path], tmp_path: Path, head: str, task_type: str, task: str
+) -> None:
+    server = server_factory("--model", "lucaone", "--checkpoint", str(checkpoints["lucaone"]), "--head",
+                            str(checkpoints[head]), "--molecule", "protein")  # fmt: skip
+    with SeqshardClient(server.url) as client:
+        assert client.model_info()["tasks"] == ["embedding", task_type]
+        one = client.predict(PROTEIN[1], task_type)
+        dna = client.predict("ACGTTGCA", "embedding", molecule="dna")  # LucaOne takes DNA too, per request
+    assert dna["dimension"] == 64
+    if task == "classify":
+        assert set(one["details"]["probabilities"]) == {"cytoplasm", "membrane", "secreted"}
+        assert one["prediction"] == one["confidence"]  # three labels: the top class's probability
+    else:
+        assert set(one["values"]) == {"stability", "solubility"}
+    fasta = write_fasta(tmp_path / "protein.fa", PROTEIN)
+    common = ["--model", "lucaone", "--checkpoint", str(checkpoints["lucaone"]), "--molecule", "protein"]
+    seqshard("score", "--task", task, "--head", str(checkpoints[head]), str(fasta), "-o",
+             str(tmp_path / "batch.parquet"), *common)  # fmt: skip
+    seqshard(
+        "predict", "--url", server.url, "--task-type", task_type, str(fasta), "-o", str(tmp_path / "served.parquet")
+    )
+    assert_same_parquet(tmp_path / "batch.parquet", tmp_path / "served.parquet")
+    assert pq.read_table(tmp_path / "served.parquet").column("n_windows").to_pylist() == [1, 1, 1, 2]
+    if task == "classify":  # protein embeddings too, once (windows of a 4,500-residue protein included)
+        seqshard("embed", str(fasta), "-o", str(tmp_path / "embed.parquet"), *common)
+        seqshard("predict", "--url", server.url, str(fasta), "-o", str(tmp_path / "served-embed.parquet"))
+        assert_same_parquet(tmp_path / "embed.parquet", tmp_path / "served-embed.parquet")
+
+
+def test_predict_command_refuses_a_faulty_fasta_in_one_line(main_server: Server, checkpoints: dict[str, Path],
+                                                            tmp_path: Path) -> None:  # fmt: skip
+    fasta = write_fasta(tmp_path / "bad.fa", ["ACGT", "ACXGT"])
+    done = subprocess.run([sys.executable, "-m", "seqshard", "predict", "--url", main_server.url, str(fasta), "-o",
+                           str(tmp_path / "out.parquet"), "--api-key-file", str(checkpoints["api_key"])],
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 1 and "record 'seq1'" in done.stderr and "'X'" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "out.parquet").exists()
+    done = subprocess.run([sys.executable, "-m", "seqshard", "predict", "--url", main_server.url, str(fasta), "-o",
+                           str(tmp_path / "out.parquet")], capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 1 and "UNAUTHORIZED (401)" in done.stderr and "Traceback" not in done.stderr
+
+
+# --- the OpenAPI document, fuzzed -----------------------------------------------------------------------------
+
+
+def test_schemathesis_finds_no_server_error_and_no_schema_mismatch(main_server: Server, tmp_path: Path) -> None:
+    schemathesis = Path(sys.executable).parent / "schemathesis"
+    if not schemathesis.exists():
+        unavailable("schemathesis is not installed (pip install -e '.[test]')")
+    checks = ("not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,"
+              "response_headers_conformance")  # fmt: skip
+    done = subprocess.run(
+        [str(schemathesis), "run", f"{main_server.url}/openapi.json", "--header", f"Authorization: Bearer {API_KEY}",
+         "--checks", checks, "--max-examples", "25", "--seed", "7", "--workers", "1", "--phases",
+         "examples,coverage,fuzzing", "--request-timeout", "60", "--report", "junit", "--report-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=900, env={**os.environ, "NO_COLOR": "1"}, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
+    summary = re.search(r"(\d+) generated, (\d+) passed", done.stdout)
+    assert summary is not None and int(summary[1]) == int(summary[2]) >= 100, done.stdout[-2000:]
+    assert "5 selected / 5 total" in done.stdout
+
+
+# --- Prometheus, promtool and the dashboard ------------------------------------------------------------------
+
+
+def prometheus_tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        unavailable(f"{name} is not installed (apt-get install --no-install-recommends prometheus; .ci/run does)")
+    return path  # type: ignore[return-value]
+
+
+def test_promtool_checks_the_shipped_config_and_rules() -> None:
+    promtool = prometheus_tool("promtool")
+    for args in (["check", "config", "prometheus.yml"], ["check", "rules", "alerts.yml"],
+                 ["test", "rules", "alerts.test.yml"]):  # fmt: skip
+        done = subprocess.run([promtool, *args], capture_output=True, text=True, cwd=DEPLOY / "prometheus")
+        assert done.returncode == 0, done.stdout + done.stderr
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+    alerts = {rule["alert"]: rule["expr"] for group in rules["groups"] for rule in group["rules"]}
+    assert "seqshard_host_cpu_percent > 80" in alerts["SeqshardHighCpu"]
+    assert "seqshard_host_memory_percent > 90" in alerts["SeqshardHighMemory"]
+    assert "seqshard_host_disk_percent > 85" in alerts["SeqshardDiskFull"]
+    assert 'status=~"5.."' in alerts["SeqshardHighErrorRate"]
+    assert "histogram_quantile(0.95" in alerts["SeqshardSlowPredictions"]
+
+
+def test_prometheus_scrapes_a_running_server_with_the_shipped_config(
+    main_server: Server, client: SeqshardClient, tmp_path: Path
+) -> None:
+    binary = prometheus_tool("prometheus")
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    config["global"].update(scrape_interval="1s", evaluation_interval="1s")
+    # The shipped targets are compose service names; here the one server runs on loopback.
+    config["scrape_configs"][0]["static_configs"] = [
+        {"targets": [f"127.0.0.1:{main_server.metrics_port}"], "labels": {"model": "dnabert2"}}
+    ]
+    config["rule_files"] = [str(DEPLOY / "prometheus" / "alerts.yml")]
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api/v1"
+    client.predict("ACGTACGTAC", "embedding")
+    with open(tmp_path / "prometheus.log", "wb") as log:
+        process = subprocess.Popen(
+            [binary, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'data'}",
+             f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        up = requests_total = None
+        while time.monotonic() < deadline:
+            try:
+                targets = httpx.get(f"{api}/targets").json()["data"]["activeTargets"]
+                up = [t["health"] for t in targets]
+                query = httpx.get(f"{api}/query", params={"query": "sum(seqshard_http_requests_total)"}).json()
+                result = query["data"]["result"]
+                requests_total = float(result[0]["value"][1]) if result else None
+            except (httpx.TransportError, KeyError, ValueError):
+                pass
+            if up == ["up"] and requests_total:
+                break
+            assert process.poll() is None, (tmp_path / "prometheus.log").read_text()[-3000:]
+            time.sleep(0.5)
+        assert up == ["up"], targets
+        assert requests_total is not None and requests_total > 0
+        groups = httpx.get(f"{api}/rules").json()["data"]["groups"]
+        names = {rule["name"] for group in groups for rule in group["rules"]}
+        assert {"SeqshardHighCpu", "SeqshardHighMemory", "SeqshardDiskFull", "SeqshardHighErrorRate",
+                "SeqshardSlowPredictions"} <= names  # fmt: skip
+        loaded = httpx.get(f"{api}/query", params={"query": 'seqshard_model_loaded{model="dnabert2"}'}).json()
+        assert loaded["data"]["result"][0]["value"][1] == "1"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_dashboard_and_compose_refer_to_what_the_server_exports(main_server: Server) -> None:
+    from seqshard.serve.metrics import GpuCollector
+
+    exported = {match[1] for match in re.finditer(r"^([a-z_:]+)[{ ]", httpx.get(main_server.metrics_url).text, re.M)}
+    exported |= {f"seqshard_gpu_{key}" for key, _ in GpuCollector.FIGURES}  # only on GPU machines
+    dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "seqshard.json").read_text())
+    expressions = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    assert len(expressions) >= 12
+    for expression in expressions:
+        names = set(re.findall(r"\b((?:seqshard|process)_[a-z_]+)\b", expression))
+        assert names and names <= exported, (expression, names - exported)
+    datasource = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())
+    assert {panel["datasource"]["uid"] for panel in dashboard["panels"]} == {datasource["datasources"][0]["uid"]}
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    services = compose["services"]
+    assert services["dnabert2"]["ports"] == ["127.0.0.1:8000:8000", "127.0.0.1:8001:8001"]
+    assert services["lucaone"]["ports"] == ["127.0.0.1:8002:8002", "127.0.0.1:8003:8003"]
+    assert services["prometheus"]["ports"] == ["127.0.0.1:9090:9090"]
+    assert services["grafana"]["ports"] == ["127.0.0.1:3000:3000"]
+    for model in ("dnabert2", "lucaone"):
+        assert services[model]["volumes"][0].endswith(":/app/models:ro")
+        assert "/app/models" in services[model]["command"]
+
+
+# --- units without a server ----------------------------------------------------------------------------------
+
+
+def test_rate_limiter_slides_its_window() -> None:
+    limiter = SlidingWindowLimiter(2, window_seconds=60)
+    assert limiter.check("a", now=0.0) is None and limiter.check("a", now=10.0) is None
+    assert limiter.check("a", now=20.0) == pytest.approx(40.0)  # until the request at 0 s leaves the window
+    assert limiter.check("b", now=20.0) is None  # per client
+    assert limiter.check("a", now=60.5) is None  # the 0 s request has left
+    assert limiter.check("a", now=61.0) == pytest.approx(9.0)
+    assert SlidingWindowLimiter(0).check("a") is None  # 0: unlimited
