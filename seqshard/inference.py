@@ -560,11 +560,17 @@ def _head_for(loaded: LoadedModel, settings: TaskSettings) -> SequenceHead:
 def weighted_rows(values: np.ndarray, records: np.ndarray, weights: np.ndarray, n_records: int) -> np.ndarray:
     """Combine one row per input into one row per record, weighted by the tokens each input owns (a record's
     inputs are consecutive, in `records` order)."""
-    if len(records) == n_records:  # one input per record: the weighted mean of one row is the row
-        return values.astype(np.float64)
-    starts = np.flatnonzero(np.diff(records, prepend=-1))
-    sums = np.add.reduceat(weights[:, None] * values.astype(np.float64), starts, axis=0)
-    return sums / np.add.reduceat(weights, starts)[:, None]
+    out = np.empty((n_records, values.shape[1]), dtype=np.float64)
+    counts = np.bincount(records, minlength=n_records)
+    alone = counts[records] == 1  # one input: the weighted mean of one row is the row
+    out[records[alone]] = values[alone]
+    if not alone.all():
+        several = ~alone
+        rows, part = records[several], values[several]
+        starts = np.flatnonzero(np.diff(rows, prepend=-1))
+        sums = np.add.reduceat(weights[several][:, None] * part.astype(np.float64), starts, axis=0)
+        out[rows[starts]] = sums / np.add.reduceat(weights[several], starts)[:, None]
+    return out
 
 
 def _hidden_reduce(tasks: Sequence[PassTask]) -> Reduce:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -115,12 +116,12 @@ class EncodedChunk:
     def n_inputs(self) -> int:
         return len(self.record)
 
-    @property
+    @cached_property
     def lengths(self) -> np.ndarray:
         """Tokens of each model input, [CLS] and [SEP] included."""
         return np.diff(self.starts)
 
-    @property
+    @cached_property
     def n_owned(self) -> np.ndarray:
         """Tokens each input owns."""
         counts = np.add.reduceat(self.owned.astype(np.int64), self.starts[:-1]) if len(self.owned) else None
@@ -161,11 +162,11 @@ def _fitting_windows(
     sequence: str, tokenizer: SequenceTokenizer, max_tokens: int, plan: list[Window]
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """(ids, owned) of each window of `plan`, cutting again any window that tokenizes past `max_tokens`."""
-    encoded = tokenizer.encode_many_with_offsets([sequence[w.start : w.stop] for w in plan])
+    encoded = tokenizer.encode_many_arrays([sequence[w.start : w.stop] for w in plan])
     pieces: list[tuple[np.ndarray, np.ndarray]] = []
     for planned, (ids, offsets) in zip(plan, encoded, strict=True):
         if len(ids) <= max_tokens:
-            pieces.append((np.asarray(ids, dtype=np.int32), _owned_by_window(planned, np.asarray(offsets))))
+            pieces.append((ids, _owned_by_window(planned, offsets)))
             continue
         # Too many tokens for these residues (runs of N in DNABERT-2): cut into pieces about small enough for
         # the budget; a piece of max_tokens - 2 residues always fits, since no token is shorter than a residue.

@@ -33,6 +33,10 @@ class SequenceTokenizer(Protocol):
         """`encode_with_offsets` for many sequences at once (a tokenizer may run them in parallel)."""
         ...
 
+    def encode_many_arrays(self, sequences: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(ids int32, spans int64 [n, 2]) per sequence: `encode_many_with_offsets` as arrays."""
+        ...
+
     def encode_flat(self, sequences: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Every sequence's framed ids back to back (int32) and the boundaries (int64, len + 1): sequence i is
         `ids[starts[i]:starts[i + 1]]`. The fast path for many sequences: no offsets, no per-token objects."""

@@ -572,6 +572,40 @@ class DNABERT2Tokenizer:
             ids = np.fromiter(itertools.chain.from_iterable(framed), np.int32, int(starts[-1]))
         return ids, starts
 
+    def encode_many_arrays(self, sequences: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(ids, spans [n, 2]) per sequence as arrays, as `encode_many_with_offsets` gives them as lists.
+
+        BPE tokens here are pieces of the input laid end to end (no normalizer; [UNK] stands for one base), so a
+        token's span follows from the characters of the tokens before it: no offsets to convert. A sequence
+        whose tokens do not spell out its length falls back to the tokenizer's own offsets."""
+        ids, starts = self.encode_flat(sequences)
+        widths = self._token_widths()[ids]
+        result = []
+        for index, sequence in enumerate(sequences):
+            own_ids = ids[starts[index] : starts[index + 1]]
+            own = widths[starts[index] : starts[index + 1]]
+            if int(own.sum()) != len(sequence):
+                fallback_ids, offsets = self.encode_with_offsets(sequence)
+                result.append((np.asarray(fallback_ids, np.int32), np.asarray(offsets, np.int64).reshape(-1, 2)))
+                continue
+            ends = np.cumsum(own)
+            spans = np.stack([ends - own, ends], axis=1)
+            spans[own == 0] = 0  # [CLS] and [SEP]: (0, 0), as the offsets say
+            result.append((own_ids, spans))
+        return result
+
+    def _token_widths(self) -> np.ndarray:
+        """Characters each token id stands for: its string's length, 1 for [UNK], 0 for the other specials."""
+        if getattr(self, "_widths", None) is None:
+            vocab = self._tokenizer.get_vocab(with_added_tokens=True)
+            widths = np.zeros(max(vocab.values()) + 1, dtype=np.int64)
+            for token, token_id in vocab.items():
+                widths[token_id] = len(token)
+            widths[[self.cls_id, self.sep_id, self.pad_id, self.mask_id]] = 0
+            widths[self.unk_id] = 1
+            self._widths = widths
+        return self._widths
+
     def _with_offsets(self, encoding: Encoding) -> tuple[list[int], list[tuple[int, int]]]:
         if self._frames_itself:
             return encoding.ids, [tuple(span) for span in encoding.offsets]

@@ -559,6 +559,18 @@ class LucaOneTokenizer:
         """`encode_with_offsets` for each sequence (a byte-table lookup: nothing to gain from a batch API)."""
         return [self.encode_with_offsets(sequence) for sequence in sequences]
 
+    def encode_many_arrays(self, sequences: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(ids, spans [n, 2]) per sequence as arrays: one residue per token, (0, 0) for [CLS] and [SEP]."""
+        ids, starts = self.encode_flat(sequences)
+        result = []
+        for index in range(len(sequences)):
+            own = ids[starts[index] : starts[index + 1]]
+            positions = np.arange(-1, len(own) - 1)
+            spans = np.stack([positions, positions + 1], axis=1)
+            spans[[0, -1]] = 0
+            result.append((own, spans))
+        return result
+
     def encode_flat(self, sequences: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Framed ids of many sequences back to back, and their boundaries: one table lookup over all of them."""
         if self.molecule is None:
