@@ -30,6 +30,7 @@ __all__ = [
     "inference_memory_mb",
     "load_state_dict",
     "resolve_checkpoint",
+    "use_local_copy",
     "weights_files",
 ]
 
@@ -58,14 +59,25 @@ class CheckpointNotFoundError(FileNotFoundError):
     """A checkpoint that is neither on disk nor in the hub cache; the message says how to get it."""
 
 
+# Checkpoints (and heads) this process reads from a copy rather than where the config names them: the directory
+# a storage provider staged on the node. Provenance and cache keys keep the configured name.
+_local_copies: dict[str, Path] = {}
+
+
+def use_local_copy(spec: str, directory: Path | str) -> None:
+    """Make `resolve_checkpoint(spec)` read the copy in `directory` for the rest of this process."""
+    _local_copies[str(spec)] = Path(directory)
+
+
 def resolve_checkpoint(spec: str | Path, required: Sequence[str] = ("config.json",)) -> Path:
     """The local directory holding checkpoint `spec`: a directory, `s3://bucket/prefix`, or `owner/name[@revision]`.
 
     A `Path` is always taken as a directory. An object-storage URL is fetched into the node-local cache (once
     per node; see `seqshard.storage.fetch`). Any other string is a directory if one exists there, otherwise a
     hub id, looked up in the hub cache (`HF_HUB_CACHE`, else `HF_HOME`/hub, read when called). Every file in
-    `required` must be present in the resolved directory.
+    `required` must be present in the resolved directory. A name given to `use_local_copy` resolves to its copy.
     """
+    spec = _local_copies.get(str(spec), spec)
     if is_object_url(spec):
         cached = fetch(str(spec)).path
         _check_required(cached, required, str(spec))
