@@ -378,15 +378,20 @@ class _Cache:
         """Download one object into partial/, check it, move it into blobs/; return its sha256."""
         from boto3.s3.transfer import TransferConfig
 
-        partial = self.partial / f"{_key_digest(client.meta.endpoint_url, location.bucket, remote.key)}.partial"
-        partial.unlink(missing_ok=True)  # left by a job killed halfway through this object
-        with _object_errors(client, location.bucket, remote.key):
-            head = client.head_object(Bucket=location.bucket, Key=remote.key)
-            with open(partial, "wb") as handle:
-                client.download_fileobj(location.bucket, remote.key, handle, Config=TransferConfig(max_concurrency=8))
+        # Named after the object and the source being fetched (whose lock this job holds), so no two jobs ever
+        # write one partial file, and a job killed halfway leaves one file that the next fetch overwrites.
+        partial = self.partial / f"{_key_digest(client.meta.endpoint_url, location.url, remote.key)}.partial"
         try:
+            with _object_errors(client, location.bucket, remote.key):
+                head = client.head_object(Bucket=location.bucket, Key=remote.key)
+                with open(partial, "wb") as handle:
+                    transfer = TransferConfig(max_concurrency=8)
+                    client.download_fileobj(location.bucket, remote.key, handle, Config=transfer)
             sha256 = _check_download(partial, remote, head, location)
-        except StorageError:
+        except OSError as error:  # the cache's disk: full, read-only, gone
+            partial.unlink(missing_ok=True)
+            raise StorageError(f"s3://{location.bucket}/{remote.key}: cannot write {partial}: {error}") from None
+        except BaseException:
             partial.unlink(missing_ok=True)
             raise
         with self.lock("cache"):
