@@ -126,6 +126,14 @@ def values(table: pa.Table) -> pa.Table:
     return table.replace_schema_metadata(None)
 
 
+def random_checkpoint(directory: Path, weights_bytes: int, config: str = '{"hidden_size": 8}\n') -> Path:
+    """A checkpoint-shaped directory: a config.json and random weights of the given size."""
+    directory.mkdir(parents=True)
+    (directory / "config.json").write_text(config)
+    (directory / "model.safetensors").write_bytes(os.urandom(weights_bytes))
+    return directory
+
+
 def directory_digests(directory: Path) -> dict[str, str]:
     return {str(p.relative_to(directory)): file_digest(p) for p in sorted(directory.rglob("*")) if p.is_file()}
 
@@ -291,10 +299,7 @@ def test_four_inference_jobs_share_one_cached_checkpoint_served_once(
 def test_simultaneous_fetches_download_once(
     stack: JuiceFSStack, gateway: Gateway, slow_gateway: Gateway, tmp_path: Path
 ) -> None:
-    checkpoint = tmp_path / "big"
-    checkpoint.mkdir()
-    (checkpoint / "config.json").write_text('{"hidden_size": 8}\n')
-    (checkpoint / "model.safetensors").write_bytes(os.urandom(30_000_000))
+    checkpoint = random_checkpoint(tmp_path / "big", 30_000_000)
     url = stack.upload(gateway, checkpoint, "simultaneous/big")
     env = environment(stack, slow_gateway.endpoint, tmp_path / "cache")
     command = [sys.executable, "-m", "seqshard", "fetch", url]
@@ -305,7 +310,7 @@ def test_simultaneous_fetches_download_once(
     assert [job.returncode for job in jobs] == [0, 0, 0, 0], [err[-2000:] for _, err in results]
     assert len({out.strip() for out, _ in results}) == 1
     assert directory_digests(Path(results[0][0].strip())) == directory_digests(checkpoint)
-    assert slow_gateway.served_bytes("simultaneous/big/") == 30_000_000 + len('{"hidden_size": 8}\n')
+    assert slow_gateway.served_bytes("simultaneous/big/") == sum(p.stat().st_size for p in checkpoint.iterdir())
     assert sum("waiting for it" in err for _, err in results) >= 1
 
 
@@ -316,10 +321,7 @@ def test_simultaneous_fetches_download_once(
 def test_download_killed_halfway_leaves_no_entry_and_the_next_job_refetches(
     stack: JuiceFSStack, gateway: Gateway, slow_gateway: Gateway, tmp_path: Path
 ) -> None:
-    checkpoint = tmp_path / "ck"
-    checkpoint.mkdir()
-    (checkpoint / "config.json").write_text('{"hidden_size": 16}\n')
-    (checkpoint / "model.safetensors").write_bytes(os.urandom(40_000_000))
+    checkpoint = random_checkpoint(tmp_path / "ck", 40_000_000)
     url = stack.upload(gateway, checkpoint, "killed/ck")
     cache = tmp_path / "cache"
     env = environment(stack, slow_gateway.endpoint, cache)
@@ -409,10 +411,8 @@ def test_missing_bucket_or_prefix_is_one_line(stack: JuiceFSStack, gateway: Gate
 def test_lru_eviction_keeps_checkpoints_in_use(stack: JuiceFSStack, gateway: Gateway, tmp_path: Path) -> None:
     urls = {}
     for name in "abc":
-        directory = tmp_path / name
-        directory.mkdir()
-        (directory / "config.json").write_text('{"shared": true}\n')  # the same file in every checkpoint
-        (directory / "weights.bin").write_bytes(os.urandom(100_000))
+        # config.json is the same file in every checkpoint; the weights differ.
+        directory = random_checkpoint(tmp_path / name, 100_000)
         urls[name] = stack.upload(gateway, directory, f"lru/{name}")
     cache = tmp_path / "cache"
     env = environment(stack, gateway.endpoint, cache)
