@@ -126,6 +126,11 @@ def values(table: pa.Table) -> pa.Table:
     return table.replace_schema_metadata(None)
 
 
+def inference_figures(workdir: Path) -> list[dict]:
+    """The run figures of every inference job (results/packs/<model>/figures/<pass>/<shard>.json)."""
+    return [json.loads(p.read_text()) for p in sorted((workdir / "results" / "packs").glob("*/figures/*/*.json"))]
+
+
 def random_checkpoint(directory: Path, weights_bytes: int, config: str = '{"hidden_size": 8}\n') -> Path:
     """A checkpoint-shaped directory: a config.json and random weights of the given size."""
     directory.mkdir(parents=True)
@@ -232,8 +237,8 @@ def test_demo_on_juicefs_mount_warms_up_before_loading(stack: JuiceFSStack, loca
     shutil.copytree(DEMO, workdir / "resources" / "demo")
     snakemake(workdir)
 
-    figures = [json.loads(p.read_text()) for p in (workdir / "results").glob("*/*/*/figures/*.json")]
-    assert len(figures) == len(list((local_demo / "results").glob("*/*/*/figures/*.json"))) > 0
+    figures = inference_figures(workdir)
+    assert len(figures) == len(inference_figures(local_demo)) > 0
     assert {f["warmup"] for f in figures} == {"juicefs"}
     assert all(f["warmup_seconds"] > 0 for f in figures)
     logs = [p.read_text() for p in (workdir / "logs" / "infer_shard").rglob("*.log")]
@@ -272,7 +277,7 @@ def test_four_inference_jobs_share_one_cached_checkpoint_served_once(
     env = environment(stack)
     snakemake(workdir, "--configfile", "config.yaml", "--cores", "4", "--set-threads", "infer_shard=1", env=env)
 
-    figures = [json.loads(p.read_text()) for p in (workdir / "results/sample_a/dnabert2/embed/figures").iterdir()]
+    figures = inference_figures(workdir)
     assert len(figures) == 4
     assert {f["warmup"] for f in figures} == {"object-cache"}
     downloaded = sorted(f["warmup_downloaded_bytes"] for f in figures)
@@ -381,7 +386,7 @@ def test_unreachable_endpoint_fails_the_job_with_one_line_and_snakemake_retries(
     assert result.returncode != 0
     output = result.stdout + result.stderr
     assert output.count("Error in rule infer_shard") == 2, output[-4000:]  # the first attempt and one retry
-    log = (tmp_path / "logs/infer_shard/promoters/dnabert2/embed/0000.log").read_text()
+    log = (tmp_path / "logs/infer_shard/dnabert2/hidden/0000.log").read_text()
     expected = (
         f"ERROR seqshard: {url}/: endpoint unreachable "
         f"(endpoint {UNREACHABLE}, bucket {VOLUME}, key models/dnabert2-demo/)"
