@@ -3,10 +3,12 @@
 from pathlib import Path
 
 from seqshard.cache import ResultCache
+from seqshard.checkpoints import use_local_copy
 from seqshard.gpus import gpus_for_job
 from seqshard.inference import TaskSettings, run_tasks
 from seqshard.jobs import recorded_job
-from seqshard.logs import setup_logging
+from seqshard.logs import one_line_errors, setup_logging
+from seqshard.storage import StorageError, storage_settings
 
 setup_logging(snakemake.log[0])
 settings = snakemake.params.settings
@@ -18,9 +20,14 @@ cache_settings = snakemake.config["result_cache"]
 cache = None
 if cache_settings["enabled"]:
     cache = ResultCache(cache_settings["dir"], int(cache_settings["max_size_gb"] * 1e9))
+# Local checkpoint and head directories are inputs: read them where Snakemake put them (a storage provider stages
+# them on the node), while provenance keeps the names the config gives. s3:// URLs and hub ids are no inputs.
+for key in ("checkpoint", "head"):
+    if snakemake.input.get(key):
+        use_local_copy(run[key], snakemake.input[key])
 # A GPU job on the local executor takes free devices from a lock-file pool; Slurm's own assignment is kept.
 gpus = int(snakemake.resources.get("gpu", 0) or 0)
-with recorded_job(snakemake.log[0], snakemake.threads) as job, gpus_for_job(gpus):
+with one_line_errors(StorageError), recorded_job(snakemake.log[0], snakemake.threads) as job, gpus_for_job(gpus):
     run_tasks(
         snakemake.input.shard,
         {task.task: scores / f"{task.task}.parquet" for task in tasks},
@@ -51,4 +58,5 @@ with recorded_job(snakemake.log[0], snakemake.threads) as job, gpus_for_job(gpus
         provenance={"model": snakemake.wildcards.model},
         cache=cache,
         packed=True,
+        storage=storage_settings(snakemake.config["storage"]),
     )

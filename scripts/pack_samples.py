@@ -7,9 +7,14 @@ from seqshard.logs import setup_logging
 from seqshard.packing import SampleInput, pack_samples
 
 setup_logging(snakemake.log[0])
+# Each FASTA is read where Snakemake put it (a storage provider stages it on the node), in the samples' order.
+samples = [
+    SampleInput(name, str(fasta), molecule)
+    for (name, _, molecule), fasta in zip(snakemake.params.samples, snakemake.input.fastas, strict=True)
+]
 with recorded_job(snakemake.log[0], snakemake.threads):
     pack_samples(
-        [SampleInput(*row) for row in snakemake.params.samples],
+        samples,
         Path(snakemake.output.manifest).parent,
         target_tokens=snakemake.params.target_tokens,
         max_sequences=snakemake.params.max_sequences,

@@ -1,9 +1,10 @@
-"""Finding and reading model checkpoints: local directories or Hugging Face hub ids, without network hangs.
+"""Finding and reading model checkpoints: local directories, object-storage URLs or Hugging Face hub ids.
 
-Every model loader goes through `resolve_checkpoint` so that a missing checkpoint fails the same way
+Every model loader and head goes through `resolve_checkpoint` so that a missing checkpoint fails the same way
 everywhere: with a message that says which command downloads it and which config key to point at the result.
-Cluster nodes usually have no internet, so the hub cache is consulted offline first and a download is only
-attempted when `HF_HUB_OFFLINE` is not set.
+An `s3://bucket/prefix` URL resolves into the node-local cache of `seqshard.storage`. Cluster nodes usually have
+no internet, so the hub cache is consulted offline first and a download is only attempted when `HF_HUB_OFFLINE`
+is not set.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from seqshard.storage import fetch, is_object_url
+
 __all__ = [
     "CheckpointNotFoundError",
     "file_digest",
@@ -27,6 +30,7 @@ __all__ = [
     "inference_memory_mb",
     "load_state_dict",
     "resolve_checkpoint",
+    "use_local_copy",
     "weights_files",
 ]
 
@@ -55,13 +59,29 @@ class CheckpointNotFoundError(FileNotFoundError):
     """A checkpoint that is neither on disk nor in the hub cache; the message says how to get it."""
 
 
-def resolve_checkpoint(spec: str | Path, required: Sequence[str] = ("config.json",)) -> Path:
-    """The local directory holding checkpoint `spec` (a directory, or a hub id `owner/name[@revision]`).
+# Checkpoints (and heads) this process reads from a copy rather than where the config names them: the directory
+# a storage provider staged on the node. Provenance and cache keys keep the configured name.
+_local_copies: dict[str, Path] = {}
 
-    A `Path` is always taken as a directory. A string is a directory if one exists there, otherwise a hub id,
-    looked up in the hub cache (`HF_HUB_CACHE`, else `HF_HOME`/hub, read when called). Every file in
-    `required` must be present in the resolved directory.
+
+def use_local_copy(spec: str, directory: Path | str) -> None:
+    """Make `resolve_checkpoint(spec)` read the copy in `directory` for the rest of this process."""
+    _local_copies[str(spec)] = Path(directory)
+
+
+def resolve_checkpoint(spec: str | Path, required: Sequence[str] = ("config.json",)) -> Path:
+    """The local directory holding checkpoint `spec`: a directory, `s3://bucket/prefix`, or `owner/name[@revision]`.
+
+    A `Path` is always taken as a directory. An object-storage URL is fetched into the node-local cache (once
+    per node; see `seqshard.storage.fetch`). Any other string is a directory if one exists there, otherwise a
+    hub id, looked up in the hub cache (`HF_HUB_CACHE`, else `HF_HOME`/hub, read when called). Every file in
+    `required` must be present in the resolved directory. A name given to `use_local_copy` resolves to its copy.
     """
+    spec = _local_copies.get(str(spec), spec)
+    if is_object_url(spec):
+        cached = fetch(str(spec)).path
+        _check_required(cached, required, str(spec))
+        return cached
     path = Path(spec).expanduser()
     if path.is_dir():
         _check_required(path, required, str(spec))

@@ -31,7 +31,20 @@ def create_parser() -> argparse.ArgumentParser:
     )
     add_run_arguments(score)
     score.add_argument("--task", required=True, choices=["mlm_score", "classify", "regress"])
-    score.add_argument("--head", type=Path, help="linear head directory for classify/regress (README, 'Heads')")
+    score.add_argument(
+        "--head", help="linear head directory or s3://bucket/prefix for classify/regress (README, 'Heads')"
+    )
+
+    upload = commands.add_parser(
+        "upload", help="upload a checkpoint or head directory to s3://bucket/prefix, each file with its sha256"
+    )
+    upload.add_argument("directory", type=Path)
+    upload.add_argument("url", help="s3://bucket/prefix (endpoint: AWS_ENDPOINT_URL; credentials: AWS_* variables)")
+
+    fetch = commands.add_parser(
+        "fetch", help="fetch s3://bucket/prefix into this node's checkpoint cache (SEQSHARD_CACHE) and print its path"
+    )
+    fetch.add_argument("url")
 
     serve = commands.add_parser("serve", help="serve a model over HTTP (README, 'Serving')")
     add_serve_arguments(serve)
@@ -79,7 +92,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The model and how sequences are fitted to it, device and speed: shared by embed, score and serve."""
     parser.add_argument("--model", default="dnabert2", choices=["dnabert2", "lucaone"], help="model architecture")
-    parser.add_argument("--checkpoint", required=True, help="checkpoint directory or hub id (owner/name)")
+    parser.add_argument(
+        "--checkpoint", required=True, help="checkpoint directory, s3://bucket/prefix or hub id (owner/name)"
+    )
     parser.add_argument("--molecule", default="dna", choices=["dna", "rna", "protein"])
     parser.add_argument("--long-sequences", default="window", choices=["window", "truncate"])
     parser.add_argument("--window-length", type=int, help="residues per window (default: the model's)")
@@ -196,6 +211,15 @@ def run(args: argparse.Namespace) -> None:
             batch_size=args.batch_size, concurrency=args.concurrency,
         )  # fmt: skip
         logging.getLogger("seqshard").info("wrote %d rows to %s", rows, args.output)
+    elif args.command == "upload":
+        from seqshard.storage import upload_directory
+
+        sent = upload_directory(args.directory, args.url)
+        logging.getLogger("seqshard").info("uploaded %d bytes from %s to %s", sent, args.directory, args.url)
+    elif args.command == "fetch":
+        from seqshard.storage import fetch
+
+        print(fetch(args.url).path)
     elif args.command == "demo-checkpoint":
         from seqshard.demo import write_demo
 

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from seqshard.checkpoints import file_digest
+from seqshard.checkpoints import file_digest, resolve_checkpoint
 from seqshard.models import SequenceHead
 from seqshard.pooling import pool
 
@@ -44,11 +44,8 @@ class PooledLinearHead(nn.Module):
 
 
 def load_linear_head(directory: Path | str, hidden_size: int, device: str | torch.device = "cpu") -> SequenceHead:
-    """The head stored in `directory`, checked against the backbone's hidden size."""
-    directory = Path(directory)
-    for name in (HEAD_WEIGHTS, HEAD_SPEC):
-        if not (directory / name).exists():
-            raise FileNotFoundError(f"head directory {directory} has no {name} (see README, 'Heads')")
+    """The head stored in `directory` (a path or an object-storage URL), checked against the backbone's width."""
+    directory = _head_directory(directory)
     spec = json.loads((directory / HEAD_SPEC).read_text())
     task, labels, pooling = spec.get("task"), spec.get("labels"), spec.get("pooling", "mean")
     if task not in ("classify", "regress") or not labels or pooling not in ("mean", "max", "cls"):
@@ -66,7 +63,14 @@ def load_linear_head(directory: Path | str, hidden_size: int, device: str | torc
 
 
 def head_digest(directory: Path | str) -> str:
-    return file_digest(Path(directory) / HEAD_WEIGHTS)
+    return file_digest(_head_directory(directory) / HEAD_WEIGHTS)
+
+
+def _head_directory(location: Path | str) -> Path:
+    try:
+        return resolve_checkpoint(location if isinstance(location, Path) else str(location), (HEAD_WEIGHTS, HEAD_SPEC))
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"{error} (a head needs {HEAD_WEIGHTS} and {HEAD_SPEC}; see README, 'Heads')") from None
 
 
 def write_demo_head(

@@ -74,6 +74,7 @@ from seqshard.parquet import (
     vectors_array,
 )
 from seqshard.pooling import POOLINGS, pool
+from seqshard.storage import StorageSettings, warm_up
 from seqshard.windows import EncodedChunk, EncodedSequence, encode_chunk
 
 log = logging.getLogger(__name__)
@@ -131,6 +132,7 @@ class RunFigures:
     n_budget_changes: int = 0  # times the token budget was lowered after an out-of-memory, or raised back
     n_fp32_reruns: int = 0  # fp16 batches whose output overflowed (inf/NaN), computed again in fp32
     batch_shapes: set[tuple[int, int]] = field(default_factory=set)  # distinct (rows, width) run
+    warmup_seconds: float = 0.0  # bringing the shard and checkpoint onto local disk (seqshard.storage), before load
     load_seconds: float = 0.0
     compute_seconds: float = 0.0  # in batches: forward passes and the task's reductions
     run_seconds: float = 0.0  # reading the file to closing the output, model load excluded
@@ -166,6 +168,7 @@ class RunFigures:
             "n_oom_splits": self.n_oom_splits,
             "n_budget_changes": self.n_budget_changes,
             "n_fp32_reruns": self.n_fp32_reruns,
+            "warmup_seconds": round(self.warmup_seconds, 4),
             "load_seconds": round(self.load_seconds, 4),
             "compute_seconds": round(compute, 4),
             "run_seconds": round(self.run_seconds, 4),
@@ -1100,15 +1103,18 @@ def run_tasks(
     dedupe: bool = True,
     cache: ResultCache | None = None,
     packed: bool = False,
+    storage: StorageSettings | None = None,
 ) -> RunFigures:
     """Run several tasks of one model over every record of `fasta`, writing task t's Parquet to `outputs[t]`.
 
-    The whole file is validated first (and its repeated sequences found); then it is read, tokenized and scored
-    chunk by chunk, each chunk's rows written (one Parquet row group per chunk, per task) while the model
-    computes the next. Tasks that share a forward pass get one. With `on_invalid="skip"` invalid records, and
-    records that cannot be scored at all, go to `rejects_out` instead of stopping the run. With a result `cache`,
-    sequences it already holds for every task are not computed again, and the rest are added to it. `packed`
-    says `fasta` is a shard `seqshard.packing.pack_samples` wrote: validated, distinct sequences, read as such.
+    Before anything reads them, the shard, checkpoint and heads are warmed up onto local disk
+    (`seqshard.storage.warm_up`, with `storage`'s cache and mounts). The whole file is validated first (and its
+    repeated sequences found); then it is read, tokenized and scored chunk by chunk, each chunk's rows written
+    (one Parquet row group per chunk, per task) while the model computes the next. Tasks that share a forward
+    pass get one. With `on_invalid="skip"` invalid records, and records that cannot be scored at all, go to
+    `rejects_out` instead of stopping the run. With a result `cache`, sequences it already holds for every task
+    are not computed again, and the rest are added to it. `packed` says `fasta` is a shard
+    `seqshard.packing.pack_samples` wrote: validated, distinct sequences, read as such.
 
     Device and dtype are resolved by `seqshard.devices.resolve_precision` from `device`, `dtype` and `gpus` (the
     GPUs the job was given; None when unknown). With `check_sibling_shards`, the other figures files in
@@ -1129,6 +1135,11 @@ def run_tasks(
     log.info("running on %s in %s (%s)", precision.device_name or device, dtype, precision.reason)
     figures = RunFigures(dict(labels or {}), device, dtype, threads, batch_tokens)
     figures.extra.update({**precision.figures(), "run_key": key})
+
+    warmed = warm_up([fasta, checkpoint, *(s.head for s in settings)], storage)
+    figures.warmup_seconds = warmed.seconds
+    figures.extra.update(warmup=warmed.method, warmup_downloaded_bytes=warmed.downloaded_bytes)
+    log.info("warm-up (%s) took %.2f s, %d bytes downloaded", warmed.method, warmed.seconds, warmed.downloaded_bytes)
 
     started = time.perf_counter()
     if packed:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -20,3 +22,16 @@ def setup_logging(log_file: Path | str | None = None, verbose: bool = False) -> 
         stream=sys.stderr,
         force=True,
     )
+
+
+@contextmanager
+def one_line_errors(*expected: type[BaseException]) -> Iterator[None]:
+    """In a rule script, log an expected error as its one-line message and exit 1, without a traceback.
+
+    The job still fails, so Snakemake's retries apply; unexpected errors keep their traceback.
+    """
+    try:
+        yield
+    except expected as error:
+        logging.getLogger("seqshard").error("%s", error)
+        sys.exit(1)

@@ -142,6 +142,19 @@ def test_read_benchmarks_handles_missing_values_and_string_paths(tmp_path: Path)
     assert math.isnan(table.loc[0, "cpu_seconds"]) and math.isnan(table.loc[0, "max_rss_mb"])
 
 
+def test_read_benchmarks_finds_the_root_inside_a_storage_providers_local_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With a default storage provider, Snakemake hands the script its local copies of `benchmarks/...`.
+    monkeypatch.chdir(tmp_path)
+    staged = tmp_path / ".snakemake/storage/s3/bucket/run"
+    path = write_benchmark(staged / "benchmarks", "infer_shard/sampleA/dnabert2/embed/0003.tsv", [{"s": 2.0}])
+
+    table = read_benchmarks(Path("benchmarks"), [str(path.relative_to(tmp_path))])
+
+    assert (table.loc[0, "rule"], table.loc[0, "job"]) == ("infer_shard", "sampleA/dnabert2/embed/0003")
+
+
 def test_read_benchmarks_rejects_a_file_outside_the_root_or_not_a_benchmark(tmp_path: Path) -> None:
     path = write_benchmark(tmp_path / "elsewhere", "rule/job.tsv", [{"s": 1.0}])
     with pytest.raises(ValueError, match="not under the benchmark root"):

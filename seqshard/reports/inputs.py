@@ -38,7 +38,7 @@ RECORD_TABLE_COLUMNS = ["rule", "job", *_RECORD_TEXT, *_RECORD_NUMBERS]
 _FIGURE_LABELS = ["model", "pass", "tasks", "shard"]
 _FIGURE_TEXT = ["device", "dtype", "host", "gpu_reason"]
 _COUNTS = ["n_records", "n_sequences", "n_cached", "n_tokens", "n_computed_tokens"]
-_TIMES = ["load_seconds", "compute_seconds", "sequences_per_second", "tokens_per_second"]
+_TIMES = ["warmup_seconds", "load_seconds", "compute_seconds", "sequences_per_second", "tokens_per_second"]
 _FIGURE_NUMBERS = [
     "threads", "cpu_count", "started_at", "ended_at", *_COUNTS, "n_batches", "batch_tokens", *_TIMES,
     "peak_gpu_memory_bytes",
@@ -64,17 +64,27 @@ TABLE_COLUMNS = [
 TEXT_COLUMNS = ["rule", "job", "host", "model", "pass", "tasks", "shard", "device", "dtype", "gpu_reason"]
 
 
+def _relative_to_root(root: Path, path: Path) -> Path:
+    try:
+        return path.relative_to(root)
+    except ValueError:
+        pass
+    try:
+        # One side may be relative and the other absolute (Snakemake hands scripts relative paths).
+        return path.resolve().relative_to(root.resolve())
+    except ValueError:
+        pass
+    # A storage provider stages `benchmarks/...` under its own local prefix (.snakemake/storage/s3/<bucket>/...):
+    # the root is then a run of the path's components, the last such run.
+    for start in range(len(path.parts) - len(root.parts), -1, -1):
+        if path.parts[start : start + len(root.parts)] == root.parts:
+            return Path(*path.parts[start + len(root.parts) :])
+    raise ValueError(f"{path} is not under {root}")
+
+
 def job_of(root: Path, path: Path, suffix: str) -> tuple[str, str]:
     """Split `<root>/<rule>/<job><suffix>` into rule and job (the job keeps its slashes)."""
-    try:
-        relative = path.relative_to(root)
-    except ValueError:
-        # One side may be relative and the other absolute (Snakemake hands scripts relative paths).
-        try:
-            relative = path.resolve().relative_to(root.resolve())
-        except ValueError:
-            raise ValueError(f"{path} is not under {root}") from None
-    text = relative.as_posix().removesuffix(suffix)
+    text = _relative_to_root(root, path).as_posix().removesuffix(suffix)
     rule, _, job = text.partition("/")
     # `<root>/<rule><suffix>`: a rule that runs once has no wildcards.
     return rule, job

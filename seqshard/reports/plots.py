@@ -201,7 +201,7 @@ def timeline_figure(timed: pd.DataFrame, path: CriticalPath) -> Figure:
 
 
 def _load_compute_figure(inference: pd.DataFrame) -> Figure:
-    title = "Model load, compute and the rest of each inference job's wall time"
+    title = "Warm-up, model load, compute and the rest of each inference job's wall time"
     if inference.empty:
         return _message_figure(title, "No inference data")
     if len(inference) <= PER_JOB_LIMIT:
@@ -209,18 +209,21 @@ def _load_compute_figure(inference: pd.DataFrame) -> Figure:
         labels = [_short(job) for job in inference["job"]]
     else:  # means per model and task
         groups = _groups(inference, ("model", "tasks"))
-        frame = inference.groupby(groups.to_numpy())[["load_seconds", "compute_seconds", "wall_seconds"]].mean()
+        columns = ["warmup_seconds", "load_seconds", "compute_seconds", "wall_seconds"]
+        frame = inference.groupby(groups.to_numpy())[columns].mean()
         labels = [f"{name} (mean of {count:,})" for name, count in groups.value_counts().sort_index().items()]
         title += " (mean per model and task)"
+    warmup = frame["warmup_seconds"].fillna(0.0).to_numpy()
     load = frame["load_seconds"].fillna(0.0).to_numpy()
     compute = frame["compute_seconds"].fillna(0.0).to_numpy()
-    # What the wall clock saw beyond load + compute: Python start-up and imports, reading, tokenizing, writing.
-    other = np.clip(frame["wall_seconds"].fillna(0.0).to_numpy() - load - compute, 0.0, None)
+    # What the wall clock saw beyond these: Python start-up and imports, reading, tokenizing, writing.
+    other = np.clip(frame["wall_seconds"].fillna(0.0).to_numpy() - warmup - load - compute, 0.0, None)
     fig, ax = plt.subplots(figsize=(_WIDTH_IN - 2, _height(len(frame))), dpi=_DPI)
     rows = range(len(frame))
-    ax.barh(rows, load, color="tab:orange", height=0.8, label="model load")
-    ax.barh(rows, compute, left=load, color="tab:blue", height=0.8, label="compute")
-    ax.barh(rows, other, left=load + compute, color="lightgray", height=0.8, label="rest of wall time")
+    ax.barh(rows, warmup, color="tab:green", height=0.8, label="warm-up")
+    ax.barh(rows, load, left=warmup, color="tab:orange", height=0.8, label="model load")
+    ax.barh(rows, compute, left=warmup + load, color="tab:blue", height=0.8, label="compute")
+    ax.barh(rows, other, left=warmup + load + compute, color="lightgray", height=0.8, label="rest of wall time")
     _label_rows(ax, labels)
     ax.set_xlabel("seconds")
     ax.set_title(title)
@@ -257,7 +260,7 @@ def build_plots(table: pd.DataFrame, thresholds: Thresholds) -> list[tuple[str, 
         ("padding", "Share of computed tokens that were padding, per inference job; dashed line: the warning limit.",
          _per_job(inference, "padding_fraction", "Padding per job", "1 - real tokens / computed tokens",
                   by=("model", "tasks"), threshold=thresholds.max_padding_fraction)),
-        ("load_vs_compute", "Model load, compute and remaining wall seconds of each inference job.",
+        ("load_vs_compute", "Warm-up, model load, compute and remaining wall seconds of each inference job.",
          _load_compute_figure(inference)),
         ("gpu_utilization", "Mean GPU utilization (NVML) of each inference job that ran on a GPU.",
          _gpu_figure(inference)),

@@ -10,7 +10,6 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -18,6 +17,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
+
+from daemons import stop_process
 
 HERE = Path(__file__).resolve().parent
 SLURM_ETC = Path("/etc/slurm")
@@ -165,14 +166,7 @@ class SlurmCluster:
     def stop(self) -> None:
         """End each daemon this object started, by its PID, newest first; then put /etc/slurm back."""
         for name in reversed(list(self.processes)):
-            process = self.processes.pop(name)
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+            stop_process(self.processes.pop(name))
         for output in self.outputs:
             output.close()
         self.outputs.clear()

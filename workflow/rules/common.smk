@@ -10,6 +10,7 @@ from seqshard.demo import DEMOS
 from seqshard.models import ARCHITECTURE_MOLECULES
 from seqshard.parquet import INPUT_SETTINGS, TASK_SETTINGS, TASKS
 from seqshard.packing import read_pack_manifest
+from seqshard.storage import is_object_url
 
 validate(config, "../schemas/config.schema.yaml")
 
@@ -133,8 +134,8 @@ def model_rejects(model):
 
 
 def is_local_checkpoint(location):
-    """A hub id looks like owner/name; anything that exists on disk or starts like a path is local."""
-    return (
+    """A hub id looks like owner/name and a URL like s3://...; what exists on disk or starts like a path is local."""
+    return not is_object_url(location) and (
         os.path.exists(location)
         or location.startswith((".", "/"))
         or location.count("/") != 1
@@ -151,13 +152,20 @@ def local_checkpoints():
     return locations
 
 
-def get_checkpoint_files(wildcards):
-    """Local checkpoint and head directories, so the demo rule can make them if they are missing."""
-    settings = config["models"][wildcards.model]
-    locations = [settings["checkpoint"]] + (
-        [settings["head"]] if settings["head"] else []
-    )
-    return [location for location in locations if is_local_checkpoint(location)]
+def local_model_directory(model, key):
+    """A model's checkpoint or head directory as a job input, so that the demo rule makes it when missing and
+    a storage provider stages it; [] for a hub id or URL (fetched by the job itself) or no head.
+    """
+    location = config["models"][model][key]
+    return location if location and is_local_checkpoint(location) else []
+
+
+def get_checkpoint_dir(wildcards):
+    return local_model_directory(wildcards.model, "checkpoint")
+
+
+def get_head_dir(wildcards):
+    return local_model_directory(wildcards.model, "head")
 
 
 def get_container(wildcards):
@@ -198,15 +206,33 @@ def pack_checkpoint(model):
     return getattr(checkpoints, f"pack_{model}").get()
 
 
+def local_checkpoint_output(path):
+    """A checkpoint's output file, readable here whether or not a storage provider holds it.
+
+    With a default storage provider, Snakemake uploads a checkpoint's outputs and removes the local copy before
+    the DAG is re-evaluated; fetch it back (again when storage holds a newer one) before opening it.
+    """
+    if path.is_storage:
+        stored = path.storage_object
+        local = stored.local_path()
+        if not local.exists() or local.stat().st_mtime < stored.mtime():
+            local.parent.mkdir(parents=True, exist_ok=True)
+            stored.retrieve_object()
+    return path
+
+
+def pack_manifest(model):
+    return read_pack_manifest(
+        local_checkpoint_output(pack_checkpoint(model).output.manifest)
+    )
+
+
 def shard_names(model):
-    # A declared output of the checkpoint, opened as such, so a storage provider can fetch it first.
-    manifest = pack_checkpoint(model).output.manifest
-    return [shard.name for shard in read_pack_manifest(manifest)]
+    return [shard.name for shard in pack_manifest(model)]
 
 
 def get_shard_molecule(wildcards):
-    manifest = pack_checkpoint(wildcards.model).output.manifest
-    return {s.name: s.molecule for s in read_pack_manifest(manifest)}[wildcards.shard]
+    return {s.name: s.molecule for s in pack_manifest(wildcards.model)}[wildcards.shard]
 
 
 def merge_inputs(model):

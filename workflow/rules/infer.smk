@@ -15,7 +15,8 @@ rule demo_checkpoint:
 rule infer_shard:
     input:
         shard="results/packs/{model}/shards/{shard}.fa",
-        checkpoint=get_checkpoint_files,
+        checkpoint=get_checkpoint_dir,
+        head=get_head_dir,
     output:
         scores=temp(directory("results/packs/{model}/scores/{pass_}/{shard}")),
         figures="results/packs/{model}/figures/{pass_}/{shard}.json",
