@@ -1,25 +1,32 @@
-"""Read and validate FASTA files: one reader for the whole package, with faults located by file, record and line.
+"""Read and validate FASTA files: one reader for the whole package, every fault located by file and line.
 
-Biopython splits the file into records; a thin line tracker around the file handle remembers where each record
-starts and what its raw lines looked like, because Biopython silently removes spaces and carriage returns and
-skips any text before the first header — and seqshard never drops or rewrites input without saying so.
+Lines come from `seqshard.textfiles` (plain, gzip, bzip2 or xz; a corrupt, truncated or non-UTF-8 file is an
+error naming the line and byte). Records are then checked one by one: identifier, duplicates, the molecule's
+alphabet, and alignment gaps and stop symbols as the user's `InputPolicy` declares. A record that fails is
+either an error or a row of the rejects table, by the user's declared choice. Nothing is dropped or rewritten
+without being counted: line endings, a byte-order mark, stripped stops and removed gaps all show in the
+`ValidationReport` and the log.
 """
 
 from __future__ import annotations
 
-import gzip
+import logging
 import re
-from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import IO, Literal
+from typing import Literal
 
-from Bio.SeqIO.FastaIO import SimpleFastaParser
+from seqshard.interface import PYTHON, Interface
+from seqshard.textfiles import TextFileError, TextLines
 
 Molecule = Literal["dna", "rna", "protein"]
 OnInvalid = Literal["error", "skip"]
+GapPolicy = Literal["reject", "remove"]
+StopPolicy = Literal["reject", "unknown"]
+
+log = logging.getLogger(__name__)
 
 # Letters each molecule type accepts without question (upper case; input is compared case-insensitively).
 ALPHABETS: dict[str, frozenset[str]] = {
@@ -32,6 +39,61 @@ ALPHABETS: dict[str, frozenset[str]] = {
 # IUPAC nucleotide ambiguity codes. Whether they are accepted is the user's declared choice
 # (config key `allowed_ambiguity`); none of them is accepted by accident.
 NUCLEOTIDE_AMBIGUITY = frozenset("NRYSWKMBDHV")
+# Alignment gaps: '-' everywhere, '.' in A2M/A3M and Stockholm-derived files.
+GAP_CHARACTERS = "-."
+STOP = "*"
+# Amino-acid letters that are no nucleotide or IUPAC code (X aside: some tools mask bases with it).
+PROTEIN_ONLY = frozenset("EFIJLOPQZ")
+# Faults listed one by one in the log; the rest are counted (all of them are in the error or rejects table).
+LOGGED_FAULTS = 20
+
+# Text before the first header that looks like another format, with a hint.
+OTHER_FORMATS: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(r"@"), "it looks like FASTQ (or SAM); convert it to FASTA first, e.g. `seqtk seq -A`"),
+    (re.compile(r"LOCUS\s"), "it looks like GenBank; convert it to FASTA first"),
+    (re.compile(r"ID {3}"), "it looks like EMBL; convert it to FASTA first"),
+    (
+        re.compile(r"\s*<(!DOCTYPE|html|\?xml|head|body)", re.IGNORECASE),
+        "it looks like an HTML or XML page, such as an error page saved by a failed download",
+    ),
+    (re.compile(r"\s*[{\[]"), "it looks like JSON, such as an error response saved by a failed download"),
+    (re.compile(r"##gff"), "it looks like GFF annotation, not sequence"),
+    (re.compile(r"CLUSTAL|# STOCKHOLM|#NEXUS"), "it looks like an alignment format; convert it to FASTA first"),
+    (re.compile(r"[ACGTUNacgtun]+\s*$"), "it looks like a bare sequence; each record needs a '>id' header line"),
+]
+
+
+class FastaFormatError(TextFileError):
+    """The file as a whole cannot be read as FASTA: not text, corrupt or truncated compression, no records."""
+
+
+@dataclass(frozen=True)
+class InputPolicy:
+    """What the user declared about their input: which faults are errors and which odd-but-valid forms to accept.
+
+    `on_invalid`: an invalid record stops the run (`error`) or becomes a row of the rejects table (`skip`).
+    `gaps`: alignment gaps ('-', '.') make a record invalid (`reject`) or are removed (`remove`).
+    `internal_stops`: a protein's '*' before its end makes it invalid (`reject`) or is read as X (`unknown`);
+    one terminal '*' is always stripped (and counted). `interface` spells the settings in messages.
+    """
+
+    allowed_ambiguity: str = "N"
+    on_invalid: OnInvalid = "error"
+    gaps: GapPolicy = "reject"
+    internal_stops: StopPolicy = "reject"
+    interface: Interface = PYTHON
+
+    def __post_init__(self) -> None:
+        for key, choices in (("on_invalid", ("error", "skip")), ("gaps", ("reject", "remove")),
+                             ("internal_stops", ("reject", "unknown"))):  # fmt: skip
+            if getattr(self, key) not in choices:
+                raise ValueError(
+                    f"{key} must be one of {', '.join(choices)}, got {getattr(self, key)!r} "
+                    f"(set {self.interface.setting(key, choices[0])})"
+                )
+
+
+DEFAULT_POLICY = InputPolicy()
 
 
 @dataclass(frozen=True)
@@ -58,107 +120,57 @@ class Rejected:
 
 
 class FastaValidationError(ValueError):
-    """Raised with `on_invalid: error`; the message lists the faults found (file, record, line, reason)."""
+    """Raised with `on_invalid: error`: one line naming the file, the count and the first fault; all are in `faults`
+    (and the first ones in the log, one line each)."""
 
-    def __init__(self, faults: list[Rejected], shown: int = 20) -> None:
+    def __init__(self, faults: list[Rejected], interface: Interface = PYTHON) -> None:
         self.faults = faults
-        head = "\n".join(f"  {fault.describe()}" for fault in faults[:shown])
-        more = f"\n  ... and {len(faults) - shown} more" if len(faults) > shown else ""
         super().__init__(
-            f"{len(faults)} invalid FASTA record(s):\n{head}{more}\n"
-            "Fix the input, or set `on_invalid: skip` to write them to the sample's rejects table instead."
+            f"{len(faults)} invalid FASTA record(s); the first: {faults[0].describe()}. Fix the input, or set "
+            f"{interface.setting('on_invalid', 'skip')} to leave invalid records out and list them in a rejects table"
         )
 
 
-class FastaFormatError(ValueError):
-    """The file as a whole is not FASTA (no header, text before the first record, empty file)."""
+@dataclass
+class ValidationReport:
+    """What one pass over a FASTA file found."""
+
+    path: Path
+    compression: str | None = None
+    n_records: int = 0
+    n_valid: int = 0
+    crlf_lines: int = 0  # Windows line endings
+    cr_lines: int = 0  # classic Mac line endings (a lone carriage return)
+    byte_order_mark: bool = False
+    n_terminal_stops: int = 0  # valid protein records whose one terminal '*' was stripped
+    n_internal_stops: int = 0  # valid protein records with internal '*' read as X (internal_stops: unknown)
+    n_gapped: int = 0  # valid records whose gaps were removed (gaps: remove)
+    rejected: list[Rejected] = field(default_factory=list)
 
 
 @dataclass
 class _RawRecord:
     header_line: int
-    sequence_lines: list[tuple[int, str]] = field(default_factory=list)
+    title: str
+    lines: list[str] = field(default_factory=list)  # sequence lines, at header_line + 1, + 2, ...
 
 
-class _LineTracker:
-    """Iterates a text handle for Biopython while recording each record's header line and raw sequence lines."""
-
-    def __init__(self, handle: IO[str], path: Path) -> None:
-        self._handle = handle
-        self._path = path
-        self._number = 0
-        self._seen_header = False
-        self.records: deque[_RawRecord] = deque()
-        self.crlf_lines = 0
-
-    # An iterator, not a generator method: Biopython loops over the handle twice (header, then the rest),
-    # and both loops must share one position and one line count.
-    def __iter__(self) -> _LineTracker:
-        return self
-
-    def __next__(self) -> str:
-        line = next(self._handle)
-        self._number += 1
-        if line.endswith("\r\n"):
-            self.crlf_lines += 1
+def _raw_records(lines: TextLines, path: Path) -> Iterator[_RawRecord]:
+    record: _RawRecord | None = None
+    for line in lines:
         if line.startswith(">"):
-            self._seen_header = True
-            self.records.append(_RawRecord(header_line=self._number))
-        elif not self._seen_header:
-            if line.strip():
-                raise FastaFormatError(
-                    f"{self._path}: line {self._number}: text before the first '>' header: {line.strip()[:40]!r}"
-                )
-        else:
-            self.records[-1].sequence_lines.append((self._number, line.rstrip("\r\n")))
-        return line
-
-
-def open_text(path: Path) -> IO[str]:
-    """Open plain or gzip-compressed text, keeping line endings as they are so CRLF can be noticed."""
-    with open(path, "rb") as raw:
-        magic = raw.read(2)
-    if magic == b"\x1f\x8b":
-        return gzip.open(path, "rt", encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
-
-
-@lru_cache(maxsize=16)
-def _outside(allowed: frozenset[str]) -> re.Pattern[str]:
-    """A pattern matching any character that is not an allowed letter in either case."""
-    letters = "".join(sorted(allowed | {letter.lower() for letter in allowed}))
-    return re.compile(f"[^{re.escape(letters)}]")
-
-
-def _fault_in_sequence(raw: _RawRecord, allowed: frozenset[str], molecule: str) -> str | None:
-    """The first reason this record's sequence lines are not acceptable, with its line, or None."""
-    outside = _outside(allowed)
-    for number, text in raw.sequence_lines:
-        content = text.rstrip(" \t")
-        if outside.search(content) is None:  # the usual case, checked in C; only a faulty line is walked
-            continue
-        for column, char in enumerate(content, start=1):
-            if char in " \t\r\v\f":
-                return f"whitespace inside the sequence at line {number}, column {column}"
-            if char.upper() not in allowed:
-                return (
-                    f"character {char!r} at line {number}, column {column} is not in the {molecule} alphabet "
-                    f"(accepted: {accepted_letters(molecule, allowed)}, case-insensitive)"
-                )
-    return None
-
-
-def accepted_letters(molecule: str, allowed: frozenset[str]) -> str:
-    """The letters `allowed` for `molecule`, written for messages: the alphabet, then the accepted extras."""
-    extra = "".join(sorted(allowed - ALPHABETS[molecule]))
-    return "".join(sorted(ALPHABETS[molecule])) + (f" + {extra}" if extra else "")
-
-
-def first_invalid_position(sequence: str, allowed: frozenset[str]) -> int | None:
-    """0-based position of the first character of `sequence` that is not an allowed letter (either case), or
-    None: the check of a FASTA line, for one sequence given as a string (the HTTP server's requests)."""
-    match = _outside(allowed).search(sequence)
-    return None if match is None else match.start()
+            if record is not None:
+                yield record
+            record = _RawRecord(lines.number, line[1:])
+        elif record is not None:
+            record.lines.append(line)
+        elif line.strip():
+            hint = next((f"; {text}" for pattern, text in OTHER_FORMATS if pattern.match(line)), "")
+            raise FastaFormatError(
+                f"{path}: line {lines.number}: text before the first '>' header: {line.strip()[:40]!r}{hint}"
+            )
+    if record is not None:
+        yield record
 
 
 def allowed_letters(molecule: str, allowed_ambiguity: str = "N") -> frozenset[str]:
@@ -177,89 +189,238 @@ def allowed_letters(molecule: str, allowed_ambiguity: str = "N") -> frozenset[st
     return ALPHABETS[molecule]
 
 
-@dataclass
-class ValidationReport:
-    """What one pass over a FASTA file found."""
+@lru_cache(maxsize=32)
+def _outside(accepted: frozenset[str]) -> re.Pattern[str]:
+    """A pattern matching any character that is not accepted, in either case."""
+    characters = "".join(sorted(accepted | {c.lower() for c in accepted}))
+    return re.compile(f"[^{re.escape(characters)}]")
 
-    path: Path
-    n_records: int = 0
-    n_valid: int = 0
-    crlf_lines: int = 0
-    rejected: list[Rejected] = field(default_factory=list)
+
+def accepted_letters(molecule: str, allowed: frozenset[str]) -> str:
+    """The letters `allowed` for `molecule`, written for messages: the alphabet, then the accepted extras."""
+    extra = "".join(sorted(allowed - ALPHABETS[molecule]))
+    return "".join(sorted(ALPHABETS[molecule])) + (f" + {extra}" if extra else "")
+
+
+def first_invalid_position(sequence: str, allowed: frozenset[str]) -> int | None:
+    """0-based position of the first character of `sequence` that is not an allowed letter (either case), or
+    None: the check of a FASTA line, for one sequence given as a string (the HTTP server's requests)."""
+    match = _outside(allowed).search(sequence)
+    return None if match is None else match.start()
+
+
+@dataclass
+class _Checked:
+    """A record's sequence as it will be scored, or why it cannot be, and what was changed on the way."""
+
+    sequence: str = ""
+    reason: str | None = None
+    terminal_stop: bool = False
+    internal_stops: bool = False
+    gapped: bool = False
+
+
+class _RecordChecker:
+    """Checks a record's sequence lines against the molecule's alphabet and the declared policy."""
+
+    def __init__(self, molecule: str, policy: InputPolicy) -> None:
+        self.molecule = molecule
+        self.policy = policy
+        self.letters = allowed_letters(molecule, policy.allowed_ambiguity)
+        accepted = set(self.letters)
+        if policy.gaps == "remove":
+            accepted |= set(GAP_CHARACTERS)
+        if molecule == "protein":
+            accepted.add(STOP)  # where a '*' may stand is checked separately
+        self.outside = _outside(frozenset(accepted))
+        self.remove_gaps = str.maketrans("", "", GAP_CHARACTERS) if policy.gaps == "remove" else None
+
+    def check(self, record: _RawRecord) -> _Checked:
+        joined = "".join(line.rstrip(" \t") for line in record.lines)
+        bad = self.outside.search(joined)
+        if bad is not None:
+            line, column = _locate(record, bad.start())
+            return _Checked(reason=self._explain(bad.group(), line, column, joined))
+        result = _Checked()
+        sequence = joined
+        if self.remove_gaps is not None and (gapless := sequence.translate(self.remove_gaps)) != sequence:
+            sequence, result.gapped = gapless, True
+        if self.molecule == "protein" and STOP in sequence:
+            if sequence.endswith(STOP):
+                sequence, result.terminal_stop = sequence[:-1], True
+            if STOP in sequence:
+                if self.policy.internal_stops == "reject":
+                    line, column = _locate(record, joined.index(STOP))
+                    return _Checked(
+                        reason=f"internal stop '*' at line {line}, column {column} (only one terminal '*' is "
+                        f"stripped); set {self.policy.interface.setting('internal_stops', 'unknown')} to read "
+                        "internal stops as X"
+                    )
+                sequence, result.internal_stops = sequence.replace(STOP, "X"), True
+        if not sequence:
+            return _Checked(reason="empty sequence" + (" once gaps and stop removed" if joined else ""))
+        result.sequence = sequence.upper()
+        return result
+
+    def _explain(self, char: str, line: int, column: int, sequence: str) -> str:
+        """Why `char` is refused, with a hint at the likely cause and the setting that accepts it, if any."""
+        setting = self.policy.interface.setting
+        upper = char.upper()
+        nucleotide = self.molecule in ("dna", "rna")
+        if char in " \t\r\v\f":
+            reason = f"whitespace inside the sequence at line {line}, column {column}"
+        else:
+            reason = (
+                f"character {char!r} at line {line}, column {column} is not in the {self.molecule} alphabet "
+                f"(accepted: {accepted_letters(self.molecule, self.letters)}, case-insensitive)"
+            )
+        if any(c.isdigit() for c in sequence):
+            hint = "digits in a sequence line: a GenBank or EMBL sequence block? Convert it to FASTA"
+        elif char in " \t\r\v\f":
+            return reason
+        elif char in GAP_CHARACTERS:
+            hint = f"an alignment gap: set {setting('gaps', 'remove')} to read the ungapped sequence"
+        elif nucleotide and upper == "U" and self.molecule == "dna":
+            hint = f"looks like RNA: set {setting('molecule', 'rna')}"
+        elif nucleotide and upper == "T":
+            hint = f"looks like DNA: set {setting('molecule', 'dna')}"
+        elif nucleotide and not PROTEIN_ONLY.isdisjoint(sequence.upper()):
+            hint = f"if the sample holds proteins, set {setting('molecule', 'protein')}"
+        elif nucleotide and upper in NUCLEOTIDE_AMBIGUITY:
+            codes = "".join(sorted(self.letters - ALPHABETS[self.molecule] | {upper}))
+            hint = f"an IUPAC ambiguity code: set {setting('allowed_ambiguity', codes)} to accept it"
+        elif nucleotide and upper == "X":
+            hint = "X marks masked bases in some tools (RepeatMasker -x); mask with N instead"
+        elif nucleotide and char == STOP:
+            hint = f"'*' is a stop in translated sequences: for proteins set {setting('molecule', 'protein')}"
+        else:
+            return reason
+        return f"{reason}; {hint}"
+
+
+def _locate(record: _RawRecord, index: int) -> tuple[int, int]:
+    """(line, column) of character `index` of a record's joined sequence lines."""
+    for number, line in enumerate(record.lines, start=record.header_line + 1):
+        length = len(line.rstrip(" \t"))
+        if index < length:
+            return number, index + 1
+        index -= length
+    raise IndexError(index)
 
 
 def iter_valid_records(
     path: Path | str,
     molecule: str,
+    policy: InputPolicy = DEFAULT_POLICY,
     *,
-    allowed_ambiguity: str = "N",
-    on_invalid: OnInvalid = "error",
     report: ValidationReport | None = None,
 ) -> Iterator[SequenceRecord]:
-    """Yield the valid records of a FASTA file in input order, sequences upper-cased.
+    """Yield the valid records of a FASTA file (plain, gzip, bzip2 or xz) in input order, sequences upper-cased.
 
     Each record is checked for an empty identifier, an empty sequence, an identifier already used in this file,
-    whitespace inside sequence lines and letters outside the molecule's alphabet. With `on_invalid="error"` the
-    first full pass raises `FastaValidationError` listing every fault; with `"skip"` faults are collected in
-    `report.rejected` (pass a `ValidationReport` to receive them) and the record is not yielded. Windows line
-    endings are accepted and counted in `report.crlf_lines`.
+    whitespace inside sequence lines and letters outside the molecule's alphabet, with alignment gaps and stop
+    symbols treated as `policy` declares. With `on_invalid="error"` the first full pass raises
+    `FastaValidationError` naming every fault; with `"skip"` faults are collected in `report.rejected` (pass a
+    `ValidationReport` to receive them) and the record is not yielded. A fault of the file as a whole (not
+    text, corrupt or truncated compression, no records) raises `FastaFormatError` whatever the policy, even
+    after records were yielded: check the whole file (`validate_fasta`) before acting on any of them.
     """
     path = Path(path)
-    allowed = allowed_letters(molecule, allowed_ambiguity)
+    checker = _RecordChecker(molecule, policy)
     report = report if report is not None else ValidationReport(path)
     first_seen: dict[str, int] = {}
     faults: list[Rejected] = []
-    with open_text(path) as handle:
-        tracker = _LineTracker(handle, path)
-        for title, sequence in SimpleFastaParser(tracker):
-            raw = tracker.records.popleft()
-            report.n_records += 1
-            record_id = title.split(maxsplit=1)[0] if title.strip() else ""
-            reason: str | None
-            if not record_id:
-                reason = "empty identifier after '>'"
-            elif record_id in first_seen:
-                reason = f"duplicate id (first seen at line {first_seen[record_id]})"
-            elif not sequence:
-                reason = "empty sequence"
-            else:
-                reason = _fault_in_sequence(raw, allowed, molecule)
-            if record_id and record_id not in first_seen:
-                first_seen[record_id] = raw.header_line
-            if reason is not None:
-                fault = Rejected(str(path), record_id, raw.header_line, reason)
-                faults.append(fault)
-                report.rejected.append(fault)
-                continue
-            if faults and on_invalid == "error":
-                continue  # keep scanning so the error lists every fault, but yield nothing more
-            yield SequenceRecord(report.n_valid, record_id, sequence.upper(), raw.header_line)
-            report.n_valid += 1
-        report.crlf_lines = tracker.crlf_lines
+    lines = TextLines(path, FastaFormatError)
+    for raw in _raw_records(lines, path):
+        report.n_records += 1
+        record_id = raw.title.split(maxsplit=1)[0] if raw.title.strip() else ""
+        checked: _Checked | None = None
+        if not record_id:
+            reason: str | None = "empty identifier after '>'"
+        elif record_id in first_seen:
+            reason = f"duplicate id (first seen at line {first_seen[record_id]})"
+        else:
+            checked = checker.check(raw)
+            reason = checked.reason
+        if record_id and record_id not in first_seen:
+            first_seen[record_id] = raw.header_line
+        if reason is not None or checked is None:
+            fault = Rejected(str(path), record_id, raw.header_line, reason or "")
+            faults.append(fault)
+            report.rejected.append(fault)
+            continue
+        report.n_terminal_stops += checked.terminal_stop
+        report.n_internal_stops += checked.internal_stops
+        report.n_gapped += checked.gapped
+        if faults and policy.on_invalid == "error":
+            continue  # keep scanning so the error counts every fault, but yield nothing more
+        yield SequenceRecord(report.n_valid, record_id, checked.sequence, raw.header_line)
+        report.n_valid += 1
+    report.compression = lines.compression
+    report.crlf_lines, report.cr_lines, report.byte_order_mark = lines.crlf, lines.cr, lines.byte_order_mark
     if report.n_records == 0:
-        raise FastaFormatError(f"{path}: no FASTA records found (is it empty, or not FASTA?)")
-    if faults and on_invalid == "error":
-        raise FastaValidationError(faults)
+        raise FastaFormatError(f"{path}: no FASTA records found (no line starts with '>')")
+    if faults and policy.on_invalid == "error":
+        _log_faults(faults, logging.ERROR)  # the error itself names only the first
+        raise FastaValidationError(faults, policy.interface)
     if report.n_valid == 0:
         raise FastaFormatError(
             f"{path}: none of its {report.n_records} record(s) is valid, so the sample would be empty; "
-            f"first fault: {faults[0].describe()}"
+            f"the first fault: {faults[0].describe()}"
         )
 
 
+def _log_faults(faults: list[Rejected], level: int) -> None:
+    for fault in faults[:LOGGED_FAULTS]:
+        log.log(level, "invalid record: %s", fault.describe())
+    if len(faults) > LOGGED_FAULTS:
+        log.log(level, "... and %d more invalid record(s)", len(faults) - LOGGED_FAULTS)
+
+
+def validate_fasta(path: Path | str, molecule: str, policy: InputPolicy = DEFAULT_POLICY) -> ValidationReport:
+    """One streaming pass over the whole file, keeping nothing but the report; raises as `iter_valid_records`."""
+    report = ValidationReport(Path(path))
+    for _ in iter_valid_records(path, molecule, policy, report=report):
+        pass
+    return report
+
+
 def read_valid_records(
-    path: Path | str, molecule: str, *, allowed_ambiguity: str = "N", on_invalid: OnInvalid = "error"
+    path: Path | str, molecule: str, policy: InputPolicy = DEFAULT_POLICY
 ) -> tuple[list[SequenceRecord], ValidationReport]:
     """All valid records of a file in memory, with the validation report."""
     report = ValidationReport(Path(path))
-    records = list(
-        iter_valid_records(path, molecule, allowed_ambiguity=allowed_ambiguity, on_invalid=on_invalid, report=report)
-    )
+    records = list(iter_valid_records(path, molecule, policy, report=report))
     return records, report
 
 
-def write_rejects(rejected: list[Rejected], out: Path) -> None:
+def log_report(report: ValidationReport) -> None:
+    """The report's counts, and one line for every way the input was read other than as plain FASTA."""
+    log.info(
+        "%s%s: %d records, %d valid, %d rejected",
+        report.path,
+        f" ({report.compression})" if report.compression else "",
+        report.n_records,
+        report.n_valid,
+        len(report.rejected),
+    )
+    notes = [
+        (report.byte_order_mark, "starts with a UTF-8 byte-order mark; skipped"),
+        (report.crlf_lines, f"{report.crlf_lines} line(s) had Windows (CRLF) line endings; read as plain newlines"),
+        (report.cr_lines, f"{report.cr_lines} line(s) ended in a lone carriage return (classic Mac); read as newlines"),
+        (report.n_terminal_stops, f"{report.n_terminal_stops} protein record(s) ended in '*'; that stop was stripped"),
+        (report.n_internal_stops, f"{report.n_internal_stops} protein record(s) had internal '*'; read as X"),
+        (report.n_gapped, f"{report.n_gapped} record(s) had alignment gaps; removed"),
+    ]
+    for present, note in notes:
+        if present:
+            log.warning("%s: %s", report.path, note)
+    _log_faults(report.rejected, logging.WARNING)
+
+
+def write_rejects(rejected: list[Rejected], out: Path | str) -> None:
     """The rejects table: one row per refused record, header always present so an empty table is explicit."""
+    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", encoding="utf-8") as handle:
         handle.write("file\trecord_id\tline\treason\n")

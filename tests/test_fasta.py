@@ -7,9 +7,14 @@ import pytest
 from seqshard.fasta import (
     FastaFormatError,
     FastaValidationError,
+    InputPolicy,
+    log_report,
     read_valid_records,
     write_rejects,
 )
+from seqshard.interface import CLI, WORKFLOW
+
+SKIP = InputPolicy(on_invalid="skip")
 
 
 def write(tmp_path, text, name="in.fa"):
@@ -69,20 +74,23 @@ def test_each_fault_is_located(tmp_path, text, record_id, line, reason):
     assert (fault.file, fault.record_id, fault.line) == (str(path), record_id, line)
     assert fault.reason.startswith(reason)
     message = str(raised.value)
-    assert str(path) in message and f"(line {line})" in message and "on_invalid: skip" in message
+    assert str(path) in message and f"(line {line})" in message and "`on_invalid='skip'`" in message
+    assert "\n" not in message
 
 
-def test_error_lists_every_fault_not_just_the_first(tmp_path):
+def test_error_counts_every_fault_and_logs_each(tmp_path, caplog):
     path = write(tmp_path, ">a\n\n>b\nAXA\n>c\nACGT\n>d\n")
     with pytest.raises(FastaValidationError) as raised:
         read_valid_records(path, "dna")
     assert [f.record_id for f in raised.value.faults] == ["a", "b", "d"]
-    assert "3 invalid FASTA record(s)" in str(raised.value)
+    assert str(raised.value).startswith(f"3 invalid FASTA record(s); the first: {path}: record 'a' (line 1)")
+    logged = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert logged == [f"invalid record: {fault.describe()}" for fault in raised.value.faults]
 
 
 def test_skip_keeps_valid_records_and_reports_the_rest(tmp_path):
     path = write(tmp_path, ">a\nACGT\n>b\nAXA\n>c\nGG\n>a\nTT\n")
-    records, report = read_valid_records(path, "dna", on_invalid="skip")
+    records, report = read_valid_records(path, "dna", SKIP)
     assert [(r.index, r.id) for r in records] == [(0, "a"), (1, "c")]
     assert [(f.record_id, f.line) for f in report.rejected] == [("b", 3), ("a", 7)]
     assert report.n_records == 4 and report.n_valid == 2
@@ -97,12 +105,12 @@ def test_skip_keeps_valid_records_and_reports_the_rest(tmp_path):
 def test_ambiguity_codes_are_a_declared_choice(tmp_path):
     path = write(tmp_path, ">a\nACNGT\n>b\nACRYT\n")
     with pytest.raises(FastaValidationError) as raised:
-        read_valid_records(path, "dna", allowed_ambiguity="")
+        read_valid_records(path, "dna", InputPolicy(allowed_ambiguity=""))
     assert [f.record_id for f in raised.value.faults] == ["a", "b"]
-    records, _ = read_valid_records(path, "dna", allowed_ambiguity="NRY")
+    records, _ = read_valid_records(path, "dna", InputPolicy(allowed_ambiguity="NRY"))
     assert [r.sequence for r in records] == ["ACNGT", "ACRYT"]
     with pytest.raises(ValueError, match="not IUPAC nucleotide ambiguity codes: E"):
-        read_valid_records(path, "dna", allowed_ambiguity="E")
+        read_valid_records(path, "dna", InputPolicy(allowed_ambiguity="E"))
 
 
 def test_rna_and_protein_alphabets(tmp_path):
@@ -117,13 +125,100 @@ def test_rna_and_protein_alphabets(tmp_path):
 def test_zero_valid_records_is_an_error_even_when_skipping(tmp_path):
     path = write(tmp_path, ">a\n\n>b\nAXA\n")
     with pytest.raises(FastaFormatError, match="none of its 2 record"):
-        read_valid_records(path, "dna", on_invalid="skip")
+        read_valid_records(path, "dna", SKIP)
 
 
 @pytest.mark.parametrize(
     ("text", "match"),
-    [("", "no FASTA records"), ("ACGT\n>a\nACGT\n", "line 1: text before the first '>' header")],
+    [
+        ("", r"empty file \(0 bytes\)"),
+        ("\n\n", "no FASTA records found"),
+        ("ACGT\n>a\nACGT\n", "line 1: text before the first '>' header: 'ACGT'; it looks like a bare sequence"),
+        ("@r1\nACGT\n+\nIIII\n", "line 1: text before the first '>' header: '@r1'; it looks like FASTQ"),
+        ("LOCUS       AB000001 10 bp DNA\n", "it looks like GenBank"),
+        ("\n<!DOCTYPE html>\n<html>Not Found</html>\n", "line 2: .*it looks like an HTML or XML page"),
+        ('{"error": "rate limited"}\n', "it looks like JSON"),
+    ],
 )
 def test_not_fasta(tmp_path, text, match):
     with pytest.raises(FastaFormatError, match=match):
         read_valid_records(write(tmp_path, text), "dna")
+
+
+def test_byte_order_mark_and_line_endings_are_accepted_and_counted(tmp_path, caplog):
+    path = tmp_path / "in.fa"
+    path.write_bytes(b"\xef\xbb\xbf>a\r\nAC\r\n\r\n>b\rGG\rTT\n>c\nAA")
+    records, report = read_valid_records(path, "dna")
+    assert [(r.id, r.sequence, r.line) for r in records] == [("a", "AC", 1), ("b", "GGTT", 4), ("c", "AA", 7)]
+    assert (report.byte_order_mark, report.crlf_lines, report.cr_lines) == (True, 3, 2)
+    log_report(report)
+    notes = " ".join(r.getMessage() for r in caplog.records)
+    assert "byte-order mark" in notes and "3 line(s) had Windows (CRLF)" in notes
+    assert "2 line(s) ended in a lone carriage return" in notes
+
+
+def test_one_terminal_stop_is_stripped_and_counted(tmp_path):
+    path = write(tmp_path, ">p1 prodigal\nMKT\nAL*\n>p2\nMKV\n>p3\nMK**\n")
+    records, report = read_valid_records(path, "protein", SKIP)
+    assert [(r.id, r.sequence) for r in records] == [("p1", "MKTAL"), ("p2", "MKV")]
+    assert report.n_terminal_stops == 1  # p3's stripped stop is not counted: the record was rejected
+    (fault,) = report.rejected
+    assert (fault.record_id, fault.line) == ("p3", 6)
+    assert fault.reason.startswith("internal stop '*' at line 7, column 3 (only one terminal '*' is stripped)")
+    assert "set `internal_stops='unknown'` to read internal stops as X" in fault.reason
+
+
+def test_internal_stops_read_as_unknown_when_declared(tmp_path):
+    path = write(tmp_path, ">p1\nMK*TA*\n>p2\nMKV\n")
+    records, report = read_valid_records(path, "protein", InputPolicy(internal_stops="unknown"))
+    assert [r.sequence for r in records] == ["MKXTA", "MKV"]
+    assert (report.n_internal_stops, report.n_terminal_stops) == (1, 1)
+
+
+def test_gaps_follow_the_declared_policy(tmp_path):
+    path = write(tmp_path, ">a aligned\nAC--GT\n.ACG.\n>b\nACGT\n>c\n---\n")
+    records, report = read_valid_records(path, "dna", SKIP)
+    assert [r.id for r in records] == ["b"]
+    assert report.rejected[0].reason.startswith("character '-' at line 2, column 3 is not in the dna alphabet")
+    assert "an alignment gap: set `gaps='remove'` to read the ungapped sequence" in report.rejected[0].reason
+    records, report = read_valid_records(path, "dna", InputPolicy(gaps="remove", on_invalid="skip"))
+    assert [(r.id, r.sequence) for r in records] == [("a", "ACGTACG"), ("b", "ACGT")]
+    assert report.n_gapped == 1
+    assert [(f.record_id, f.reason) for f in report.rejected] == [("c", "empty sequence once gaps and stop removed")]
+
+
+@pytest.mark.parametrize(
+    ("molecule", "sequence", "hint"),
+    [
+        ("dna", "ACGU", "looks like RNA: set `molecule='rna'`"),
+        ("rna", "ACGT", "looks like DNA: set `molecule='dna'`"),
+        ("dna", "MKELIQ", "if the sample holds proteins, set `molecule='protein'`"),
+        ("dna", "ACGTE", "if the sample holds proteins, set `molecule='protein'`"),
+        ("dna", "ACRT", "an IUPAC ambiguity code: set `allowed_ambiguity='NR'` to accept it"),
+        ("dna", "ACXXT", "X marks masked bases in some tools (RepeatMasker -x); mask with N instead"),
+        ("dna", "ATG*", "'*' is a stop in translated sequences: for proteins set `molecule='protein'`"),
+        ("dna", "1 acgt", "digits in a sequence line: a GenBank or EMBL sequence block? Convert it to FASTA"),
+    ],
+)
+def test_faults_come_with_a_hint(tmp_path, molecule, sequence, hint):
+    path = write(tmp_path, f">ok\nACG\n>r\n{sequence}\n")
+    _, report = read_valid_records(path, molecule, SKIP)
+    (fault,) = report.rejected
+    assert fault.record_id == "r" and fault.reason.endswith(hint)
+
+
+@pytest.mark.parametrize(
+    ("interface", "molecule_hint", "skip_hint"),
+    [
+        (CLI, "looks like RNA: set `--molecule rna`", "set `--on-invalid skip`"),
+        (WORKFLOW, "looks like RNA: set the sample's `molecule` column to `rna` in the sample sheet",
+         "set `on_invalid: skip` in the config"),
+    ],
+)  # fmt: skip
+def test_messages_name_the_option_of_the_interface_in_use(tmp_path, interface, molecule_hint, skip_hint):
+    path = write(tmp_path, ">ok\nACGT\n>rna\nACGU\n")
+    with pytest.raises(FastaValidationError) as raised:
+        read_valid_records(path, "dna", InputPolicy(interface=interface))
+    assert molecule_hint in str(raised.value) and skip_hint in str(raised.value)
+    with pytest.raises(ValueError, match="gaps must be one of reject, remove, got 'drop'"):
+        InputPolicy(gaps="drop", interface=interface)
