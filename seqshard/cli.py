@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from seqshard import __version__
-from seqshard.logs import setup_logging
+from seqshard.logs import EXPECTED_ERRORS, log_failure, setup_logging
 
 if TYPE_CHECKING:
     from seqshard.inference import TaskSettings
@@ -52,7 +52,7 @@ def create_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser(
         "predict", help="predict every sequence of a FASTA file on a running server; same Parquet as embed/score"
     )
-    predict.add_argument("fasta", type=Path, help="input FASTA, plain or gzip")
+    predict.add_argument("fasta", type=Path, help="input FASTA: plain, gzip, bzip2 or xz (detected from the content)")
     predict.add_argument("-o", "--output", type=Path, required=True, help="output Parquet file")
     predict.add_argument("--url", required=True, help="the server, e.g. http://127.0.0.1:8000")
     predict.add_argument(
@@ -79,9 +79,32 @@ def create_parser() -> argparse.ArgumentParser:
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments shared by every task: input, output, model, long-sequence handling, device and speed."""
-    parser.add_argument("fasta", type=Path, help="input FASTA, plain or gzip")
+    parser.add_argument("fasta", type=Path, help="input FASTA: plain, gzip, bzip2 or xz (detected from the content)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="output Parquet file")
     add_model_arguments(parser)
+    parser.add_argument(
+        "--on-invalid",
+        default="error",
+        choices=["error", "skip"],
+        help="an invalid record stops the run before any scoring (error, the default), or is left out and "
+        "listed in the rejects table (skip)",
+    )
+    parser.add_argument(
+        "--rejects", type=Path, help="rejects table (TSV) to write (default: beside the output, OUTPUT.rejects.tsv)"
+    )
+    parser.add_argument(
+        "--gaps",
+        default="reject",
+        choices=["reject", "remove"],
+        help="alignment gaps ('-', '.') make a record invalid (reject, the default) or are removed (remove)",
+    )
+    parser.add_argument(
+        "--internal-stops",
+        default="reject",
+        choices=["reject", "unknown"],
+        help="a protein's '*' before its end makes it invalid (reject, the default) or reads as X (unknown); "
+        "one terminal '*' is always stripped",
+    )
     parser.add_argument("--figures", type=Path, help="also write run figures (timings, tokens) as JSON here")
     parser.add_argument(
         "--cache", type=Path, help="result cache directory: reuse results of earlier runs for the same sequences"
@@ -167,7 +190,9 @@ def task_settings(args: argparse.Namespace, task: str = "embed") -> TaskSettings
 def run(args: argparse.Namespace) -> None:
     if args.command in ("embed", "score"):
         from seqshard.cache import ResultCache
+        from seqshard.fasta import InputPolicy
         from seqshard.inference import run_task
+        from seqshard.interface import CLI
 
         settings = task_settings(args, "embed" if args.command == "embed" else args.task)
         run_task(
@@ -181,7 +206,14 @@ def run(args: argparse.Namespace) -> None:
             device=args.device,
             dtype=args.dtype,
             threads=args.threads,
-            allowed_ambiguity=args.allowed_ambiguity,
+            policy=InputPolicy(
+                allowed_ambiguity=args.allowed_ambiguity,
+                on_invalid=args.on_invalid,
+                gaps=args.gaps,
+                internal_stops=args.internal_stops,
+                interface=CLI,
+            ),
+            rejects_out=args.rejects or args.output.with_suffix(".rejects.tsv"),
             figures_out=args.figures,
             cache=ResultCache(args.cache, int(args.cache_max_gb * 1e9)) if args.cache else None,
         )
@@ -232,8 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(verbose=args.verbose)
     try:
         run(args)
-    except (ValueError, OSError, RuntimeError) as error:  # ServerError and httpx's errors are among these
-        logging.getLogger("seqshard").error("%s", error)
+    except EXPECTED_ERRORS as error:  # ServerError and httpx's errors are among these
+        log_failure(error)
         return 1
     return 0
 

@@ -395,15 +395,9 @@ def read_valid_records(
 
 
 def log_report(report: ValidationReport) -> None:
-    """The report's counts, and one line for every way the input was read other than as plain FASTA."""
-    log.info(
-        "%s%s: %d records, %d valid, %d rejected",
-        report.path,
-        f" ({report.compression})" if report.compression else "",
-        report.n_records,
-        report.n_valid,
-        len(report.rejected),
-    )
+    """One line for every way the input was read other than as plain FASTA, and the refused records."""
+    if report.compression:
+        log.info("%s: read through %s decompression", report.path, report.compression)
     notes = [
         (report.byte_order_mark, "starts with a UTF-8 byte-order mark; skipped"),
         (report.crlf_lines, f"{report.crlf_lines} line(s) had Windows (CRLF) line endings; read as plain newlines"),

@@ -59,7 +59,16 @@ from seqshard.cache import CacheWriter, ResultCache, cache_key
 from seqshard.devices import DTYPES, check_run_precision, precision_provenance, resolve_precision, run_key
 from seqshard.devices import resolve_device as resolve_device  # re-exported: callers found it here before
 from seqshard.devices import resolve_dtype as resolve_dtype  # re-exported: callers found it here before
-from seqshard.fasta import Rejected, SequenceRecord, ValidationReport, iter_valid_records, write_rejects
+from seqshard.fasta import (
+    DEFAULT_POLICY,
+    InputPolicy,
+    Rejected,
+    SequenceRecord,
+    ValidationReport,
+    iter_valid_records,
+    log_report,
+    write_rejects,
+)
 from seqshard.heads import head_digest, load_linear_head
 from seqshard.models import LoadedModel, SequenceHead, get_loader
 from seqshard.monitoring import GpuSampler, usable_cpus
@@ -989,19 +998,16 @@ def validate_input(
     fasta: Path | str,
     molecule: str,
     *,
-    allowed_ambiguity: str = "N",
-    on_invalid: str = "error",
+    policy: InputPolicy = DEFAULT_POLICY,
     dedupe: bool = True,
 ) -> InputCheck:
     """Read the whole input once, cheaply: every fault is found before the first forward pass (with
-    `on_invalid="error"` the first full pass raises, listing them), and repeated sequences are found too."""
+    `on_invalid="error"` the first full pass raises, naming them), and repeated sequences are found too."""
     report = ValidationReport(Path(fasta))
     seen: dict[bytes, int] = {}
     first: list[int] = []
     digests: list[bytes] = []
-    for record in iter_valid_records(
-        fasta, molecule, allowed_ambiguity=allowed_ambiguity, on_invalid=on_invalid, report=report
-    ):
+    for record in iter_valid_records(fasta, molecule, policy, report=report):
         digest = sequence_digest(record.sequence)
         digests.append(digest)
         first.append(seen.setdefault(digest, record.index) if dedupe else record.index)
@@ -1092,8 +1098,7 @@ def run_tasks(
     dtype: str = "auto",
     gpus: int | None = None,
     threads: int = 1,
-    allowed_ambiguity: str = "N",
-    on_invalid: str = "error",
+    policy: InputPolicy = DEFAULT_POLICY,
     rejects_out: Path | str | None = None,
     figures_out: Path | str | None = None,
     check_sibling_shards: bool = False,
@@ -1145,14 +1150,13 @@ def run_tasks(
     if packed:
         check = packed_input(fasta)
     else:
-        check = validate_input(
-            fasta, molecule, allowed_ambiguity=allowed_ambiguity, on_invalid=on_invalid, dedupe=dedupe
-        )
+        check = validate_input(fasta, molecule, policy=policy, dedupe=dedupe)
     log.info(
         "%s: %d records, %d valid (%d distinct sequences), %d rejected; validated in %.1f s",
         fasta, check.report.n_records, check.n_valid, check.n_valid - check.duplicates.n_duplicates,
         len(check.report.rejected), time.perf_counter() - started,
     )  # fmt: skip
+    log_report(check.report)
 
     load_started = time.perf_counter()
     loaded = get_loader(architecture)(checkpoint, device, torch.float32)
@@ -1181,7 +1185,7 @@ def run_tasks(
     if packed:
         records = iter_packed_shard(fasta)
     else:
-        records = iter_valid_records(fasta, molecule, allowed_ambiguity=allowed_ambiguity, on_invalid=on_invalid)
+        records = iter_valid_records(fasta, molecule, policy)
     if device.startswith("cuda") and chunk_records == CHUNK_RECORDS:
         chunk_records = 4 * CHUNK_RECORDS  # larger chunks: fewer partly filled batches, so fewer batch shapes
     scored = score_chunks(
@@ -1194,7 +1198,7 @@ def run_tasks(
         with gpu_sampler, ThreadPoolExecutor(max_workers=1, thread_name_prefix="seqshard-write") as pool_:
             written: Future[None] | None = None
             for chunk in scored:
-                keep = _kept_rows(chunk, on_invalid, rejected, fasta)
+                keep = _kept_rows(chunk, policy, rejected, fasta)
                 tables = {
                     task: chunk_table(chunk, by_task[task], loaded.hidden_size, metadata[task])
                     for task in by_task
@@ -1311,17 +1315,18 @@ def _cached_rows(cache: ResultCache, keys: Mapping[str, str], check: InputCheck)
     return Precomputed(cached, (base, columns))
 
 
-def _kept_rows(chunk: ScoredChunk, on_invalid: str, rejected: list[Rejected], fasta: Path | str) -> np.ndarray:
+def _kept_rows(chunk: ScoredChunk, policy: InputPolicy, rejected: list[Rejected], fasta: Path | str) -> np.ndarray:
     """Rows of the chunk to write: all but the records that could not be scored, which are rejects (skip) or an
     error naming the record (error)."""
     if not chunk.failed:
         return np.arange(len(chunk.records))
     for row, reason in sorted(chunk.failed.items()):
         record = chunk.records[row]
-        if on_invalid != "skip":
+        if policy.on_invalid != "skip":
+            skip = policy.interface.setting("on_invalid", "skip")
             raise RecordError(
                 f"{fasta}: record {record.id!r} (line {record.line}): {reason}; lower max_tokens or window_length, "
-                "use a device with more memory, or skip such records with on_invalid skip"
+                f"use a device with more memory, or skip such records with {skip}"
             )
         rejected.append(Rejected(str(fasta), record.id, record.line, reason))
         log.warning("rejected %s: record %r (line %d): %s", fasta, record.id, record.line, reason)

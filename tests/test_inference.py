@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from seqshard.fasta import InputPolicy
 from seqshard.inference import RecordError, RunFigures, TaskSettings, run_embed, score_records
 from seqshard.models.dnabert2 import load_dnabert2, write_demo_checkpoint
 from seqshard.parquet import read_provenance
@@ -179,7 +180,7 @@ def test_run_task_streams_chunks_into_row_groups_and_leaves_nothing_on_failure(c
     assert figures["ended_at"] - figures["started_at"] >= figures["run_seconds"] - 1e-3  # run_seconds is rounded
     assert figures["gpu"] == {"gpu_available": False, "gpu_reason": "the work ran on cpu, not on a GPU"}
 
-    bad = tmp_path / "bad.fa"  # valid records first, then a fault: the run fails after rows were produced
+    bad = tmp_path / "bad.fa"  # valid records first, then a fault: the whole file is checked before any scoring
     bad.write_text(fasta.read_text() + ">broken\nACGTXX\n")
     failed = tmp_path / "failed.parquet"
     with pytest.raises(ValueError, match="broken"):
@@ -263,11 +264,11 @@ def test_a_record_too_large_even_alone_is_a_reject_under_skip(checkpoint, tmp_pa
         out, rejects = tmp_path / "out.parquet", tmp_path / "rejects.tsv"
         figures = inference.run_task(fasta, out, architecture="dnabert2", checkpoint=str(checkpoint),
                                      settings=TaskSettings(max_tokens=4096, window_length=5000),
-                                     on_invalid="skip", rejects_out=rejects)  # fmt: skip
+                                     policy=InputPolicy(on_invalid="skip"), rejects_out=rejects)  # fmt: skip
         with pytest.raises(RecordError, match=r"in.fa: record 'r1' \(line 3\): out of memory even alone"):
             inference.run_task(fasta, tmp_path / "error.parquet", architecture="dnabert2",
                                checkpoint=str(checkpoint), settings=TaskSettings(max_tokens=4096, window_length=5000),
-                               on_invalid="error")  # fmt: skip
+                               policy=InputPolicy(on_invalid="error"))  # fmt: skip
     finally:
         inference.get_loader = original
     assert pd.read_parquet(out)["id"].tolist() == ["r0", "r2", "r3"]
