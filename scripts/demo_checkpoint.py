@@ -2,8 +2,7 @@
 
 from seqshard.demo import write_demo
 from seqshard.jobs import recorded_job
-from seqshard.logs import setup_logging
+from seqshard.logs import rule_script
 
-setup_logging(snakemake.log[0])
-with recorded_job(snakemake.log[0], snakemake.threads):
+with rule_script(snakemake.log[0]), recorded_job(snakemake.log[0], snakemake.threads):
     write_demo(snakemake.wildcards.demo, snakemake.output[0])

@@ -4,22 +4,20 @@ from pathlib import Path
 
 from seqshard.cache import ResultCache
 from seqshard.checkpoints import use_local_copy
+from seqshard.fasta import InputPolicy
 from seqshard.gpus import gpus_for_job
 from seqshard.inference import TaskSettings, run_tasks
+from seqshard.interface import WORKFLOW
 from seqshard.jobs import recorded_job
-from seqshard.logs import one_line_errors, setup_logging
-from seqshard.storage import StorageError, storage_settings
+from seqshard.logs import rule_script
+from seqshard.storage import storage_settings
 
-setup_logging(snakemake.log[0])
 settings = snakemake.params.settings
 # Speed-only settings come from the config, not params, so changing them never reruns finished shards.
 run = snakemake.config["models"][snakemake.wildcards.model]
 scores = Path(snakemake.output.scores)
 tasks = [TaskSettings(**task) for task in settings["tasks"]]
 cache_settings = snakemake.config["result_cache"]
-cache = None
-if cache_settings["enabled"]:
-    cache = ResultCache(cache_settings["dir"], int(cache_settings["max_size_gb"] * 1e9))
 # Local checkpoint and head directories are inputs: read them where Snakemake put them (a storage provider stages
 # them on the node), while provenance keeps the names the config gives. s3:// URLs and hub ids are no inputs.
 for key in ("checkpoint", "head"):
@@ -27,7 +25,10 @@ for key in ("checkpoint", "head"):
         use_local_copy(run[key], snakemake.input[key])
 # A GPU job on the local executor takes free devices from a lock-file pool; Slurm's own assignment is kept.
 gpus = int(snakemake.resources.get("gpu", 0) or 0)
-with one_line_errors(StorageError), recorded_job(snakemake.log[0], snakemake.threads) as job, gpus_for_job(gpus):
+with rule_script(snakemake.log[0]), recorded_job(snakemake.log[0], snakemake.threads) as job, gpus_for_job(gpus):
+    cache = None
+    if cache_settings["enabled"]:
+        cache = ResultCache(cache_settings["dir"], int(cache_settings["max_size_gb"] * 1e9))
     run_tasks(
         snakemake.input.shard,
         {task.task: scores / f"{task.task}.parquet" for task in tasks},
@@ -41,9 +42,9 @@ with one_line_errors(StorageError), recorded_job(snakemake.log[0], snakemake.thr
         gpus=gpus,
         dtype=settings["dtype"],
         threads=snakemake.threads,
-        allowed_ambiguity=snakemake.params.allowed_ambiguity,
-        # Records that cannot be scored are listed here; the merge names them or fails, as on_invalid says.
-        on_invalid="skip",
+        # The pack validated and normalised the shard (packed=True reads it as such). Records that cannot be
+        # scored are listed in the shard's rejects; the merge names them or fails, as on_invalid says.
+        policy=InputPolicy(allowed_ambiguity=snakemake.params.allowed_ambiguity, on_invalid="skip", interface=WORKFLOW),
         rejects_out=scores / "rejects.tsv",
         figures_out=snakemake.output.figures,
         check_sibling_shards=True,

@@ -3,15 +3,14 @@
 from pathlib import Path
 
 from seqshard.jobs import recorded_job
-from seqshard.logs import setup_logging
+from seqshard.logs import rule_script
 from seqshard.packing import merge_model
 
-setup_logging(snakemake.log[0])
 params = snakemake.params
 by_pass = {}
 for directory in map(Path, snakemake.input.scores):
     by_pass.setdefault(directory.parent.name, {})[directory.name] = directory
-with recorded_job(snakemake.log[0], snakemake.threads):
+with rule_script(snakemake.log[0]), recorded_job(snakemake.log[0], snakemake.threads):
     merge_model(
         Path(snakemake.input.manifest).parent,
         {task: by_pass[pass_] for task, pass_ in params.passes.items()},

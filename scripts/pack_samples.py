@@ -2,22 +2,28 @@
 
 from pathlib import Path
 
+from seqshard.fasta import InputPolicy
+from seqshard.interface import WORKFLOW
 from seqshard.jobs import recorded_job
-from seqshard.logs import setup_logging
+from seqshard.logs import rule_script
 from seqshard.packing import SampleInput, pack_samples
 
-setup_logging(snakemake.log[0])
 # Each FASTA is read where Snakemake put it (a storage provider stages it on the node), in the samples' order.
 samples = [
     SampleInput(name, str(fasta), molecule)
     for (name, _, molecule), fasta in zip(snakemake.params.samples, snakemake.input.fastas, strict=True)
 ]
-with recorded_job(snakemake.log[0], snakemake.threads):
+with rule_script(snakemake.log[0]), recorded_job(snakemake.log[0], snakemake.threads):
     pack_samples(
         samples,
         Path(snakemake.output.manifest).parent,
         target_tokens=snakemake.params.target_tokens,
         max_sequences=snakemake.params.max_sequences,
-        allowed_ambiguity=snakemake.params.allowed_ambiguity,
-        on_invalid=snakemake.params.on_invalid,
+        policy=InputPolicy(
+            allowed_ambiguity=snakemake.params.allowed_ambiguity,
+            on_invalid=snakemake.params.on_invalid,
+            gaps=snakemake.params.gaps,
+            internal_stops=snakemake.params.internal_stops,
+            interface=WORKFLOW,
+        ),
     )

@@ -1,12 +1,11 @@
 """Rule resource_report: benchmarks, job records and inference figures into the resource report's files."""
 
 from seqshard.jobs import recorded_job
-from seqshard.logs import setup_logging
+from seqshard.logs import rule_script
 from seqshard.reports import settings_from_config, write_resource_report
 
-setup_logging(snakemake.log[0])
-thresholds, prices = settings_from_config(snakemake.params.settings)
-with recorded_job(snakemake.log[0], snakemake.threads):
+with rule_script(snakemake.log[0]), recorded_job(snakemake.log[0], snakemake.threads):
+    thresholds, prices = settings_from_config(snakemake.params.settings)
     write_resource_report(
         snakemake.params.benchmark_root,
         snakemake.input.benchmarks,

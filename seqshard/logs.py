@@ -1,12 +1,27 @@
-"""Logging set-up shared by the command line and the workflow's rule scripts."""
+"""Logging set-up and failure reporting shared by the command line and the workflow's rule scripts.
+
+An expected failure (bad input, a missing file or checkpoint, a setting that cannot work) ends with one line
+stating the reason, where the user looks: the last line of the log and the terminal. Anything else is a bug
+and keeps its full traceback.
+"""
 
 from __future__ import annotations
 
+import io
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TextIO
+
+log = logging.getLogger("seqshard")
+
+# What seqshard raises for bad input and settings (ValueError and its subclasses FastaFormatError and
+# FastaValidationError), for missing or unreadable files and checkpoints (OSError: FileNotFoundError,
+# CheckpointNotFoundError, PermissionError) and for an unusable device or GPU pool (RuntimeError).
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, RuntimeError)
 
 
 def setup_logging(log_file: Path | str | None = None, verbose: bool = False) -> None:
@@ -24,14 +39,48 @@ def setup_logging(log_file: Path | str | None = None, verbose: bool = False) -> 
     )
 
 
-@contextmanager
-def one_line_errors(*expected: type[BaseException]) -> Iterator[None]:
-    """In a rule script, log an expected error as its one-line message and exit 1, without a traceback.
+def one_line(error: BaseException) -> str:
+    """The error's message on one line (a multi-line message's lines joined), or its type when it has none."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return " | ".join(lines) if lines else type(error).__name__
 
-    The job still fails, so Snakemake's retries apply; unexpected errors keep their traceback.
+
+def log_failure(error: BaseException) -> str:
+    """Log an expected error as one line (its traceback only at debug level) and return that line."""
+    reason = one_line(error)
+    log.debug("where the error was raised:", exc_info=error)
+    log.error("%s", reason)
+    return reason
+
+
+@contextmanager
+def rule_script(log_file: Path | str) -> Iterator[None]:
+    """Run a rule script's body with logging to `log_file` and failures made readable.
+
+    An expected error ends the job with exit status 1 and one line, the reason, as the log's last line and on
+    the terminal (the original stderr: Snakemake's own output for a local job, the job's output file on a
+    cluster); no traceback. Any other exception keeps its traceback in the log, and the terminal gets one line
+    pointing there.
     """
+    terminal = sys.stderr
+    setup_logging(log_file)
     try:
         yield
-    except expected as error:
-        logging.getLogger("seqshard").error("%s", error)
-        sys.exit(1)
+    except EXPECTED_ERRORS as error:
+        _tell(terminal, f"seqshard: {log_failure(error)}")
+        raise SystemExit(1) from None
+    except Exception as error:
+        where = f"the traceback is in {log_file}"
+        _tell(terminal, f"seqshard: unexpected {type(error).__name__}: {one_line(error)}; {where}")
+        raise
+
+
+def _tell(terminal: TextIO, line: str) -> None:
+    """One line in a single write: jobs running side by side share Snakemake's terminal, and two lines written in
+    pieces could interleave."""
+    terminal.flush()
+    try:
+        os.write(terminal.fileno(), f"{line}\n".encode())
+    except (AttributeError, OSError, io.UnsupportedOperation):  # not a real file, e.g. captured in a test
+        terminal.write(f"{line}\n")
+        terminal.flush()

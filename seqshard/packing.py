@@ -18,7 +18,7 @@ import hashlib
 import logging
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,12 +26,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from seqshard.fasta import (
+    DEFAULT_POLICY,
     FastaFormatError,
     FastaValidationError,
+    InputPolicy,
     Rejected,
     SequenceRecord,
     ValidationReport,
     iter_valid_records,
+    log_report,
     write_rejects,
 )
 from seqshard.parquet import ROW_GROUP_ROWS, TableWriter, provenance_metadata
@@ -93,8 +96,7 @@ def pack_samples(
     *,
     target_tokens: int,
     max_sequences: int | None = None,
-    allowed_ambiguity: str = "N",
-    on_invalid: str = "error",
+    policy: InputPolicy = DEFAULT_POLICY,
 ) -> PackSummary:
     """Validate `samples`, and write their distinct sequences as shards plus the record map and manifests.
 
@@ -112,16 +114,13 @@ def pack_samples(
     for sample in samples:
         report = ValidationReport(Path(sample.fasta))
         try:
-            for record in iter_valid_records(
-                sample.fasta, sample.molecule, allowed_ambiguity=allowed_ambiguity, on_invalid=on_invalid,
-                report=report,
-            ):  # fmt: skip
+            for record in iter_valid_records(sample.fasta, sample.molecule, policy, report=report):
                 key = sequence_key(sample.molecule, record.sequence)
                 if key not in seen:
                     seen[key] = len(molecule_of)
                     molecule_of.append(sample.molecule)
                     tokens_of.append(estimate_tokens(len(record.sequence)))
-        except (FastaValidationError, FastaFormatError, OSError, UnicodeError) as error:
+        except (FastaValidationError, FastaFormatError, OSError) as error:
             problems.append(f"sample {sample.name}: {error}")
         summary.reports[sample.name] = report
     if problems:
@@ -148,9 +147,7 @@ def pack_samples(
         with pq.ParquetWriter(out_dir / "records.parquet", RECORD_MAP_SCHEMA, compression="zstd") as map_writer:
             for sample in samples:
                 columns: dict[str, list[object]] = {name: [] for name in RECORD_MAP_SCHEMA.names}
-                for record in iter_valid_records(
-                    sample.fasta, sample.molecule, allowed_ambiguity=allowed_ambiguity, on_invalid="skip"
-                ):
+                for record in iter_valid_records(sample.fasta, sample.molecule, replace(policy, on_invalid="skip")):
                     unique = seen[sequence_key(sample.molecule, record.sequence)]
                     shard = summary.shards[shard_of[unique]].name
                     if not written[unique]:
@@ -191,12 +188,7 @@ def pack_samples(
             for fault in summary.reports[sample.name].rejected:
                 handle.write(f"{sample.name}\t{fault.file}\t{fault.record_id}\t{fault.line}\t{fault.reason}\n")
     for sample in samples:
-        report = summary.reports[sample.name]
-        for fault in report.rejected:
-            log.warning("rejected %s", fault.describe())
-        if report.crlf_lines:
-            log.warning("%s: %d line(s) had Windows (CRLF) line endings; read as plain newlines", sample.fasta,
-                        report.crlf_lines)  # fmt: skip
+        log_report(summary.reports[sample.name])
     log.info(
         "%d sample(s), %d valid records, %d distinct sequences (%d duplicates computed once), %d shard(s)",
         len(samples), summary.n_records, summary.n_distinct, summary.n_records - summary.n_distinct,

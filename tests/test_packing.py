@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from Bio import SeqIO
 
+from seqshard.fasta import InputPolicy
 from seqshard.inference import TaskSettings, run_tasks
 from seqshard.models.dnabert2 import write_demo_checkpoint
 from seqshard.packing import SampleErrors, SampleInput, merge_model, pack_samples, read_pack_manifest
@@ -79,8 +80,9 @@ def test_scored_shards_gather_back_into_each_sample_in_input_order(samples, chec
     for shard in read_pack_manifest(pack / "manifest.tsv"):
         directory = tmp_path / "scores" / shard.name
         run_tasks(pack / "shards" / f"{shard.name}.fa", {t.task: directory / f"{t.task}.parquet" for t in tasks},
-                  architecture="dnabert2", checkpoint=str(checkpoint), settings=tasks, on_invalid="skip",
-                  rejects_out=directory / "rejects.tsv", provenance={"model": "m"}, packed=True)  # fmt: skip
+                  architecture="dnabert2", checkpoint=str(checkpoint), settings=tasks,
+                  policy=InputPolicy(on_invalid="skip"), rejects_out=directory / "rejects.tsv",
+                  provenance={"model": "m"}, packed=True)  # fmt: skip
         scored[shard.name] = directory
     # A packed shard read as such (no second validation) gives the bytes a validated read gives.
     validated = tmp_path / "validated.parquet"
@@ -126,8 +128,8 @@ def test_bad_samples_are_reported_together_before_any_shard(tmp_path):
     samples = [SampleInput("good", str(good), "dna"), SampleInput("bad", str(bad), "dna"),
                SampleInput("empty", str(empty), "dna")]  # fmt: skip
     with pytest.raises(SampleErrors) as caught:
-        pack_samples(samples, tmp_path / "pack", target_tokens=1000, on_invalid="error")
+        pack_samples(samples, tmp_path / "pack", target_tokens=1000, policy=InputPolicy(on_invalid="error"))
     lines = str(caught.value).splitlines()
     assert lines[0].startswith("sample bad: 1 invalid FASTA record(s)")
-    assert any(line.startswith("sample empty: ") and "no FASTA records" in line for line in lines)
+    assert any(line.startswith("sample empty: ") and "empty file (0 bytes)" in line for line in lines)
     assert not (tmp_path / "pack" / "manifest.tsv").exists()

@@ -23,6 +23,8 @@ for model in config["models"]:
             samples=pack_samples_param(model),
             on_invalid=config["on_invalid"],
             allowed_ambiguity=config["allowed_ambiguity"],
+            gaps=config["gaps"],
+            internal_stops=config["internal_stops"],
             target_tokens=config["shards"]["target_tokens"],
             max_sequences=config["shards"]["max_sequences"],
         script:

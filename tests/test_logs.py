@@ -1,0 +1,45 @@
+"""Rule scripts' failures: an expected error is one line (log's last line and terminal), a bug keeps its traceback."""
+
+import subprocess
+import sys
+
+SCRIPT = """
+import sys
+from seqshard.logs import rule_script
+
+with rule_script(sys.argv[1]):
+    import logging
+    logging.getLogger("seqshard").info("working")
+    if sys.argv[2] == "expected":
+        raise FileNotFoundError("resources/checkpoints/x: no config.json;\\nsee the README, 'Checkpoints'")
+    if sys.argv[2] == "bug":
+        {}["missing key"]
+"""
+
+
+def run_script(tmp_path, mode):
+    log = tmp_path / f"{mode}.log"
+    result = subprocess.run([sys.executable, "-c", SCRIPT, str(log), mode], capture_output=True, text=True)
+    return result, log.read_text()
+
+
+def test_an_expected_error_ends_with_one_line_and_no_traceback(tmp_path):
+    result, log = run_script(tmp_path, "expected")
+    reason = "resources/checkpoints/x: no config.json; | see the README, 'Checkpoints'"
+    assert result.returncode == 1
+    assert result.stderr == f"seqshard: {reason}\n" and result.stdout == ""
+    assert log.splitlines()[-1].endswith(f"ERROR seqshard: {reason}")
+    assert "working" in log and "Traceback" not in log + result.stderr
+
+
+def test_an_unexpected_error_keeps_its_traceback_in_the_log(tmp_path):
+    result, log = run_script(tmp_path, "bug")
+    assert result.returncode == 1
+    pointer = f"seqshard: unexpected KeyError: 'missing key'; the traceback is in {tmp_path / 'bug.log'}\n"
+    assert result.stderr == pointer
+    assert "Traceback (most recent call last)" in log and "KeyError: 'missing key'" in log
+
+
+def test_a_successful_script_leaves_the_terminal_quiet(tmp_path):
+    result, log = run_script(tmp_path, "fine")
+    assert (result.returncode, result.stderr) == (0, "") and "working" in log
