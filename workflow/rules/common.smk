@@ -1,7 +1,6 @@
 # All Python of the workflow: config and sample-sheet validation, target lists and input functions.
 import os
 
-import pandas as pd
 from snakemake.logging import logger
 from snakemake.utils import validate
 
@@ -10,19 +9,17 @@ from seqshard.demo import DEMOS
 from seqshard.models import ARCHITECTURE_MOLECULES
 from seqshard.parquet import INPUT_SETTINGS, TASK_SETTINGS, TASKS
 from seqshard.packing import read_pack_manifest
+from seqshard.samples import load_sample_sheet
 from seqshard.storage import is_object_url
 
 validate(config, "../schemas/config.schema.yaml")
 
-samples = pd.read_csv(config["samples"], sep="\t", dtype=str, comment="#").set_index(
-    "sample", drop=False
+# Inputs in remote storage (--default-storage-provider) are not on this disk to check.
+samples = load_sample_sheet(
+    config["samples"],
+    workflow.source_path("../schemas/samples.schema.yaml"),
+    check_files=workflow.storage_settings.default_storage_provider is None,
 )
-validate(samples, "../schemas/samples.schema.yaml")
-if samples.index.has_duplicates:
-    raise ValueError(
-        f"{config['samples']}: sample names must be unique; repeated: "
-        f"{sorted(set(samples.index[samples.index.duplicated()]))}"
-    )
 
 
 def samples_of(model):
