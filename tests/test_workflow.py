@@ -16,7 +16,7 @@ import pytest
 import yaml
 from browser import require_chromium, view_report
 
-from seqshard.fasta import read_valid_records
+from seqshard.fasta import InputPolicy, read_valid_records
 from seqshard.monitoring import usable_cpus
 from seqshard.parquet import read_provenance
 
@@ -104,7 +104,7 @@ def test_demo_writes_every_task_with_one_row_per_valid_record_in_input_order(dem
     assert {molecule for _, molecule, *_ in outputs} == {"dna", "protein"}
     assert len(outputs) == 8
     for sample, molecule, fasta, model, task in outputs:
-        records, report = read_valid_records(demo_run / fasta, molecule, on_invalid="skip")
+        records, report = read_valid_records(demo_run / fasta, molecule, InputPolicy(on_invalid="skip"))
         assert len(records) == DEMO_SAMPLES[sample]
         merged = demo_run / "results" / sample / model / f"{task}.parquet"
         frame = pd.read_parquet(merged)  # pandas and pyarrow both read it
