@@ -258,7 +258,7 @@ class _RecordChecker:
                     )
                 sequence, result.internal_stops = sequence.replace(STOP, "X"), True
         if not sequence:
-            return _Checked(reason="empty sequence" + (" once gaps and stop removed" if joined else ""))
+            return _Checked(reason="empty sequence" + (" once gaps and stops are removed" if joined else ""))
         result.sequence = sequence.upper()
         return result
 
@@ -334,18 +334,15 @@ def iter_valid_records(
     for raw in _raw_records(lines, path):
         report.n_records += 1
         record_id = raw.title.split(maxsplit=1)[0] if raw.title.strip() else ""
-        checked: _Checked | None = None
         if not record_id:
-            reason: str | None = "empty identifier after '>'"
+            checked = _Checked(reason="empty identifier after '>'")
         elif record_id in first_seen:
-            reason = f"duplicate id (first seen at line {first_seen[record_id]})"
+            checked = _Checked(reason=f"duplicate id (first seen at line {first_seen[record_id]})")
         else:
             checked = checker.check(raw)
-            reason = checked.reason
-        if record_id and record_id not in first_seen:
             first_seen[record_id] = raw.header_line
-        if reason is not None or checked is None:
-            fault = Rejected(str(path), record_id, raw.header_line, reason or "")
+        if checked.reason is not None:
+            fault = Rejected(str(path), record_id, raw.header_line, checked.reason)
             faults.append(fault)
             report.rejected.append(fault)
             continue

@@ -114,7 +114,7 @@ CASES = [
     Case("aligned_protein.faa", "protein", rows=1, source="protein alignments", rejects=(
         ("aln_a", 1, r"character '-' at line 2, column 4 .*an alignment gap: set"),)),
     Case("stop_only.faa", "protein", rows=1, source="translations of empty ORFs", rejects=(
-        ("translated_empty", 1, r"empty sequence once gaps and stop removed"),)),
+        ("translated_empty", 1, r"empty sequence once gaps and stops are removed"),)),
     Case("all_invalid.fa", source="nothing usable", rejects=(
         ("a", 1, r"character 'X' at line 2, column 5"), ("b", 3, r"empty sequence"))),
     # Not usable at all: an error naming the file and where, in both modes.

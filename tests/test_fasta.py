@@ -184,7 +184,9 @@ def test_gaps_follow_the_declared_policy(tmp_path):
     records, report = read_valid_records(path, "dna", InputPolicy(gaps="remove", on_invalid="skip"))
     assert [(r.id, r.sequence) for r in records] == [("a", "ACGTACG"), ("b", "ACGT")]
     assert report.n_gapped == 1
-    assert [(f.record_id, f.reason) for f in report.rejected] == [("c", "empty sequence once gaps and stop removed")]
+    assert [(f.record_id, f.reason) for f in report.rejected] == [
+        ("c", "empty sequence once gaps and stops are removed")
+    ]
 
 
 @pytest.mark.parametrize(
