@@ -288,10 +288,10 @@ def expected_error(case: Case, mode: str, path: Path, skip_option: str) -> str |
     return None
 
 
-def check_outputs(case: Case, path: Path, parquet: Path, rejects: Path) -> None:
-    """Rows and rejects as declared; together, every record the independent reader finds."""
+def check_outputs(case: Case, path: Path, parquet: Path, *rejects: Path) -> None:
+    """Rows and rejects (all tables together) as declared; together, every record the independent reader finds."""
     frame = pd.read_parquet(parquet)
-    table = pd.read_csv(rejects, sep="\t", dtype=str, keep_default_na=False)
+    table = pd.concat([pd.read_csv(r, sep="\t", dtype=str, keep_default_na=False) for r in rejects])
     headers = independent_headers(path)
     assert len(frame) == case.rows
     assert len(table) == len(case.rejects)
@@ -378,9 +378,13 @@ def test_workflow(case, workflow_run, corpus):
     if error is not None:
         assert not parquet.exists()
         # The reason is the last line of the failing job's log, and Snakemake's terminal shows it too.
+        # The job that validates a sample names it first: "sample <name>: ...".
+        error = rf"(sample {case.name}: )?" + error
         last_lines = [text.rstrip("\n").splitlines()[-1] for text in logs.values() if text.strip()]
         assert any(re.search(r"ERROR seqshard: " + error, line) for line in last_lines), error
         assert re.search(r"^seqshard: " + error, result.stderr, re.MULTILINE), error
     else:
         assert parquet.exists(), result.stderr[-3000:]
-        check_outputs(case, path, parquet, workdir / "results" / case.name / "rejects.tsv")
+        sample_rejects = workdir / "results" / case.name / "rejects.tsv"  # refused by validation
+        model_rejects = workdir / "results" / case.name / case.name / "rejects.tsv"  # valid, but could not be scored
+        check_outputs(case, path, parquet, sample_rejects, model_rejects)
