@@ -325,14 +325,15 @@ def test_command_line(case, mode, corpus, checkpoints, tmp_path, capsys):
 
 
 def test_command_line_in_a_real_terminal(corpus, checkpoints, tmp_path):
-    """The installed entry point, not just main(): one line, exit status 1, nothing written."""
+    """The installed entry point, not just main(): one error line, the last, exit status 1, nothing written."""
     path = corpus["truncated.fa.gz"]
     command = [sys.executable, "-m", "seqshard", "embed", "--checkpoint", str(checkpoints / "dnabert2-demo"),
                str(path), "-o", str(tmp_path / "out.parquet"), "--on-invalid", "skip"]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 1 and result.stdout == ""
-    assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr
-    assert re.search(expected_error(BY_FILE["truncated.fa.gz"], "skip", path, ""), result.stderr)
+    lines = result.stderr.splitlines()
+    assert [line for line in lines if " ERROR " in line] == lines[-1:] and "Traceback" not in result.stderr
+    assert re.search(r"ERROR seqshard: " + expected_error(BY_FILE["truncated.fa.gz"], "skip", path, ""), lines[-1])
     assert not (tmp_path / "out.parquet").exists()
 
 
