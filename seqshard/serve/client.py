@@ -189,7 +189,7 @@ def predict_fasta(
     path: a faulty file is refused with every fault listed), then sent as /predict/batch requests of
     `batch_size` sequences, `concurrency` at a time, and written in input order, one row group per request.
     """
-    from seqshard.fasta import iter_valid_records
+    from seqshard.fasta import InputPolicy, iter_valid_records
     from seqshard.parquet import TableWriter, task_table
     from seqshard.serve.schemas import SEQSHARD_TASK, TaskType
 
@@ -200,7 +200,7 @@ def predict_fasta(
             raise ValueError(f"{url} cannot do {task_type}; it can do {', '.join(info['tasks'])}")
         settings = info["settings"]
         molecule = molecule or info["input_format"]["default_molecule"]
-        records = iter_valid_records(fasta, molecule, allowed_ambiguity=str(settings["allowed_ambiguity"]))
+        records = iter_valid_records(fasta, molecule, InputPolicy(allowed_ambiguity=str(settings["allowed_ambiguity"])))
         metadata = {**settings, "task": task, "task_type": task_type, "molecule": molecule, "served_from": url}
 
         def send(chunk: list[Any]) -> tuple[list[Any], list[dict[str, Any]]]:
