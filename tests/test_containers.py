@@ -332,6 +332,32 @@ def test_driver_requirement_of_each_torch_variant() -> None:
     assert images.build_model_image.__kwdefaults__["torch_cuda"] == "cu128"  # the default base is CUDA 12.8
 
 
+def test_pinned_image_requirements_satisfy_the_package() -> None:
+    """Every runtime dependency seqshard declares is pinned in the image's lock, at a version it accepts.
+
+    Without this a new dependency surfaces only as a failed `pip check` deep inside a container build.
+    """
+    from importlib.metadata import requires
+
+    from packaging.requirements import Requirement
+
+    lock = REPO / "containers" / "base" / "requirements.txt"
+    pinned = {}
+    for line in lock.read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, version = line.split("==")
+            pinned[re.sub(r"[-_.]+", "-", name).lower()] = version
+    missing = []
+    for line in requires("seqshard") or []:
+        requirement = Requirement(line)
+        name = re.sub(r"[-_.]+", "-", requirement.name).lower()
+        if name == "torch" or (requirement.marker is not None and not requirement.marker.evaluate({"extra": ""})):
+            continue
+        if name not in pinned or not requirement.specifier.contains(pinned[name], prereleases=True):
+            missing.append(f"{requirement} (pinned: {pinned.get(name, 'nothing')})")
+    assert not missing, f"{lock} lacks {missing}; run python -m seqshard.images lock"
+
+
 def test_embed_in_image_equals_host(
     engine, built: images.BuildResult, demo_inputs: Path, host_embeddings: Path, tmp_path: Path
 ) -> None:
