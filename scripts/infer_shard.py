@@ -10,6 +10,7 @@ from seqshard.inference import TaskSettings, run_tasks
 from seqshard.interface import WORKFLOW
 from seqshard.jobs import recorded_job
 from seqshard.logs import rule_script
+from seqshard.packing import read_pack_manifest
 from seqshard.storage import storage_settings
 
 settings = snakemake.params.settings
@@ -17,6 +18,9 @@ settings = snakemake.params.settings
 run = snakemake.config["models"][snakemake.wildcards.model]
 scores = Path(snakemake.output.scores)
 tasks = [TaskSettings(**task) for task in settings["tasks"]]
+molecule = {shard.name: shard.molecule for shard in read_pack_manifest(snakemake.input.manifest)}[
+    snakemake.wildcards.shard
+]
 cache_settings = snakemake.config["result_cache"]
 # Local checkpoint and head directories are inputs: read them where Snakemake put them (a storage provider stages
 # them on the node), while provenance keeps the names the config gives. s3:// URLs and hub ids are no inputs.
@@ -35,7 +39,7 @@ with rule_script(snakemake.log[0]), recorded_job(snakemake.log[0], snakemake.thr
         architecture=settings["architecture"],
         checkpoint=settings["checkpoint"],
         settings=tasks,
-        molecule=snakemake.params.molecule,
+        molecule=molecule,
         batch_tokens=run["batch_tokens"],
         # The device follows the GPU request, so every shard of the run resolves alike; siblings are checked.
         device=run["device"],

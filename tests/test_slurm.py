@@ -1,9 +1,10 @@
 """The demo workflow on a real Slurm cluster through profiles/slurm: GPU requests, results, memory escalation.
 
 A session fixture installs Slurm 22.05 and munge with apt when missing and starts a one-node cluster with
-stand-in GPUs (tests/slurm/cluster.py). One workflow run serves every check: it goes through
-tests/slurm/Snakefile, the real workflow with a first-attempt inference memory too small for torch, so each
-inference job is killed by Slurm for memory once and resubmitted with the workflow's escalated memory. A
+stand-in GPUs (tests/slurm/cluster.py). One workflow run serves every check: the real workflow through
+profiles/slurm, with a first-attempt inference memory too small for torch given the way the README tells users
+to set their own (`--set-resources infer_shard:mem_mb=...` with the attempt in it), so each inference job is
+killed by Slurm for memory once and resubmitted with twice the memory. A
 local run of the same configuration, started alongside, is the reference for the numbers; it asks for GPUs too,
 so that seqshard's local GPU pool is exercised through the workflow as well.
 
@@ -34,7 +35,6 @@ from slurm.cluster import (
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOW = REPO / "workflow" / "Snakefile"
-OOM_WORKFLOW = REPO / "tests" / "slurm" / "Snakefile"
 PROFILE = REPO / "profiles" / "slurm"
 DEMO = REPO / "resources" / "demo"
 IN_CI = os.environ.get("CI", "").lower() in ("true", "1")
@@ -44,6 +44,11 @@ MERGED = ["results/sample_a/dnabert2/embed.parquet", "results/sample_b/dnabert2/
 TARGETS = ["all", "resources/checkpoints/dnabert2-demo"]
 # What this test adds to profiles/slurm, and why:
 SLURM_ARGS = [
+    # The profile's GPU request, and a first attempt too small for torch that doubles per attempt (a set-resources
+    # given on the command line replaces the profile's list, so the GPU is named again). A demo inference job
+    # peaks near 760 MB in its cgroup (torch, the model, the mapped checkpoint's pages): 500 MB is killed, 1000 MB
+    # is not.
+    "--set-resources", "infer_shard:gpu=1", "infer_shard:mem_mb=500 * 2 ** (attempt - 1)",
     # One CPU per inference job, so that all three run at once on the 4-CPU node (the local run does the same).
     "--set-threads", "infer_shard=1",
     # Status checks 10 s, 30 s, 60 s... after a submission; a stage of jobs here takes 20-50 s.
@@ -147,7 +152,7 @@ def slurm_run(slurm_cluster, tmp_path_factory) -> SlurmRun:
         cwd=reference,
         env={**os.environ, **pool},
     )
-    command = snakemake_command(workdir, OOM_WORKFLOW, TARGETS, "--profile", str(PROFILE), *SLURM_ARGS)
+    command = snakemake_command(workdir, WORKFLOW, TARGETS, "--profile", str(PROFILE), *SLURM_ARGS)
     result = subprocess.run(command, capture_output=True, text=True, cwd=workdir, timeout=420)
     (workdir / "snakemake.out").write_text(result.stdout + result.stderr)
     local_output, _ = local.communicate(timeout=300)
@@ -207,12 +212,12 @@ def test_out_of_memory_attempt_is_retried_with_twice_the_memory(slurm_run: Slurm
         by_shard.setdefault(job["Comment"], []).append(job)
     assert len(by_shard) == 3
     for shard, (first, second) in by_shard.items():
-        assert (first["MinMemoryNode"], first["JobState"]) == ("350M", "FAILED"), shard
-        assert (second["MinMemoryNode"], second["JobState"]) == ("700M", "COMPLETED"), shard
+        assert (first["MinMemoryNode"], first["JobState"]) == ("500M", "FAILED"), shard
+        assert (second["MinMemoryNode"], second["JobState"]) == ("1000M", "COMPLETED"), shard
         assert (first["TimeLimit"], second["TimeLimit"]) == ("01:00:00", "02:00:00"), shard
         # Slurm itself killed the first attempt for its memory; the plugin keeps a failed job's log.
         log = next((slurm_run.workdir / ".snakemake" / "slurm_logs").rglob(f"{first['JobId']}.log")).read_text()
-        assert re.search(r"exceeded memory limit \(\d+ > 367001600\), being killed", log), log[-2000:]
+        assert re.search(r"exceeded memory limit \(\d+ > 524288000\), being killed", log), log[-2000:]
     assert slurm_run.output.count("Trying to restart job") == 3
     keys = ("JobId", "JobState", "MinMemoryNode", "TimeLimit", "TresPerJob")
     with capsys.disabled():

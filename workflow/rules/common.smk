@@ -228,10 +228,6 @@ def shard_names(model):
     return [shard.name for shard in pack_manifest(model)]
 
 
-def get_shard_molecule(wildcards):
-    return {s.name: s.molecule for s in pack_manifest(wildcards.model)}[wildcards.shard]
-
-
 def merge_inputs(model):
     """The merge of one model entry reads its pack and every scored shard of every pass (known once packed)."""
 

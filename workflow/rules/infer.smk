@@ -15,6 +15,9 @@ rule demo_checkpoint:
 rule infer_shard:
     input:
         shard="results/packs/{model}/shards/{shard}.fa",
+        # The pack's manifest names each shard's molecule. An input rather than a param read through the
+        # checkpoint: a job on a remote executor (Slurm) re-evaluates only its own inputs and has no checkpoints.
+        manifest="results/packs/{model}/manifest.tsv",
         checkpoint=get_checkpoint_dir,
         head=get_head_dir,
     output:
@@ -39,7 +42,6 @@ rule infer_shard:
         runtime=infer_runtime,
     params:
         settings=get_pass_settings,
-        molecule=get_shard_molecule,
         allowed_ambiguity=config["allowed_ambiguity"],
     script:
         "../../scripts/infer_shard.py"
