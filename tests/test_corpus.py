@@ -8,8 +8,7 @@ every case per mode; each case is its own model entry, so one case's failure can
 counted by an independent reader (the standard library's decompressors and a pattern over header lines) and
 rows + rejects must equal them. No output a user sees (terminal, logs) may hold a Python traceback.
 
-long_n_run.fa needs windows that never exceed max_tokens (issue 10, point 3): until that lands its inference
-fails, and so do its cases here.
+long_n_run.fa holds gaps of hundreds of N: its rows show that windows are cut again until they fit max_tokens.
 """
 
 from __future__ import annotations
@@ -75,7 +74,7 @@ CASES = [
     Case("utf8_bom.fa", rows=3, source="Windows Notepad"),
     Case("long_header.fa", rows=2, source="pipelines packing metadata into headers"),
     Case("one_line_50kb.fa", rows=1, source="a chromosome on one line"),
-    Case("long_n_run.fa", rows=2, source="hard-masked genomes, scaffolds with gaps (needs point 3)"),
+    Case("long_n_run.fa", rows=2, source="hard-masked genomes, scaffolds with gaps"),
     Case("prodigal.faa", "protein", rows=4, source="Prodigal, translated CDS: a terminal '*'"),
     Case("rna.fa", "rna", rows=2, source="miRBase, transcripts", rejects=(
         ("dna_in_rna_sample", 7, r"character 'T' at line 8, column \d+ is not in the rna alphabet .*; looks like "
