@@ -159,8 +159,14 @@ def gpu_plan(
     shapes, batches, real, computed = set(), 0, 0, 0
     records = iter_valid_records(fasta, molecule)
     for chunk in iter_chunks(records, CHUNK_RECORDS * 4, 64 * batch_tokens):
-        encoded = encode_chunk([r.sequence for r in chunk], loaded.tokenizer, max_tokens=loaded.max_tokens,
-                               mode="window", window=loaded.default_window, overlap=loaded.default_window // 4)
+        encoded = encode_chunk(
+            [r.sequence for r in chunk],
+            loaded.tokenizer,
+            max_tokens=loaded.max_tokens,
+            mode="window",
+            window=loaded.default_window,
+            overlap=loaded.default_window // 4,
+        )
         lengths = encoded.lengths
         for batch in batcher.batches(lengths):
             width = batcher.width(int(lengths[batch].max()))
@@ -193,8 +199,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     results: dict[str, Any] = {"arguments": vars(args) | {"out": str(args.out)}, "cpu_cores": os.cpu_count(),
                                "rows": []}  # fmt: skip
-    print(f"{'input':<16} {'threads':>7} {'pipeline tok/s':>15} {'list path tok/s':>16} {'ratio':>6} "
-          f"{'batches':>8} {'shapes':>7} {'useful':>7}   GPU plan: {'batches':>7} {'shapes':>7} {'useful':>7}")
+    print(
+        f"{'input':<16} {'threads':>7} {'pipeline tok/s':>15} {'list path tok/s':>16} {'ratio':>6} "
+        f"{'batches':>8} {'shapes':>7} {'useful':>7}   GPU plan: {'batches':>7} {'shapes':>7} {'useful':>7}"
+    )
     with tempfile.TemporaryDirectory(prefix="seqshard-feed-") as scratch:
         root = Path(scratch)
         # LucaOne's hidden size is 2560; its checkpoint here is 256 wide to stay small, and the no-op model
@@ -211,9 +219,16 @@ def main(argv: list[str] | None = None) -> int:
                 for _ in range(args.repeats):
                     with no_op_model(hidden):
                         started = time.perf_counter()
-                        figures = run_tasks(fasta, {"embed": root / "out.parquet"}, architecture=architecture,
-                                            checkpoint=paths[architecture], settings=[TaskSettings("embed")],
-                                            molecule=molecule, threads=threads, batch_tokens=args.batch_tokens)
+                        figures = run_tasks(
+                            fasta,
+                            {"embed": root / "out.parquet"},
+                            architecture=architecture,
+                            checkpoint=paths[architecture],
+                            settings=[TaskSettings("embed")],
+                            molecule=molecule,
+                            threads=threads,
+                            batch_tokens=args.batch_tokens,
+                        )
                         rates.append(figures.n_tokens / (time.perf_counter() - started - figures.load_seconds))
                     started = time.perf_counter()
                     fed = list_baseline(fasta, root / "baseline.parquet", architecture, paths[architecture],

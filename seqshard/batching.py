@@ -113,9 +113,7 @@ def padded_tokens(lengths: Sequence[int], batch: Sequence[int], buckets_per_octa
     return len(batch) * bucket_width(max(lengths[i] for i in batch), buckets_per_octave)
 
 
-def gather_rows(
-    flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray, width: int, fill: int | bool
-) -> np.ndarray:
+def gather_rows(flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray, width: int, fill: int | bool) -> np.ndarray:
     """[rows, width] array whose row r is `flat[starts[r]:starts[r] + lengths[r]]`, padded with `fill`."""
     positions = np.arange(width)
     inside = positions[None, :] < lengths[:, None]

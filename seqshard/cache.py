@@ -105,7 +105,7 @@ class ResultCache:
     def evict(self) -> int:
         """Delete least recently used files until the store is within `max_bytes`; returns bytes freed."""
         entries = []
-        for directory in (self.root.iterdir() if self.root.is_dir() else []):
+        for directory in self.root.iterdir() if self.root.is_dir() else []:
             if not directory.is_dir():
                 continue
             for path in directory.iterdir():

@@ -822,9 +822,7 @@ def prepare_tasks(loaded: LoadedModel, settings: Sequence[TaskSettings]) -> list
             raise ValueError(f"tasks {first.task} and {other.task} differ in {differing}; run them separately")
     if len({s.task for s in settings}) != len(settings):
         raise ValueError(f"each task may be asked for once, got {[s.task for s in settings]}")
-    return [
-        PassTask(s, _head_for(loaded, s) if s.task in ("classify", "regress") else None) for s in settings
-    ]
+    return [PassTask(s, _head_for(loaded, s) if s.task in ("classify", "regress") else None) for s in settings]
 
 
 def score_chunks(
@@ -910,9 +908,7 @@ def score_chunks(
             figures.n_cached += len(cached)
             now = time.perf_counter()
             if now - last_report >= progress_seconds:
-                log.info(
-                    "%d records scored (%.1f per second)", figures.n_records, figures.n_records / (now - started)
-                )
+                log.info("%d records scored (%.1f per second)", figures.n_records, figures.n_records / (now - started))
                 last_report = now
             yield ScoredChunk(chunk, rows[0], rows[1], failed, fresh)
     if figures.n_truncated:
@@ -1168,8 +1164,15 @@ def run_tasks(
     # The resolved device type joins the provenance: the merge then refuses shards computed on different hardware.
     provenance = {**precision_provenance(precision), **(provenance or {})}
     metadata = {
-        task: task_metadata(loaded, s, architecture=architecture, checkpoint=checkpoint, dtype=dtype,
-                            molecule=molecule, provenance=provenance)  # fmt: skip
+        task: task_metadata(
+            loaded,
+            s,
+            architecture=architecture,
+            checkpoint=checkpoint,
+            dtype=dtype,
+            molecule=molecule,
+            provenance=provenance,
+        )
         for task, s in by_task.items()
     }
     rejected: list[Rejected] = list(check.report.rejected)
@@ -1200,8 +1203,7 @@ def run_tasks(
             for chunk in scored:
                 keep = _kept_rows(chunk, policy, rejected, fasta)
                 tables = {
-                    task: chunk_table(chunk, by_task[task], loaded.hidden_size, metadata[task])
-                    for task in by_task
+                    task: chunk_table(chunk, by_task[task], loaded.hidden_size, metadata[task]) for task in by_task
                 }
                 if written is not None:
                     written.result()
@@ -1306,9 +1308,7 @@ def _cached_rows(cache: ResultCache, keys: Mapping[str, str], check: InputCheck)
         for name in ("n_tokens", "n_windows", "truncated"):
             base[name] = table.column(name).to_numpy()
         columns[task] = {
-            name: _like_computed(table.column(name).combine_chunks())
-            for name in table.column_names
-            if name not in base
+            name: _like_computed(table.column(name).combine_chunks()) for name in table.column_names if name not in base
         }
     log.info("result cache: %d of %d distinct sequences already scored for every task", int(everywhere.sum()),
              len(firsts))  # fmt: skip

@@ -132,8 +132,10 @@ class GpuSampler:
         for index in range(count):
             handle = pynvml.nvmlDeviceGetHandleByIndex(index)
             uuid = _text(pynvml.nvmlDeviceGetUUID(handle))
-            if selectors is not None and str(index) not in selectors and not any(
-                uuid.startswith(s) for s in selectors if s.startswith(("GPU-", "MIG-"))
+            if (
+                selectors is not None
+                and str(index) not in selectors
+                and not any(uuid.startswith(s) for s in selectors if s.startswith(("GPU-", "MIG-")))
             ):
                 continue
             name = _text(pynvml.nvmlDeviceGetName(handle))

@@ -224,8 +224,7 @@ def read_pack_samples(path: Path | str) -> dict[str, dict[str, str]]:
     with open(path, encoding="utf-8") as handle:
         header = next(handle).rstrip("\n").split("\t")
         return {
-            row[0]: dict(zip(header, row, strict=True))
-            for row in (line.rstrip("\n").split("\t") for line in handle)
+            row[0]: dict(zip(header, row, strict=True)) for row in (line.rstrip("\n").split("\t") for line in handle)
         }
 
 

@@ -65,8 +65,7 @@ def test_the_job_table_sorts_and_filters_in_the_browser(big_report: Path) -> Non
         assert browser.evaluate(f"{header}.getAttribute('aria-sort')") == "descending"
 
         browser.evaluate(
-            'const f = document.getElementById("job-filter"); f.value = "merge";'
-            'f.dispatchEvent(new Event("input"))'
+            'const f = document.getElementById("job-filter"); f.value = "merge";f.dispatchEvent(new Event("input"))'
         )
         shown = browser.evaluate('document.querySelectorAll("#job-table tbody tr:not([hidden])").length')
         assert shown == (table["rule"] == "merge").sum() == 3  # one merge per model entry

@@ -141,8 +141,7 @@ def _small_batches(rule: str, jobs: pd.DataFrame, total: int, limits: Thresholds
         total,
         f"batch_tokens {int(small['batch_tokens'].min())}, about {small['per_batch'].mean():.0f} tokens computed "
         f"per forward pass; worst: {_worst(small, 'per_batch', True, lambda r: f'{r.per_batch:.0f} tokens/batch')}",
-        f"raise {keys} (default 16384; more on a large GPU): each forward pass is too small to keep the "
-        "device busy",
+        f"raise {keys} (default 16384; more on a large GPU): each forward pass is too small to keep the device busy",
         _names(small.sort_values("per_batch", kind="stable")),
     )
 
@@ -174,8 +173,7 @@ def _model_load(rule: str, jobs: pd.DataFrame, total: int, limits: Thresholds) -
         f"loading the model took over {_percent(limits.max_load_fraction)} of the wall time",
         len(slow),
         total,
-        "worst: "
-        + _worst(slow, "load_share", False, lambda r: f"{r.load_seconds:.1f} s of {r.wall_seconds:.1f} s"),
+        "worst: " + _worst(slow, "load_share", False, lambda r: f"{r.load_seconds:.1f} s of {r.wall_seconds:.1f} s"),
         "use larger shards (shards.target_tokens) so that each model load scores more sequences",
         _names(slow.sort_values("load_share", ascending=False, kind="stable")),
     )

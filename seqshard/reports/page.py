@@ -215,8 +215,10 @@ def _summary_rows(table: pd.DataFrame, summary: RunSummary, prices: Prices) -> l
     computed = float(inference["n_computed_tokens"].sum())
     compute = float(inference["compute_seconds"].sum())
     rows += [
-        ("Records scored", f"{records:,.0f} ({sequences:,.0f} distinct sequences computed) in {len(inference):,} "
-                           "inference job(s)"),
+        (
+            "Records scored",
+            f"{records:,.0f} ({sequences:,.0f} distinct sequences computed) in {len(inference):,} inference job(s)",
+        ),
         ("Tokens (real)", f"{tokens:,.0f}"),
         ("Useful-token fraction (real / computed)", _percent(tokens / computed) if computed else "NA"),
         ("Sequences per second of model compute", f"{sequences / compute:,.1f}" if compute else "NA"),
@@ -258,9 +260,14 @@ def render_page(
         path=_table(summary.path.by_rule(), _PATH_COLUMNS),
         path_steps=_table(
             longest_steps,
-            [Column("rule", "rule"), Column("job", "job"), Column("host", "host"),
-             Column("start_offset", "start (s)", _fixed(1)), Column("seconds", "seconds", _fixed(1)),
-             Column("waited_seconds", "waited before (s)", _fixed(1))],
+            [
+                Column("rule", "rule"),
+                Column("job", "job"),
+                Column("host", "host"),
+                Column("start_offset", "start (s)", _fixed(1)),
+                Column("seconds", "seconds", _fixed(1)),
+                Column("waited_seconds", "waited before (s)", _fixed(1)),
+            ],
         ),  # fmt: skip
         hosts=_table(hosts, _HOST_COLUMNS),
         models=_table(throughput, _model_columns(prices, gpu)),
