@@ -21,6 +21,7 @@ import argparse
 import json
 import math
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -189,6 +190,56 @@ def checkpoints(root: Path, hidden: int) -> dict[str, str]:
     return {"dnabert2": str(dnabert2), "lucaone": str(lucaone)}
 
 
+def measure(architecture: str, threads: int, root: Path, sequences: int, batch_tokens: int, repeats: int) -> dict:
+    """One row, in a process of its own: the tokenizer's thread pool (RAYON_NUM_THREADS) is sized once per process."""
+    kind, molecule, hidden = {"dnabert2": ("dna", "dna", 768), "lucaone": ("protein", "protein", 2560)}[architecture]
+    torch.set_num_threads(threads)
+    # LucaOne's hidden size is 2560; its checkpoint here is 256 wide to stay small, and the no-op model returns
+    # 2560-wide states so that the outputs written are the real ones' size.
+    paths = checkpoints(root / f"{architecture}-{threads}", 256)
+    fasta = root / f"{kind}.fa"
+    if not fasta.exists():
+        write_inputs(fasta, kind, sequences, seed=7)
+    rates, baseline_rates, tokenize_rates, figures = [], [], [], None
+    loaded = get_loader(architecture)(paths[architecture], "cpu", torch.float32).for_molecule(molecule)
+    texts = [record.sequence for record in iter_valid_records(fasta, molecule)]
+    for _ in range(repeats):
+        with no_op_model(hidden):
+            started = time.perf_counter()
+            figures = run_tasks(
+                fasta,
+                {"embed": root / f"out-{threads}.parquet"},
+                architecture=architecture,
+                checkpoint=paths[architecture],
+                settings=[TaskSettings("embed")],
+                molecule=molecule,
+                threads=threads,
+                batch_tokens=batch_tokens,
+            )
+            rates.append(figures.n_tokens / (time.perf_counter() - started - figures.load_seconds))
+        started = time.perf_counter()
+        fed = list_baseline(fasta, root / f"baseline-{threads}.parquet", architecture, paths[architecture],
+                            molecule, hidden, batch_tokens)  # fmt: skip
+        baseline_rates.append(fed / (time.perf_counter() - started))
+        # The tokenizer alone (ids as arrays, 4096 records per call as a job's chunks): the pipeline's ceiling.
+        started, tokens = time.perf_counter(), 0
+        for first in range(0, len(texts), 4096):
+            ids, _ = loaded.tokenizer.encode_flat(texts[first : first + 4096])
+            tokens += len(ids)
+        tokenize_rates.append(tokens / (time.perf_counter() - started))
+    assert figures is not None
+    rate, baseline = float(np.median(rates)), float(np.median(baseline_rates))
+    gpu_batches, gpu_shapes, gpu_useful = gpu_plan(fasta, architecture, paths[architecture], molecule, batch_tokens)
+    return {"input": f"{architecture}/{kind}", "threads": threads, "tokens_per_second": rate,
+            "list_path_tokens_per_second": baseline, "ratio": rate / baseline,
+            "tokenizer_alone_tokens_per_second": float(np.median(tokenize_rates)),
+            "n_tokens": figures.n_tokens, "n_batches": figures.n_batches,
+            "n_batch_shapes": len(figures.batch_shapes),
+            "useful_token_fraction": figures.n_tokens / figures.n_computed_tokens,
+            "gpu_plan": {"n_batches": gpu_batches, "n_batch_shapes": gpu_shapes,
+                         "useful_token_fraction": gpu_useful}}  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sequences", type=int, default=10_000)
@@ -196,59 +247,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-tokens", type=int, default=16384)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--worker", nargs=3, metavar=("ARCHITECTURE", "THREADS", "SCRATCH"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.worker:
+        architecture, threads, scratch = args.worker
+        row = measure(architecture, int(threads), Path(scratch), args.sequences, args.batch_tokens, args.repeats)
+        print(json.dumps(row))
+        return 0
     results: dict[str, Any] = {"arguments": vars(args) | {"out": str(args.out)}, "cpu_cores": os.cpu_count(),
                                "rows": []}  # fmt: skip
     print(
         f"{'input':<16} {'threads':>7} {'pipeline tok/s':>15} {'list path tok/s':>16} {'ratio':>6} "
-        f"{'batches':>8} {'shapes':>7} {'useful':>7}   GPU plan: {'batches':>7} {'shapes':>7} {'useful':>7}"
+        f"{'tokenizer tok/s':>16} {'batches':>8} {'shapes':>7} {'useful':>7}   "
+        f"GPU plan: {'batches':>7} {'shapes':>7} {'useful':>7}"
     )
     with tempfile.TemporaryDirectory(prefix="seqshard-feed-") as scratch:
-        root = Path(scratch)
-        # LucaOne's hidden size is 2560; its checkpoint here is 256 wide to stay small, and the no-op model
-        # returns 2560-wide states so that the outputs written are the real ones' size.
-        paths = checkpoints(root, 256)
-        for architecture, kind, molecule, hidden in (("dnabert2", "dna", "dna", 768),
-                                                     ("lucaone", "protein", "protein", 2560)):  # fmt: skip
-            fasta = root / f"{kind}.fa"
-            write_inputs(fasta, kind, args.sequences, seed=7)
+        for architecture in ("dnabert2", "lucaone"):
             for threads in [int(t) for t in args.threads.split(",")]:
-                os.environ["RAYON_NUM_THREADS"] = str(threads)
-                torch.set_num_threads(threads)
-                rates, baseline_rates, figures = [], [], None
-                for _ in range(args.repeats):
-                    with no_op_model(hidden):
-                        started = time.perf_counter()
-                        figures = run_tasks(
-                            fasta,
-                            {"embed": root / "out.parquet"},
-                            architecture=architecture,
-                            checkpoint=paths[architecture],
-                            settings=[TaskSettings("embed")],
-                            molecule=molecule,
-                            threads=threads,
-                            batch_tokens=args.batch_tokens,
-                        )
-                        rates.append(figures.n_tokens / (time.perf_counter() - started - figures.load_seconds))
-                    started = time.perf_counter()
-                    fed = list_baseline(fasta, root / "baseline.parquet", architecture, paths[architecture],
-                                        molecule, hidden, args.batch_tokens)  # fmt: skip
-                    baseline_rates.append(fed / (time.perf_counter() - started))
-                assert figures is not None
-                rate, baseline = float(np.median(rates)), float(np.median(baseline_rates))
-                gpu_batches, gpu_shapes, gpu_useful = gpu_plan(fasta, architecture, paths[architecture], molecule,
-                                                               args.batch_tokens)  # fmt: skip
-                row = {"input": f"{architecture}/{kind}", "threads": threads, "tokens_per_second": rate,
-                       "list_path_tokens_per_second": baseline, "ratio": rate / baseline,
-                       "n_tokens": figures.n_tokens, "n_batches": figures.n_batches,
-                       "n_batch_shapes": len(figures.batch_shapes),
-                       "useful_token_fraction": figures.n_tokens / figures.n_computed_tokens,
-                       "gpu_plan": {"n_batches": gpu_batches, "n_batch_shapes": gpu_shapes,
-                                    "useful_token_fraction": gpu_useful}}  # fmt: skip
+                command = [sys.executable, __file__, "--worker", architecture, str(threads), scratch,
+                           "--sequences", str(args.sequences), "--batch-tokens", str(args.batch_tokens),
+                           "--repeats", str(args.repeats)]  # fmt: skip
+                env = {**os.environ, "RAYON_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "true"}
+                done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+                row = json.loads(done.stdout.strip().splitlines()[-1])
                 results["rows"].append(row)
-                print(f"{row['input']:<16} {threads:>7} {rate:>15,.0f} {baseline:>16,.0f} {rate / baseline:>6.2f} "
-                      f"{figures.n_batches:>8} {len(figures.batch_shapes):>7} {row['useful_token_fraction']:>7.3f}"
-                      f"             {gpu_batches:>7} {gpu_shapes:>7} {gpu_useful:>7.3f}")  # fmt: skip
+                plan = row["gpu_plan"]
+                print(f"{row['input']:<16} {threads:>7} {row['tokens_per_second']:>15,.0f} "
+                      f"{row['list_path_tokens_per_second']:>16,.0f} {row['ratio']:>6.2f} "
+                      f"{row['tokenizer_alone_tokens_per_second']:>16,.0f} {row['n_batches']:>8} "
+                      f"{row['n_batch_shapes']:>7} {row['useful_token_fraction']:>7.3f}             "
+                      f"{plan['n_batches']:>7} {plan['n_batch_shapes']:>7} {plan['useful_token_fraction']:>7.3f}",
+                      flush=True)  # fmt: skip
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2) + "\n")
