@@ -88,8 +88,11 @@ def read_provenance(path: Path | str) -> dict[str, str]:
 def vectors_array(vectors: np.ndarray, value_type: pa.DataType | None = None) -> pa.Array:
     """[rows, width] numbers as a fixed_size_list column."""
     rows, width = vectors.shape
-    flat = pa.array(np.ascontiguousarray(vectors).reshape(-1), value_type or pa.float32())
-    return pa.FixedSizeListArray.from_arrays(flat, width)
+    value_type = value_type or pa.float32()
+    # Converted by numpy, then wrapped: pa.array(values, type) copies and checks value by value instead (21 ms
+    # for a chunk of 4096 DNABERT-2 embeddings against microseconds).
+    flat = np.ascontiguousarray(vectors, dtype=value_type.to_pandas_dtype()).reshape(-1)
+    return pa.FixedSizeListArray.from_arrays(pa.array(flat), width)
 
 
 def per_token_array(matrices: Sequence[np.ndarray], hidden_size: int) -> pa.Array:
