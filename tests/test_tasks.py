@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from seqshard.fasta import SequenceRecord
-from seqshard.inference import RunFigures, TaskSettings, run_task, score_records
+from seqshard.inference import RunFigures, TaskSettings, run_task, run_tasks, score_records
 from seqshard.models.dnabert2 import load_dnabert2, load_dnabert2_masked_lm, write_demo_checkpoint
 from seqshard.windows import encode_sequence, plan_windows
 
@@ -185,6 +185,24 @@ def test_classify_with_a_fine_tuned_head(checkpoints, tmp_path):
     with pytest.raises(ValueError, match="has no fine-tuned head"):
         run_task(fasta, tmp_path / "x.parquet", architecture="dnabert2", checkpoint=str(checkpoints["mlm"]),
                  settings=TaskSettings(task="classify"))  # fmt: skip
+
+
+def test_one_pass_writes_each_task_file_byte_for_byte_as_a_run_of_that_task_alone(checkpoints, tmp_path):
+    """embed and classify from one forward pass: each file is the one a run of that task alone writes, long
+    (windowed) sequences included."""
+    fasta = tmp_path / "in.fa"
+    sequences = [random_dna(n, n) for n in (80, 3000, 45, 700, 80)]
+    fasta.write_text("".join(f">s{i}\n{s}\n" for i, s in enumerate(sequences)))
+    tasks = [TaskSettings(task="embed", pooling="cls"), TaskSettings(task="classify")]
+    together = {task.task: tmp_path / f"together-{task.task}.parquet" for task in tasks}
+    figures = run_tasks(fasta, together, architecture="dnabert2", checkpoint=str(checkpoints["classify"]),
+                        settings=tasks)  # fmt: skip
+    assert figures.n_records == 5
+    for task in tasks:
+        alone = tmp_path / f"alone-{task.task}.parquet"
+        run_task(fasta, alone, architecture="dnabert2", checkpoint=str(checkpoints["classify"]), settings=task)
+        assert together[task.task].read_bytes() == alone.read_bytes(), task.task
+        assert pq.read_table(alone).num_rows == 5
 
 
 def test_regress_writes_the_value_column(checkpoints, tmp_path):
