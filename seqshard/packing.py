@@ -329,6 +329,18 @@ def _append(writer: TableWriter, scored: _RowGroupCache, schema: pa.Schema, rows
     writer.write(values.replace_schema_metadata(metadata))
 
 
+def write_merge_summary(
+    path: Path | str, outputs: Mapping[tuple[str, str], Path | str], written: Mapping[str, int]
+) -> None:
+    """One line per merged file (sample, task, rows, path): the merge's one small output that `rule all` and the
+    report ask for. Naming thousands of per-sample files as targets makes Snakemake's planning quadratic (each
+    target is matched against every output of the merge)."""
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write("sample\ttask\trows\tpath\n")
+        for (sample, task), file in outputs.items():
+            handle.write(f"{sample}\t{task}\t{written.get(sample, 0)}\t{file}\n")
+
+
 def merge_model(
     pack_dir: Path | str,
     scored: Mapping[str, Mapping[str, Path | str]],

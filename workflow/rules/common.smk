@@ -58,9 +58,10 @@ def runs():
 RUNS = (
     runs()
 )  # computed at parse time so that a sample/model mismatch stops before any job starts
-FINAL_OUTPUTS = [
-    f"results/{sample}/{model}/{task}.parquet" for sample, model, task in RUNS
-] + [f"results/{sample}/rejects.tsv" for sample in dict.fromkeys(s for s, _, _ in RUNS)]
+# Each merge's summary stands for every file that merge writes (per sample and task, and the rejects): Snakemake
+# reruns a merge whose outputs are missing or older, and asking for 10,000 samples' files one by one would make
+# planning quadratic in them.
+FINAL_OUTPUTS = [f"results/packs/{model}/merged.tsv" for model in config["models"]]
 # Tasks by forward pass: the ones reading the unmasked input's last hidden state share one.
 PASS_TASKS = {"hidden": ["embed", "classify", "regress"], "mlm": ["mlm_score"]}
 

@@ -7,6 +7,8 @@ for model in config["models"]:
         input:
             unpack(merge_inputs(model)),
         output:
+            # What `rule all` and the report ask for: one small file, not thousands (see write_merge_summary).
+            summary=f"results/packs/{model}/merged.tsv",
             merged=[
                 report(
                     path,
