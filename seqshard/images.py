@@ -565,23 +565,20 @@ def container_status(
 # --- the pinned dependency list ------------------------------------------------------------------------------
 
 
-def _canonical(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
 def runtime_requirements(package: str = "seqshard", exclude: Iterable[str] = ("seqshard", "torch")) -> list[str]:
     """`name==version` for every installed distribution `package` needs at run time (markers of this Python).
 
     torch is left out: its build (CPU or CUDA) is chosen per image with the TORCH_CUDA build argument.
     """
     from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
 
-    skip = {_canonical(name) for name in exclude}
+    skip = {canonicalize_name(name) for name in exclude}
     versions: dict[str, str] = {}
     pending = [package]
     while pending:
         name = pending.pop()
-        key = _canonical(name)
+        key = canonicalize_name(name)
         if key in versions:
             continue
         try:

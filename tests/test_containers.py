@@ -340,17 +340,18 @@ def test_pinned_image_requirements_satisfy_the_package() -> None:
     from importlib.metadata import requires
 
     from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
 
     lock = REPO / "containers" / "base" / "requirements.txt"
     pinned = {}
     for line in lock.read_text().splitlines():
         if line and not line.startswith("#"):
             name, version = line.split("==")
-            pinned[re.sub(r"[-_.]+", "-", name).lower()] = version
+            pinned[canonicalize_name(name)] = version
     missing = []
     for line in requires("seqshard") or []:
         requirement = Requirement(line)
-        name = re.sub(r"[-_.]+", "-", requirement.name).lower()
+        name = canonicalize_name(requirement.name)
         if name == "torch" or (requirement.marker is not None and not requirement.marker.evaluate({"extra": ""})):
             continue
         if name not in pinned or not requirement.specifier.contains(pinned[name], prereleases=True):
