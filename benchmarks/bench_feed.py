@@ -196,7 +196,7 @@ def measure(architecture: str, threads: int, root: Path, sequences: int, batch_t
     torch.set_num_threads(threads)
     # LucaOne's hidden size is 2560; its checkpoint here is 256 wide to stay small, and the no-op model returns
     # 2560-wide states so that the outputs written are the real ones' size.
-    paths = checkpoints(root / f"{architecture}-{threads}", 256)
+    paths = {name: str(root / name) for name in ("dnabert2", "lucaone")}  # written once by main, see checkpoints
     fasta = root / f"{kind}.fa"
     if not fasta.exists():
         write_inputs(fasta, kind, sequences, seed=7)
@@ -262,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         f"GPU plan: {'batches':>7} {'shapes':>7} {'useful':>7}"
     )
     with tempfile.TemporaryDirectory(prefix="seqshard-feed-") as scratch:
+        checkpoints(Path(scratch), 256)
         for architecture in ("dnabert2", "lucaone"):
             for threads in [int(t) for t in args.threads.split(",")]:
                 command = [sys.executable, __file__, "--worker", architecture, str(threads), scratch,
