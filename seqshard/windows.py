@@ -159,19 +159,23 @@ def _owned_by_window(planned: Window, offsets: np.ndarray) -> np.ndarray:
 
 
 def _fitting_windows(
-    sequence: str, tokenizer: SequenceTokenizer, max_tokens: int, plan: list[Window]
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(ids, owned) of each window of `plan`, cutting again any window that tokenizes past `max_tokens`."""
-    encoded = tokenizer.encode_many_arrays([sequence[w.start : w.stop] for w in plan])
-    pieces: list[tuple[np.ndarray, np.ndarray]] = []
-    for planned, (ids, offsets) in zip(plan, encoded, strict=True):
+    sequences: Sequence[str], tokenizer: SequenceTokenizer, max_tokens: int, plans: Sequence[list[Window]]
+) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+    """(ids, owned) of each window of each sequence's plan, cutting again any window that tokenizes past
+    `max_tokens`. Every window of every sequence goes to the tokenizer in one batch call."""
+    flat = [(index, planned) for index, plan in enumerate(plans) for planned in plan]
+    encoded = tokenizer.encode_many_arrays([sequences[index][w.start : w.stop] for index, w in flat])
+    pieces: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in plans]
+    for (index, planned), (ids, offsets) in zip(flat, encoded, strict=True):
         if len(ids) <= max_tokens:
-            pieces.append((ids, _owned_by_window(planned, offsets)))
+            pieces[index].append((ids, _owned_by_window(planned, offsets)))
             continue
         # Too many tokens for these residues (runs of N in DNABERT-2): cut into pieces about small enough for
         # the budget; a piece of max_tokens - 2 residues always fits, since no token is shorter than a residue.
         n_pieces = max(2, -(-len(ids) // (max_tokens - 2)))
-        pieces.extend(_fitting_windows(sequence, tokenizer, max_tokens, split_window(planned, n_pieces)))
+        pieces[index].extend(
+            _fitting_windows([sequences[index]], tokenizer, max_tokens, [split_window(planned, n_pieces)])[0]
+        )
     return pieces
 
 
@@ -187,15 +191,20 @@ def encode_chunk(
     """Encode many sequences: whole sequences in one batched tokenizer call, windows of the over-long ones after.
 
     Sequences that fit take the fast path (ids only, no offsets); with `mode="truncate"` an over-long sequence
-    keeps its first `max_tokens - 1` tokens and its [SEP].
+    keeps its first `max_tokens - 1` tokens and its [SEP]. Every window of the chunk goes to the tokenizer in
+    one call too.
     """
     if mode not in LONG_SEQUENCE_MODES:
         raise ValueError(f"unknown long_sequences mode {mode!r}; expected one of {LONG_SEQUENCE_MODES}")
     if max_tokens < 3:
         raise ValueError(f"max_tokens must be at least 3 ([CLS], one token, [SEP]), got {max_tokens}")
-    ids, starts = tokenizer.encode_flat(list(sequences))
+    # A sequence of more than (max_tokens - 2) x the longest token's residues cannot fit whatever it holds: in
+    # window mode it is not tokenized whole (a chromosome-sized contig would be, for nothing), just marked.
+    cannot_fit = (max_tokens - 2) * tokenizer.max_residues_per_token
+    certain = [mode == "window" and len(sequence) > cannot_fit for sequence in sequences]
+    ids, starts = tokenizer.encode_flat(["" if skip else s for s, skip in zip(sequences, certain, strict=True)])
     lengths = np.diff(starts)
-    too_long = np.flatnonzero(lengths > max_tokens)
+    too_long = np.flatnonzero((lengths > max_tokens) | np.array(certain, dtype=bool))
     truncated = np.zeros(len(sequences), dtype=bool)
     if len(too_long) == 0:
         owned = np.ones(len(ids), dtype=bool)
@@ -216,6 +225,15 @@ def encode_chunk(
         parts_lengths.append(part_lengths)
         parts_records.append(part_records)
 
+    if mode == "window":
+        long_ones = too_long.tolist()
+        windows = _fitting_windows(
+            [sequences[i] for i in long_ones],
+            tokenizer,
+            max_tokens,
+            [plan_windows(len(sequences[i]), window, overlap) for i in long_ones],
+        )
+        windows_of = dict(zip(long_ones, windows, strict=True))
     previous = 0
     for index in [*too_long.tolist(), len(sequences)]:
         if index > previous:  # the fitting sequences before this one, in one piece
@@ -235,11 +253,13 @@ def encode_chunk(
             add(kept, kept_owned, np.array([max_tokens]), np.array([index]))
             truncated[index] = True
         else:
-            sequence = sequences[index]
-            for piece_ids, piece_owned in _fitting_windows(
-                sequence, tokenizer, max_tokens, plan_windows(len(sequence), window, overlap)
-            ):
-                add(piece_ids, piece_owned, np.array([len(piece_ids)]), np.array([index]))
+            pieces = windows_of[index]
+            add(
+                np.concatenate([piece_ids for piece_ids, _ in pieces]),
+                np.concatenate([piece_owned for _, piece_owned in pieces]),
+                np.array([len(piece_ids) for piece_ids, _ in pieces]),
+                np.full(len(pieces), index),
+            )
         previous = index + 1
 
     input_lengths = np.concatenate(parts_lengths).astype(np.int64)

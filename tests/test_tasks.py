@@ -11,7 +11,7 @@ import torch
 from seqshard.fasta import SequenceRecord
 from seqshard.inference import RunFigures, TaskSettings, run_task, run_tasks, score_records
 from seqshard.models.dnabert2 import load_dnabert2, load_dnabert2_masked_lm, write_demo_checkpoint
-from seqshard.windows import encode_sequence, plan_windows
+from seqshard.windows import encode_chunk, encode_sequence, plan_windows
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +127,34 @@ def test_windows_never_exceed_max_tokens_whatever_the_content(checkpoints, gap):
     assert spelled == sequence
     columns, encoded = run(loaded, [sequence, random_dna(100, 7)])
     assert encoded[0].n_tokens == whole.n_tokens and np.isfinite(vectors(columns)).all()
+
+
+def test_a_sequence_too_long_to_fit_whatever_it_holds_is_windowed_without_being_tokenized_whole(checkpoints):
+    """Past (max_tokens - 2) x the longest token's residues nothing can fit: such a sequence gets the windows it
+    would get after tokenizing it whole, without that tokenization; shorter ones are still tested whole."""
+    loaded = load_dnabert2(str(checkpoints["mlm"]))
+    tokenizer = loaded.tokenizer
+    max_tokens = 40
+    limit = (max_tokens - 2) * tokenizer.max_residues_per_token
+    sequences = [random_dna(limit + 1, 8), random_dna(limit - 1, 9), random_dna(30, 10)]
+    seen: list[list[str]] = []
+    original = tokenizer.encode_flat
+
+    def recording(batch):
+        seen.append(list(batch))
+        return original(batch)
+
+    tokenizer.encode_flat = recording
+    try:
+        chunk = encode_chunk(sequences, tokenizer, max_tokens=max_tokens, mode="window", window=100, overlap=25)
+    finally:
+        del tokenizer.encode_flat
+    assert sequences[0] not in seen[0] and sequences[1] in seen[0]  # the first was never tokenized whole
+    # Windows of 100 random bases fit in 40 tokens here, so none is cut again: the plan's windows, as they are.
+    expected = [tokenizer.encode(sequences[0][w.start : w.stop]) for w in plan_windows(limit + 1, 100, 25)]
+    assert [w.ids for w in chunk.sequence(0).windows] == expected
+    assert chunk.n_windows.tolist()[1:] == [len(plan_windows(limit - 1, 100, 25)), 1]
+    assert int(chunk.lengths.max()) <= max_tokens
 
 
 def test_max_pooling(checkpoints):

@@ -22,6 +22,7 @@ class SequenceTokenizer(Protocol):
 
     pad_id: int
     mask_id: int
+    max_residues_per_token: int  # the most residues one token can stand for: a bound on how few tokens fit
 
     def encode(self, sequence: str) -> list[int]: ...
 

@@ -594,6 +594,10 @@ class DNABERT2Tokenizer:
             result.append((own_ids, spans))
         return result
 
+    @property
+    def max_residues_per_token(self) -> int:
+        return int(self._token_widths().max())
+
     def _token_widths(self) -> np.ndarray:
         """Characters each token id stands for: its string's length, 1 for [UNK], 0 for the other specials."""
         if getattr(self, "_widths", None) is None:

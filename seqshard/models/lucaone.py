@@ -509,6 +509,7 @@ class LucaOneTokenizer:
     sep_id = SEP_ID
     mask_id = MASK_ID
     vocab = VOCABULARY
+    max_residues_per_token = 1
 
     def __init__(self, molecule: str | None = None) -> None:
         self.molecule = molecule
