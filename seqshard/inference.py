@@ -571,8 +571,9 @@ def _head_for(loaded: LoadedModel, settings: TaskSettings) -> SequenceHead:
 
 def weighted_rows(values: np.ndarray, records: np.ndarray, weights: np.ndarray, n_records: int) -> np.ndarray:
     """Combine one row per input into one row per record, weighted by the tokens each input owns (a record's
-    inputs are consecutive, in `records` order)."""
-    out = np.empty((n_records, values.shape[1]), dtype=np.float64)
+    inputs are consecutive, in `records` order). Rows of several inputs are summed in float64; the result has
+    `values`' dtype."""
+    out = np.empty((n_records, values.shape[1]), dtype=values.dtype)
     counts = np.bincount(records, minlength=n_records)
     alone = counts[records] == 1  # one input: the weighted mean of one row is the row
     out[records[alone]] = values[alone]
@@ -622,7 +623,6 @@ def _embed_columns(task: PassTask, chunk: EncodedChunk, per_input: dict[str, np.
         np.maximum.at(embedding, chunk.record, values)
     else:  # a window's mean (or [CLS] row) counts as many times as it has tokens of its own
         embedding = weighted_rows(values, chunk.record, chunk.n_owned.astype(np.float64), chunk.n_records)
-        embedding = embedding.astype(np.float32)
     columns: dict[str, object] = {"embedding": vectors_array(embedding)}
     if task.settings.per_token:
         by_record: list[list[np.ndarray]] = [[] for _ in range(chunk.n_records)]
@@ -635,7 +635,8 @@ def _embed_columns(task: PassTask, chunk: EncodedChunk, per_input: dict[str, np.
 def _head_columns(task: PassTask, chunk: EncodedChunk, per_input: dict[str, np.ndarray]) -> dict[str, object]:
     assert task.head is not None
     labels = task.head.labels
-    combined = weighted_rows(per_input[task.name], chunk.record, chunk.n_owned.astype(np.float64), chunk.n_records)
+    logits = per_input[task.name].astype(np.float64)  # a few columns: combined and softmaxed in float64
+    combined = weighted_rows(logits, chunk.record, chunk.n_owned.astype(np.float64), chunk.n_records)
     if task.name == "regress":
         return {label: combined[:, i].astype(np.float32) for i, label in enumerate(labels)}
     probabilities = torch.softmax(torch.from_numpy(combined), dim=-1).numpy().astype(np.float32)
