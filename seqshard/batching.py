@@ -10,15 +10,13 @@ Batch widths are rounded up to a bucket (`buckets_per_octave` sizes between each
 rounding adds at most 1/buckets_per_octave of a row). Rounding is padding like any other and is counted in the
 computed tokens; it is not part of the `max_padding` check, which only looks at how lengths differ.
 
-Two plans, for two kinds of device:
-- `by_length` (the CPU's): greedy over the sorted lengths, closing a batch on the budget or on `max_padding`.
-  Least padding; but batches close at arbitrary row counts, so almost every batch has a shape of its own.
-- `by_bucket` (the GPU's): every input goes to its width bucket and each bucket is cut into batches of
-  `batch_tokens // width` rows. Padding is the rounding alone (16 buckets per octave and steps of at least 8
-  tokens: under 3 % of the tokens on a log-normal length mix), and all batches of a bucket but its last share
-  one shape:
-  a GPU library that plans per shape (cuDNN's attention builds a plan per new shape, tens to hundreds of ms)
-  meets a few dozen shapes per job instead of one per batch.
+On a GPU the plan is the same with widths in steps of at least 4 tokens, over larger chunks of inputs (see
+`seqshard.inference.chunk_limits`). A GPU library that plans per shape (cuDNN's attention builds an execution
+plan per new shape, tens to hundreds of ms) then meets about one shape per width bucket used: a batch closes on
+the budget, so every full batch of a width has `batch_tokens // width` rows, and only where lengths are sparse
+does `max_padding` close one early. 32 buckets per octave is what the 3 % budget allows: rounding alone costs
+about 1/(2 x buckets per octave) of a width on average, and 16 per octave came to 3-3.7 % in all
+(`benchmarks/bench_feed.py` prints the shapes and padding of both plans for its inputs).
 """
 
 from __future__ import annotations
@@ -52,14 +50,12 @@ class TokenBudgetBatcher:
     max_batch_size: int | None = None
     buckets_per_octave: int | None = 32
     min_step: int = 1
-    by_bucket: bool = False  # the GPU's plan (module docstring)
 
     @classmethod
     def for_device(cls, device_type: str, batch_tokens: int, max_padding: float = 0.03) -> TokenBudgetBatcher:
-        """The plan that suits the device: by length on a CPU, by bucket on a GPU (16 per octave, steps of at least
-        8 tokens: rounding short inputs costs few tokens, and spares many shapes)."""
+        """The plan that suits the device: on a GPU widths in steps of at least 4 tokens (module docstring)."""
         if device_type == "cuda":
-            return cls(batch_tokens, max_padding, buckets_per_octave=16, min_step=8, by_bucket=True)
+            return cls(batch_tokens, max_padding, min_step=4)
         return cls(batch_tokens, max_padding)
 
     def __post_init__(self) -> None:
@@ -74,9 +70,6 @@ class TokenBudgetBatcher:
     def batches(self, lengths: Sequence[int] | np.ndarray) -> Iterator[list[int]]:
         """Yield lists of indices, longest sequences first (an out-of-memory shows up on the first batch)."""
         lengths = np.asarray(lengths, dtype=np.int64)
-        if self.by_bucket:
-            yield from self._by_bucket(lengths)
-            return
         order = np.lexsort((np.arange(len(lengths)), -lengths)).tolist()
         values = lengths.tolist()
         batch: list[int] = []
@@ -95,17 +88,6 @@ class TokenBudgetBatcher:
             real += length
         if batch:
             yield batch
-
-    def _by_bucket(self, lengths: np.ndarray) -> Iterator[list[int]]:
-        widths = np.array([self.width(int(length)) for length in lengths.tolist()], dtype=np.int64)
-        order = np.lexsort((np.arange(len(lengths)), -widths))
-        for width in np.unique(widths)[::-1].tolist():
-            members = order[widths[order] == width].tolist()
-            rows = max(1, self.batch_tokens // width)
-            if self.max_batch_size is not None:
-                rows = min(rows, self.max_batch_size)
-            for start in range(0, len(members), rows):
-                yield members[start : start + rows]
 
 
 def padded_tokens(lengths: Sequence[int], batch: Sequence[int], buckets_per_octave: int | None = None) -> int:

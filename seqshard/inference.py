@@ -90,6 +90,7 @@ log = logging.getLogger(__name__)
 
 # Records per chunk (see score_chunks); one chunk becomes one Parquet row group.
 CHUNK_RECORDS = 4096
+GPU_CHUNK_OUTPUT_BYTES = 2**28  # float32 output rows a GPU job's chunk may hold (see chunk_limits)
 # Tasks that read the last hidden state of the unmasked input, and so share one forward pass.
 HIDDEN_TASKS = ("embed", "classify", "regress")
 
@@ -1082,6 +1083,22 @@ def task_metadata(
     }
 
 
+def chunk_limits(
+    device: str, chunk_records: int, batch_tokens: int, settings: Sequence[TaskSettings], hidden_size: int
+) -> tuple[int, int]:
+    """Records and residues per chunk: a chunk holds its records, token ids and one output row per record.
+
+    On a GPU chunks are larger, unless asked otherwise: a batch plan over many thousands of inputs fills its
+    batches from one width bucket (little padding, one shape per width; see seqshard.batching). Their output
+    rows stay within GPU_CHUNK_OUTPUT_BYTES (26,214 records of LucaOne's 2560 float32s, 65,536 of DNABERT-2's
+    768), and per-token outputs, which would make such a chunk gigabytes, keep the CPU's chunks.
+    """
+    if device.startswith("cuda") and chunk_records == CHUNK_RECORDS and not any(s.per_token for s in settings):
+        records = min(16 * CHUNK_RECORDS, max(CHUNK_RECORDS, GPU_CHUNK_OUTPUT_BYTES // (4 * hidden_size)))
+        return records, 1024 * batch_tokens
+    return chunk_records, 64 * batch_tokens
+
+
 def run_tasks(
     fasta: Path | str,
     outputs: Mapping[str, Path | str],
@@ -1190,11 +1207,11 @@ def run_tasks(
         records = iter_packed_shard(fasta)
     else:
         records = iter_valid_records(fasta, molecule, policy)
-    if device.startswith("cuda") and chunk_records == CHUNK_RECORDS:
-        chunk_records = 4 * CHUNK_RECORDS  # larger chunks: fewer partly filled batches, so fewer batch shapes
+    chunk_records, chunk_residues = chunk_limits(device, chunk_records, batch_tokens, settings, loaded.hidden_size)
     scored = score_chunks(
         loaded, records, list(by_task.values()), molecule=molecule, batch_tokens=batch_tokens, dtype=dtype,
-        figures=figures, chunk_records=chunk_records, duplicates=check.duplicates, precomputed=precomputed,
+        figures=figures, chunk_records=chunk_records, chunk_residues=chunk_residues, duplicates=check.duplicates,
+        precomputed=precomputed,
     )  # fmt: skip
     writers = {task: TableWriter(outputs[task]) for task in by_task}
     gpu_sampler = GpuSampler.for_device(device)

@@ -44,24 +44,31 @@ def test_max_batch_size():
 
 
 def test_the_gpu_plan_keeps_few_shapes_and_little_padding():
-    """By width bucket: every batch of a bucket but its last has one shape; padding is the rounding alone."""
+    """Full batches of a width share one shape; only sparse lengths close a batch early; padding under 3 %."""
     import random
-
-    from seqshard.batching import bucket_width
 
     rng = random.Random(5)
     lengths = [min(512, max(5, int(rng.lognormvariate(4.6, 0.8)))) for _ in range(20000)]
     gpu = TokenBudgetBatcher.for_device("cuda", 16384)
-    cpu = TokenBudgetBatcher.for_device("cpu", 16384)
-    plans = {name: list(b.batches(lengths)) for name, b in (("gpu", gpu), ("cpu", cpu))}
-    assert sorted(i for batch in plans["gpu"] for i in batch) == list(range(len(lengths)))
-    shapes = {name: {(len(b), batcher.width(max(lengths[i] for i in b))) for b in plan}
-              for (name, plan), batcher in zip(plans.items(), (gpu, cpu), strict=True)}  # fmt: skip
-    assert len(shapes["gpu"]) < 0.8 * len(shapes["cpu"])
-    widths = {gpu.width(max(lengths[i] for i in b)) for b in plans["gpu"]}
-    assert len(shapes["gpu"]) <= 2 * len(widths)  # a full shape and a last one per bucket
-    for batch in plans["gpu"]:
-        width = gpu.width(max(lengths[i] for i in batch))
-        assert all(bucket_width(lengths[i], 16, 8) == width for i in batch) and len(batch) * width <= 16384
-    useful = sum(lengths) / sum(len(b) * gpu.width(max(lengths[i] for i in b)) for b in plans["gpu"])
+    plan = list(gpu.batches(lengths))
+    assert sorted(i for batch in plan for i in batch) == list(range(len(lengths)))
+    widths = [gpu.width(max(lengths[i] for i in batch)) for batch in plan]
+    shapes = {(len(batch), width) for batch, width in zip(plan, widths, strict=True)}
+    short = [batch for batch, width in zip(plan, widths, strict=True) if len(batch) != 16384 // width]
+    assert len(short) < 0.2 * len(plan)
+    assert len(shapes) <= len(set(widths)) + len(short)
+    assert all(width % 4 == 0 for width in widths)
+    useful = sum(lengths) / sum(len(batch) * width for batch, width in zip(plan, widths, strict=True))
     assert useful >= 0.97
+
+
+def test_gpu_jobs_plan_over_larger_chunks_unless_outputs_are_per_token():
+    from seqshard.inference import CHUNK_RECORDS, GPU_CHUNK_OUTPUT_BYTES, TaskSettings, chunk_limits
+
+    embed, per_token = [TaskSettings("embed")], [TaskSettings("embed", per_token=True)]
+    assert chunk_limits("cpu", CHUNK_RECORDS, 16384, embed, 768) == (CHUNK_RECORDS, 64 * 16384)
+    assert chunk_limits("cuda", CHUNK_RECORDS, 16384, per_token, 768) == (CHUNK_RECORDS, 64 * 16384)
+    assert chunk_limits("cuda", CHUNK_RECORDS, 16384, embed, 768) == (16 * CHUNK_RECORDS, 1024 * 16384)
+    records, _ = chunk_limits("cuda:1", CHUNK_RECORDS, 16384, embed, 2560)
+    assert CHUNK_RECORDS < records and records * 2560 * 4 <= GPU_CHUNK_OUTPUT_BYTES
+    assert chunk_limits("cuda", 100, 16384, embed, 768) == (100, 64 * 16384)  # asked for: kept
