@@ -8,7 +8,9 @@ must do per token; its rate is the most tokens per second this job could ever fe
 
 Printed per model input kind (DNABERT-2 DNA: log-normal lengths, median 600 bp, 50 bp to 10 kb; LucaOne protein:
 median 300 aa) and per thread count (`--threads`, 1 and 2: torch's threads and the tokenizer's pool):
-tokens/s of the pipeline, batches, distinct batch shapes (and those the GPU's plan, by width bucket, makes for
+tokens/s of the pipeline; its ceilings, the tokenizer alone on the whole sequences and the encoding alone (the
+tokenizer work the pipeline must do, windows of the long sequences included, in its chunks); batches, distinct
+batch shapes (and those the GPU's plan, fixed rows per width bucket over a GPU job's larger chunks, makes for
 the same inputs: planned here, not run), and the ratio to a baseline run in the same command:
 the per-token-list path seqshard used before (Python lists of ids and ownership per window, one
 `torch.tensor(list)` per row to build a batch, results copied to the host after every batch), on the same inputs
@@ -35,9 +37,10 @@ import torch
 import seqshard.inference as inference
 from seqshard.batching import TokenBudgetBatcher
 from seqshard.fasta import iter_valid_records
-from seqshard.inference import TaskSettings, run_tasks
+from seqshard.inference import CHUNK_RECORDS, TaskSettings, run_tasks
 from seqshard.models import get_loader
 from seqshard.parquet import TableWriter, results_table, task_schema, vectors_array
+from seqshard.windows import encode_chunk
 
 AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
 
@@ -148,18 +151,18 @@ def list_baseline(fasta: Path, out: Path, architecture: str, checkpoint: str, mo
 
 
 def gpu_plan(
-    fasta: Path, architecture: str, checkpoint: str, molecule: str, batch_tokens: int
+    fasta: Path, architecture: str, checkpoint: str, molecule: str, batch_tokens: int, hidden: int
 ) -> tuple[int, int, float]:
     """Batches, distinct shapes and useful-token fraction of the GPU's batch plan for these inputs, chunked as a
     GPU job chunks them (computed from the real encodings; no GPU needed to plan)."""
-    from seqshard.inference import CHUNK_RECORDS, iter_chunks
-    from seqshard.windows import encode_chunk
+    from seqshard.inference import chunk_limits, iter_chunks
 
     loaded = get_loader(architecture)(checkpoint, "cpu", torch.float32).for_molecule(molecule)
     batcher = TokenBudgetBatcher.for_device("cuda", batch_tokens)
     shapes, batches, real, computed = set(), 0, 0, 0
     records = iter_valid_records(fasta, molecule)
-    for chunk in iter_chunks(records, CHUNK_RECORDS * 4, 64 * batch_tokens):
+    limits = chunk_limits("cuda", CHUNK_RECORDS, batch_tokens, [TaskSettings("embed")], hidden)
+    for chunk in iter_chunks(records, *limits):
         encoded = encode_chunk(
             [r.sequence for r in chunk],
             loaded.tokenizer,
@@ -200,7 +203,7 @@ def measure(architecture: str, threads: int, root: Path, sequences: int, batch_t
     fasta = root / f"{kind}.fa"
     if not fasta.exists():
         write_inputs(fasta, kind, sequences, seed=7)
-    rates, baseline_rates, tokenize_rates, figures = [], [], [], None
+    rates, baseline_rates, tokenize_rates, encode_rates, figures = [], [], [], [], None
     loaded = get_loader(architecture)(paths[architecture], "cpu", torch.float32).for_molecule(molecule)
     texts = [record.sequence for record in iter_valid_records(fasta, molecule)]
     for _ in range(repeats):
@@ -221,18 +224,27 @@ def measure(architecture: str, threads: int, root: Path, sequences: int, batch_t
         fed = list_baseline(fasta, root / f"baseline-{threads}.parquet", architecture, paths[architecture],
                             molecule, hidden, batch_tokens)  # fmt: skip
         baseline_rates.append(fed / (time.perf_counter() - started))
-        # The tokenizer alone (ids as arrays, 4096 records per call as a job's chunks): the pipeline's ceiling.
+        # The tokenizer alone (ids as arrays, 4096 records per call as a job's chunks), whole sequences only.
         started, tokens = time.perf_counter(), 0
         for first in range(0, len(texts), 4096):
             ids, _ = loaded.tokenizer.encode_flat(texts[first : first + 4096])
             tokens += len(ids)
         tokenize_rates.append(tokens / (time.perf_counter() - started))
+        # Encoding alone: the tokenizer work the pipeline must do (windows of the long sequences included), in
+        # the pipeline's chunks, rated by the pipeline's own token count: the ceiling of this job on these cores.
+        started = time.perf_counter()
+        for first in range(0, len(texts), CHUNK_RECORDS):
+            encode_chunk(texts[first : first + CHUNK_RECORDS], loaded.tokenizer, max_tokens=loaded.max_tokens,
+                         mode="window", window=loaded.default_window, overlap=loaded.default_window // 4)  # fmt: skip
+        encode_rates.append(figures.n_tokens / (time.perf_counter() - started))
     assert figures is not None
     rate, baseline = float(np.median(rates)), float(np.median(baseline_rates))
-    gpu_batches, gpu_shapes, gpu_useful = gpu_plan(fasta, architecture, paths[architecture], molecule, batch_tokens)
+    plan = gpu_plan(fasta, architecture, paths[architecture], molecule, batch_tokens, hidden)
+    gpu_batches, gpu_shapes, gpu_useful = plan
     return {"input": f"{architecture}/{kind}", "threads": threads, "tokens_per_second": rate,
             "list_path_tokens_per_second": baseline, "ratio": rate / baseline,
             "tokenizer_alone_tokens_per_second": float(np.median(tokenize_rates)),
+            "encoding_alone_tokens_per_second": float(np.median(encode_rates)),
             "n_tokens": figures.n_tokens, "n_batches": figures.n_batches,
             "n_batch_shapes": len(figures.batch_shapes),
             "useful_token_fraction": figures.n_tokens / figures.n_computed_tokens,
@@ -258,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
                                "rows": []}  # fmt: skip
     print(
         f"{'input':<16} {'threads':>7} {'pipeline tok/s':>15} {'list path tok/s':>16} {'ratio':>6} "
-        f"{'tokenizer tok/s':>16} {'batches':>8} {'shapes':>7} {'useful':>7}   "
+        f"{'tokenizer tok/s':>16} {'encoding tok/s':>15} {'batches':>8} {'shapes':>7} {'useful':>7}   "
         f"GPU plan: {'batches':>7} {'shapes':>7} {'useful':>7}"
     )
     with tempfile.TemporaryDirectory(prefix="seqshard-feed-") as scratch:
@@ -275,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
                 plan = row["gpu_plan"]
                 print(f"{row['input']:<16} {threads:>7} {row['tokens_per_second']:>15,.0f} "
                       f"{row['list_path_tokens_per_second']:>16,.0f} {row['ratio']:>6.2f} "
-                      f"{row['tokenizer_alone_tokens_per_second']:>16,.0f} {row['n_batches']:>8} "
+                      f"{row['tokenizer_alone_tokens_per_second']:>16,.0f} "
+                      f"{row['encoding_alone_tokens_per_second']:>15,.0f} {row['n_batches']:>8} "
                       f"{row['n_batch_shapes']:>7} {row['useful_token_fraction']:>7.3f}             "
                       f"{plan['n_batches']:>7} {plan['n_batch_shapes']:>7} {plan['useful_token_fraction']:>7.3f}",
                       flush=True)  # fmt: skip
