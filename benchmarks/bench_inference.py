@@ -61,7 +61,7 @@ import torch
 
 import seqshard.models.dnabert2 as dnabert2_module
 import seqshard.models.lucaone as lucaone_module
-from seqshard.batching import TokenBudgetBatcher, bucket_width
+from seqshard.batching import TokenBudgetBatcher
 from seqshard.devices import DTYPES, resolve_device, resolve_dtype
 from seqshard.fasta import SequenceRecord
 from seqshard.inference import RunFigures, TaskSettings, score_records
@@ -369,9 +369,9 @@ def run_seqshard(work: Workload, records: Sequence[SequenceRecord], row: Row | N
         lengths = [len(item.ids) for item in window_inputs(encoded)]
         # score_records does not return its batches; the same batcher on the same lengths gives the same plan
         # (unless a GPU out-of-memory made it run a batch in halves: then its own token counts stand).
-        batcher = TokenBudgetBatcher(work.batch_tokens)
+        batcher = TokenBudgetBatcher.for_device(work.device.split(":")[0], work.batch_tokens)
         plan = list(batcher.batches(lengths))
-        fill_row(row, work, encoded, plan, batcher.buckets_per_octave)
+        fill_row(row, work, encoded, plan, batcher)
         planned = (row.n_batches, row.real_tokens, row.computed_tokens)
         if (figures.n_batches, figures.n_tokens, figures.n_computed_tokens) != planned:
             if not getattr(figures, "n_oom_splits", 0):
@@ -426,15 +426,17 @@ def fill_row(
     work: Workload,
     encoded: Sequence[EncodedSequence],
     plan: Sequence[Sequence[int]],
-    buckets: int | None = None,
+    batcher: TokenBudgetBatcher | None = None,
 ) -> None:
-    """Batch figures of `plan`; `buckets` is the batcher's width rounding (None for the baselines' exact widths)."""
+    """Batch figures of `plan`; `batcher` rounds its widths (None for the baselines' exact widths)."""
     lengths = [len(item.ids) for item in window_inputs(encoded)]
     row.n_sequences = len(encoded)
     row.n_inputs = len(lengths)
     row.n_batches = len(plan)
     row.real_tokens = sum(lengths)
-    width = {id(batch): bucket_width(max(lengths[i] for i in batch), buckets) for batch in plan}
+    width = {id(batch): max(lengths[i] for i in batch) for batch in plan}
+    if batcher is not None:
+        width = {key: batcher.width(longest) for key, longest in width.items()}
     row.computed_tokens = sum(len(batch) * width[id(batch)] for batch in plan)
     row.useful_flops = sum(work.flop_model.forward(length) for length in lengths)
     row.computed_flops = sum(work.flop_model.forward(width[id(b)], len(b)) for b in plan)
