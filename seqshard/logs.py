@@ -76,11 +76,14 @@ def rule_script(log_file: Path | str) -> Iterator[None]:
 
 
 def _tell(terminal: TextIO, line: str) -> None:
-    """One line in a single write: jobs running side by side share Snakemake's terminal, and two lines written in
-    pieces could interleave."""
+    """One line in a single write, on a line of its own: jobs running side by side share Snakemake's terminal,
+    where two lines written in pieces could interleave, and Snakemake writes a message and its newline in two
+    writes, so a job's line can arrive after a message's last line and before its newline. The line starts with
+    a newline of its own for that reason (at worst an empty line before it)."""
+    text = f"\n{line}\n"
     terminal.flush()
     try:
-        os.write(terminal.fileno(), f"{line}\n".encode())
+        os.write(terminal.fileno(), text.encode())
     except (AttributeError, OSError, io.UnsupportedOperation):  # not a real file, e.g. captured in a test
-        terminal.write(f"{line}\n")
+        terminal.write(text)
         terminal.flush()
