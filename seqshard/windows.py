@@ -225,8 +225,8 @@ def encode_chunk(
         parts_lengths.append(part_lengths)
         parts_records.append(part_records)
 
+    long_ones = too_long.tolist()
     if mode == "window":
-        long_ones = too_long.tolist()
         windows = _fitting_windows(
             [sequences[i] for i in long_ones],
             tokenizer,
@@ -235,7 +235,7 @@ def encode_chunk(
         )
         windows_of = dict(zip(long_ones, windows, strict=True))
     previous = 0
-    for index in [*too_long.tolist(), len(sequences)]:
+    for index in [*long_ones, len(sequences)]:
         if index > previous:  # the fitting sequences before this one, in one piece
             span = ids[starts[previous] : starts[index]]
             run_owned = np.ones(len(span), dtype=bool)
