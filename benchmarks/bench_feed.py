@@ -36,8 +36,8 @@ import torch
 
 import seqshard.inference as inference
 from seqshard.batching import TokenBudgetBatcher
-from seqshard.fasta import iter_valid_records
-from seqshard.inference import CHUNK_RECORDS, TaskSettings, run_tasks
+from seqshard.fasta import SequenceRecord, iter_valid_records
+from seqshard.inference import CHUNK_RECORDS, TaskSettings, chunk_limits, iter_chunks, run_tasks
 from seqshard.models import get_loader
 from seqshard.parquet import TableWriter, results_table, task_schema, vectors_array
 from seqshard.windows import encode_chunk
@@ -150,27 +150,26 @@ def list_baseline(fasta: Path, out: Path, architecture: str, checkpoint: str, mo
     return sum(lengths)
 
 
-def gpu_plan(
-    fasta: Path, architecture: str, checkpoint: str, molecule: str, batch_tokens: int, hidden: int
-) -> tuple[int, int, float]:
+def job_chunks(records: list[SequenceRecord], device: str, batch_tokens: int, hidden: int) -> list[list[str]]:
+    """The sequences of `records` in the chunks a job on `device` reads them in (`chunk_limits`)."""
+    limits = chunk_limits(device, CHUNK_RECORDS, batch_tokens, [TaskSettings("embed")], hidden)
+    return [[record.sequence for record in chunk] for chunk in iter_chunks(iter(records), *limits)]
+
+
+def encode_for_job(loaded: Any, sequences: list[str]) -> Any:
+    """`encode_chunk` as a job calls it with the model's defaults (windows of the long sequences)."""
+    window = loaded.default_window
+    return encode_chunk(sequences, loaded.tokenizer, max_tokens=loaded.max_tokens, mode="window", window=window,
+                        overlap=window // 4)  # fmt: skip
+
+
+def gpu_plan(loaded: Any, records: list[SequenceRecord], batch_tokens: int, hidden: int) -> tuple[int, int, float]:
     """Batches, distinct shapes and useful-token fraction of the GPU's batch plan for these inputs, chunked as a
     GPU job chunks them (computed from the real encodings; no GPU needed to plan)."""
-    from seqshard.inference import chunk_limits, iter_chunks
-
-    loaded = get_loader(architecture)(checkpoint, "cpu", torch.float32).for_molecule(molecule)
     batcher = TokenBudgetBatcher.for_device("cuda", batch_tokens)
     shapes, batches, real, computed = set(), 0, 0, 0
-    records = iter_valid_records(fasta, molecule)
-    limits = chunk_limits("cuda", CHUNK_RECORDS, batch_tokens, [TaskSettings("embed")], hidden)
-    for chunk in iter_chunks(records, *limits):
-        encoded = encode_chunk(
-            [r.sequence for r in chunk],
-            loaded.tokenizer,
-            max_tokens=loaded.max_tokens,
-            mode="window",
-            window=loaded.default_window,
-            overlap=loaded.default_window // 4,
-        )
+    for sequences in job_chunks(records, "cuda", batch_tokens, hidden):
+        encoded = encode_for_job(loaded, sequences)
         lengths = encoded.lengths
         for batch in batcher.batches(lengths):
             width = batcher.width(int(lengths[batch].max()))
@@ -205,7 +204,9 @@ def measure(architecture: str, threads: int, root: Path, sequences: int, batch_t
         write_inputs(fasta, kind, sequences, seed=7)
     rates, baseline_rates, tokenize_rates, encode_rates, figures = [], [], [], [], None
     loaded = get_loader(architecture)(paths[architecture], "cpu", torch.float32).for_molecule(molecule)
-    texts = [record.sequence for record in iter_valid_records(fasta, molecule)]
+    records = list(iter_valid_records(fasta, molecule))
+    texts = [record.sequence for record in records]
+    cpu_chunks = job_chunks(records, "cpu", batch_tokens, hidden)
     for _ in range(repeats):
         with no_op_model(hidden):
             started = time.perf_counter()
@@ -233,14 +234,12 @@ def measure(architecture: str, threads: int, root: Path, sequences: int, batch_t
         # Encoding alone: the tokenizer work the pipeline must do (windows of the long sequences included), in
         # the pipeline's chunks, rated by the pipeline's own token count: the ceiling of this job on these cores.
         started = time.perf_counter()
-        for first in range(0, len(texts), CHUNK_RECORDS):
-            encode_chunk(texts[first : first + CHUNK_RECORDS], loaded.tokenizer, max_tokens=loaded.max_tokens,
-                         mode="window", window=loaded.default_window, overlap=loaded.default_window // 4)  # fmt: skip
+        for sequences in cpu_chunks:
+            encode_for_job(loaded, sequences)
         encode_rates.append(figures.n_tokens / (time.perf_counter() - started))
     assert figures is not None
     rate, baseline = float(np.median(rates)), float(np.median(baseline_rates))
-    plan = gpu_plan(fasta, architecture, paths[architecture], molecule, batch_tokens, hidden)
-    gpu_batches, gpu_shapes, gpu_useful = plan
+    gpu_batches, gpu_shapes, gpu_useful = gpu_plan(loaded, records, batch_tokens, hidden)
     return {"input": f"{architecture}/{kind}", "threads": threads, "tokens_per_second": rate,
             "list_path_tokens_per_second": baseline, "ratio": rate / baseline,
             "tokenizer_alone_tokens_per_second": float(np.median(tokenize_rates)),

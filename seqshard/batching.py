@@ -15,7 +15,7 @@ On a GPU the plan is the same with widths in steps of at least 4 tokens, over la
 plan per new shape, tens to hundreds of ms) then meets about one shape per width bucket used: a batch closes on
 the budget, so every full batch of a width has `batch_tokens // width` rows, and only where lengths are sparse
 does `max_padding` close one early. 32 buckets per octave is what the 3 % budget allows: rounding alone costs
-about 1/(2 x buckets per octave) of a width on average, and 16 per octave came to 3-3.7 % in all
+about 1/(2 x buckets per octave) of a width on average, some 3 % at 16 per octave before lengths differ at all
 (`benchmarks/bench_feed.py` prints the shapes and padding of both plans for its inputs).
 """
 
