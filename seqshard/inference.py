@@ -88,7 +88,8 @@ from seqshard.windows import EncodedChunk, EncodedSequence, encode_chunk
 
 log = logging.getLogger(__name__)
 
-# Records per chunk (see score_chunks); one chunk becomes one Parquet row group.
+# Records per chunk on the CPU (see score_chunks and chunk_limits). A chunk's rows are written in row groups of at
+# most parquet.ROW_GROUP_ROWS, whatever the chunk's size, so a reader's memory does not grow with it.
 CHUNK_RECORDS = 4096
 GPU_CHUNK_OUTPUT_BYTES = 2**28  # float32 output rows a GPU job's chunk may hold (see chunk_limits)
 # Tasks that read the last hidden state of the unmasked input, and so share one forward pass.
@@ -1129,7 +1130,7 @@ def run_tasks(
     Before anything reads them, the shard, checkpoint and heads are warmed up onto local disk
     (`seqshard.storage.warm_up`, with `storage`'s cache and mounts). The whole file is validated first (and its
     repeated sequences found); then it is read, tokenized and scored chunk by chunk, each chunk's rows written
-    (one Parquet row group per chunk, per task) while the model computes the next. Tasks that share a forward
+    (in row groups of at most `ROW_GROUP_ROWS`, per task) while the model computes the next. Tasks that share a forward
     pass get one. With `on_invalid="skip"` invalid records, and records that cannot be scored at all, go to
     `rejects_out` instead of stopping the run. With a result `cache`, sequences it already holds for every task
     are not computed again, and the rest are added to it. `packed` says `fasta` is a shard
