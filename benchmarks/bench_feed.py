@@ -34,13 +34,16 @@ from typing import Any
 import numpy as np
 import torch
 
-import seqshard.inference as inference
-from seqshard.batching import TokenBudgetBatcher
-from seqshard.fasta import SequenceRecord, iter_valid_records
-from seqshard.inference import CHUNK_RECORDS, TaskSettings, chunk_limits, iter_chunks, run_tasks
+import seqshard.engine.driver as driver
+import seqshard.engine.tasks as tasks_module
+from seqshard.engine.batching import TokenBudgetBatcher
+from seqshard.engine.chunks import iter_chunks
+from seqshard.engine.driver import chunk_limits, run_tasks
+from seqshard.engine.types import Hardware, RunFiles, TaskSettings, Work
+from seqshard.engine.windows import encode_chunk
+from seqshard.io.fasta import SequenceRecord, iter_valid_records
+from seqshard.io.parquet import TableWriter, results_table, task_schema, vectors_array
 from seqshard.models import get_loader
-from seqshard.parquet import TableWriter, results_table, task_schema, vectors_array
-from seqshard.windows import encode_chunk
 
 AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
 
@@ -65,7 +68,7 @@ def device_pool(hidden: torch.Tensor, owned: torch.Tensor, pooling: str) -> torc
 @contextmanager
 def no_op_model(hidden_size: int):
     """Every model the loaders return is swapped for a NoOpModel, and pooling for device_pool, inside the block."""
-    original_pool, loaders = inference.pool, {}
+    original_pool, loaders = tasks_module.pool, {}
     for architecture in ("dnabert2", "lucaone"):
         real = get_loader(architecture)
 
@@ -82,14 +85,14 @@ def no_op_model(hidden_size: int):
             return loaded
 
         loaders[architecture] = load
-    original_get_loader = inference.get_loader
-    inference.get_loader = lambda architecture: loaders[architecture]
-    inference.pool = device_pool
+    original_get_loader = driver.get_loader
+    driver.get_loader = lambda architecture: loaders[architecture]
+    tasks_module.pool = device_pool
     try:
         yield
     finally:
-        inference.get_loader = original_get_loader
-        inference.pool = original_pool
+        driver.get_loader = original_get_loader
+        tasks_module.pool = original_pool
 
 
 def _swap(loaded: Any, hidden_size: int) -> Any:
@@ -152,8 +155,9 @@ def list_baseline(fasta: Path, out: Path, architecture: str, checkpoint: str, mo
 
 def job_chunks(records: list[SequenceRecord], device: str, batch_tokens: int, hidden: int) -> list[list[str]]:
     """The sequences of `records` in the chunks a job on `device` reads them in (`chunk_limits`)."""
-    limits = chunk_limits(device, CHUNK_RECORDS, batch_tokens, [TaskSettings("embed")], hidden)
-    return [[record.sequence for record in chunk] for chunk in iter_chunks(iter(records), *limits)]
+    limits = chunk_limits(Hardware(device, batch_tokens=batch_tokens), [TaskSettings("embed")], hidden)
+    chunks = iter_chunks(iter(records), limits.records, limits.residues)
+    return [[record.sequence for record in chunk] for chunk in chunks]
 
 
 def encode_for_job(loaded: Any, sequences: list[str]) -> Any:
@@ -211,14 +215,9 @@ def measure(architecture: str, threads: int, root: Path, sequences: int, batch_t
         with no_op_model(hidden):
             started = time.perf_counter()
             figures = run_tasks(
-                fasta,
-                {"embed": root / f"out-{threads}.parquet"},
-                architecture=architecture,
-                checkpoint=paths[architecture],
-                settings=[TaskSettings("embed")],
-                molecule=molecule,
-                threads=threads,
-                batch_tokens=batch_tokens,
+                Work(architecture, paths[architecture], molecule=molecule),
+                RunFiles(fasta, {"embed": root / f"out-{threads}.parquet"}),
+                Hardware(threads=threads, batch_tokens=batch_tokens),
             )
             rates.append(figures.n_tokens / (time.perf_counter() - started - figures.load_seconds))
         started = time.perf_counter()

@@ -4,7 +4,7 @@ For each model (DNABERT-2 on DNA, LucaOne on proteins) the suite draws a seeded,
 random-weight checkpoint of the published architecture in the published layout, loads it with seqshard's loader
 (timed: the model-load figure), and runs three rows over the *same model inputs*:
 
-- `seqshard`: `seqshard.inference.score_records`, the production path (length-sorted token-budget batches with
+- `seqshard`: `seqshard.engine.chunks.score_records`, the production path (length-sorted token-budget batches with
   at most 3 % padding, SDPA attention, task `embed`, mean pooling).
 - `fixed_batch`: the models' own examples — batches of 32 consecutive model inputs in input order, padded to the
   batch's longest, eager attention `softmax(Q·Kᵀ/√d + bias)·V` written out in full.
@@ -15,7 +15,7 @@ Every row runs in the same precision, `dtype: auto` as seqshard resolves it on t
 GPU bf16 autocast from compute capability 8.0, fp16 on 7.x), or `--dtype`; TF32 stays off in every row.
 
 Same inputs: a sequence longer than the model's limit (DNABERT-2: 512 tokens; LucaOne: 4096) is cut by
-`seqshard.windows.encode_sequence` into the model's default windows (DNABERT-2: 1000 bp; LucaOne: 4094
+`seqshard.engine.windows.encode_sequence` into the model's default windows (DNABERT-2: 1000 bp; LucaOne: 4094
 residues) overlapping by a quarter; every row runs exactly those windows (checked) and combines them into one
 vector per sequence, weighted by the tokens each window owns. Each row is timed from records to per-record
 embeddings (tokenizing included). Before timing, on a GPU each row runs every distinct batch shape it will make
@@ -61,13 +61,14 @@ import torch
 
 import seqshard.models.dnabert2 as dnabert2_module
 import seqshard.models.lucaone as lucaone_module
-from seqshard.batching import TokenBudgetBatcher
-from seqshard.devices import DTYPES, resolve_device, resolve_dtype
-from seqshard.fasta import SequenceRecord
-from seqshard.inference import RunFigures, TaskSettings, score_records
+from seqshard.engine.batching import TokenBudgetBatcher
+from seqshard.engine.chunks import score_records
+from seqshard.engine.pooling import pool
+from seqshard.engine.types import RunFigures, TaskSettings
+from seqshard.engine.windows import EncodedSequence, ModelFit
+from seqshard.io.fasta import SequenceRecord
 from seqshard.models import LoadedModel, get_loader
-from seqshard.pooling import pool
-from seqshard.windows import EncodedSequence, encode_chunk
+from seqshard.runtime.devices import DTYPES, resolve_device, resolve_dtype
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -119,15 +120,8 @@ def synthetic_records(molecule: str, mix: LengthMix, n: int, seed: int) -> list[
 def encode_records(
     loaded: LoadedModel, records: Sequence[SequenceRecord], settings: TaskSettings
 ) -> list[EncodedSequence]:
-    """The model inputs `score_records` makes for `records`, with the same defaults (window, overlap, limit)."""
-    max_tokens = settings.max_tokens or loaded.max_tokens
-    window = settings.window_length or loaded.default_window
-    overlap = settings.window_overlap if settings.window_overlap is not None else window // 4
-    chunk = encode_chunk(
-        [record.sequence for record in records], loaded.tokenizer, max_tokens=max_tokens,
-        mode=settings.long_sequences, window=window, overlap=overlap,
-    )  # fmt: skip
-    return chunk.sequences()
+    """The model inputs `score_records` makes for `records`: the same fit (window, overlap, limit)."""
+    return ModelFit.of(loaded, settings).encode([record.sequence for record in records], loaded.tokenizer).sequences()
 
 
 @dataclass
@@ -354,18 +348,20 @@ class Workload:
     batch_tokens: int
     baseline_batch_size: int
     flop_model: FlopModel
+    encoded: dict[str, EncodedSequence] = field(default_factory=dict)  # model inputs by record id, for the rows
 
 
 def run_seqshard(work: Workload, records: Sequence[SequenceRecord], row: Row | None) -> np.ndarray:
     """The production path; fills `row` with its batch plan's figures."""
     figures = RunFigures({}, work.device, work.seqshard_dtype, torch.get_num_threads(), work.batch_tokens)
-    columns, encoded = score_records(
+    scored = score_records(
         work.loaded, records, work.settings, molecule=work.molecule, batch_tokens=work.batch_tokens,
         dtype=work.seqshard_dtype, figures=figures,
     )  # fmt: skip
-    embedding = columns["embedding"]
+    embedding = scored.columns["embed"]["embedding"]
     values = np.asarray(embedding.flatten(), dtype=np.float32).reshape(len(records), -1)  # type: ignore[attr-defined]
     if row is not None:
+        encoded = [work.encoded[record.id] for record in records]
         lengths = [len(item.ids) for item in window_inputs(encoded)]
         # score_records does not return its batches; the same batcher on the same lengths gives the same plan
         # (unless a GPU out-of-memory made it run a batch in halves: then its own token counts stand).
@@ -540,6 +536,7 @@ def bench_model(args: argparse.Namespace, architecture: str, cache: Path) -> dic
         args.baseline_batch_size, flop_model,
     )  # fmt: skip
     encoded = encode_records(bound, records, settings)
+    work.encoded.update((record.id, item) for record, item in zip(records, encoded, strict=True))
     lengths = [len(item.ids) for item in window_inputs(encoded)]
     residues = [len(record.sequence) for record in records]
     inputs = {
@@ -579,11 +576,11 @@ def bench_model(args: argparse.Namespace, architecture: str, cache: Path) -> dic
         subsets["one_at_a_time"] = records[: args.single_n] if args.single_n else records
 
     # Same model inputs in every row, by construction (same encoder, same defaults); checked here once.
-    _, seqshard_encoded = score_records(
+    scored = score_records(
         bound, records[:16], settings, molecule=molecule, batch_tokens=args.batch_tokens, dtype=work.seqshard_dtype,
         figures=RunFigures({}, device, work.seqshard_dtype, 1, args.batch_tokens),
     )  # fmt: skip
-    if [[w.ids for w in e.windows] for e in seqshard_encoded] != [[w.ids for w in e.windows] for e in encoded[:16]]:
+    if scored.base["n_tokens"].tolist() != [e.n_tokens for e in encoded[:16]]:
         raise RuntimeError("the baselines would not run the same model inputs as seqshard")
 
     memory = PeakMemory(device)

@@ -99,7 +99,8 @@ def median(values: list[float]) -> float:
 
 
 def part_duplicates(root: Path, model: str, n: int, repeats: int, threads: int) -> dict[str, Any]:
-    from seqshard.inference import TaskSettings, run_tasks
+    from seqshard.engine.driver import run_tasks
+    from seqshard.engine.types import Hardware, RunFiles, Work
 
     rng = np.random.default_rng(1)
     pool = random_sequences(rng, n // 5)
@@ -109,12 +110,11 @@ def part_duplicates(root: Path, model: str, n: int, repeats: int, threads: int) 
     distinct = write_fasta(root / "distinct.fa", [(f"d{i}", s) for i, s in enumerate(pool)])
     ckpt = str(checkpoint(root, model))
     rows: dict[str, list[float]] = {"full": [], "distinct": [], "tokens_full": [], "tokens_distinct": []}
-    run_tasks(distinct, {"embed": root / "warm-up.parquet"}, architecture="dnabert2", checkpoint=ckpt,
-              settings=[TaskSettings("embed")], threads=threads)  # fmt: skip  # imports and first-use costs
+    embed, hardware = Work("dnabert2", ckpt), Hardware(threads=threads)
+    run_tasks(embed, RunFiles(distinct, {"embed": root / "warm-up.parquet"}), hardware)  # imports, first-use costs
     for repeat in range(repeats):
         for name, fasta in (("full", full), ("distinct", distinct)):
-            seconds, figures = timed(run_tasks, fasta, {"embed": root / f"{name}.parquet"}, architecture="dnabert2",
-                                     checkpoint=ckpt, settings=[TaskSettings("embed")], threads=threads)  # fmt: skip
+            seconds, figures = timed(run_tasks, embed, RunFiles(fasta, {"embed": root / f"{name}.parquet"}), hardware)
             rows[name].append(seconds)
             rows[f"tokens_{name}"].append(figures.n_computed_tokens)
         full_s, distinct_s = rows["full"][-1], rows["distinct"][-1]
@@ -130,21 +130,25 @@ def part_duplicates(root: Path, model: str, n: int, repeats: int, threads: int) 
 
 
 def part_one_pass(root: Path, model: str, n: int, repeats: int, threads: int) -> dict[str, Any]:
-    from seqshard.inference import TaskSettings, run_tasks
+    from seqshard.engine.driver import run_tasks
+    from seqshard.engine.types import Hardware, RunFiles, TaskSettings, Work
 
     rng = np.random.default_rng(2)
     fasta = write_fasta(root / "shard.fa", [(f"s{i}", s) for i, s in enumerate(random_sequences(rng, n))])
     ckpt = str(checkpoint(root, model, labels=["non_promoter", "promoter"]))
     both, alone = [], []
-    run_tasks(fasta, {"embed": root / "warm-up.parquet"}, architecture="dnabert2", checkpoint=ckpt,
-              settings=[TaskSettings("embed")], threads=threads)  # fmt: skip  # imports and first-use costs
+    embed, hardware = Work("dnabert2", ckpt), Hardware(threads=threads)
+    run_tasks(embed, RunFiles(fasta, {"embed": root / "warm-up.parquet"}), hardware)  # imports, first-use costs
     for repeat in range(repeats):
         tasks = [TaskSettings("embed"), TaskSettings("classify")]
-        seconds, _ = timed(run_tasks, fasta, {t.task: root / f"both-{t.task}.parquet" for t in tasks},
-                           architecture="dnabert2", checkpoint=ckpt, settings=tasks, threads=threads)  # fmt: skip
+        seconds, _ = timed(
+            run_tasks,
+            Work("dnabert2", ckpt, tasks),
+            RunFiles(fasta, {t.task: root / f"both-{t.task}.parquet" for t in tasks}),
+            hardware,
+        )
         both.append(seconds)
-        seconds, _ = timed(run_tasks, fasta, {"embed": root / "alone.parquet"}, architecture="dnabert2",
-                           checkpoint=ckpt, settings=[TaskSettings("embed")], threads=threads)  # fmt: skip
+        seconds, _ = timed(run_tasks, embed, RunFiles(fasta, {"embed": root / "alone.parquet"}), hardware)
         alone.append(seconds)
         print(f"  repeat {repeat}: [embed, classify] {both[-1]:.1f} s, [embed] {alone[-1]:.1f} s")
     result = {"n_records": n, "seconds_both": both, "seconds_embed": alone,

@@ -97,15 +97,11 @@ def child_load(architecture: str, checkpoint: str, variant: str) -> dict[str, ob
 
     import torch
 
-    import seqshard.models.dnabert2 as dnabert2_module
-    import seqshard.models.lucaone as lucaone_module
-    from seqshard.checkpoints import load_state_dict
+    import seqshard.models.loading as loading
     from seqshard.models import get_loader
 
     if variant == "read":  # the loader as it was: every weights file read into memory
-        eager = functools.partial(load_state_dict, mmap=False)
-        dnabert2_module.load_state_dict = eager  # type: ignore[assignment]
-        lucaone_module.load_state_dict = eager  # type: ignore[assignment]
+        loading.load_state_dict = functools.partial(loading.load_state_dict, mmap=False)  # type: ignore[assignment]
     torch.ones(1)  # allocator and threads up before the baseline
     rss, anon = _status("VmRSS"), _status("RssAnon")
     reset_peak_rss()

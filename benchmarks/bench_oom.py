@@ -28,9 +28,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_inference import LengthMix, synthetic_records, write_checkpoint  # noqa: E402
 
-from seqshard.devices import resolve_precision  # noqa: E402
-from seqshard.inference import RunFigures, TaskSettings, score_records  # noqa: E402
+from seqshard.engine.chunks import score_records  # noqa: E402
+from seqshard.engine.types import RunFigures, TaskSettings  # noqa: E402
 from seqshard.models import get_loader  # noqa: E402
+from seqshard.runtime.devices import resolve_precision  # noqa: E402
 
 
 def run(loaded, records, batch_tokens: int, dtype: str, device: str) -> tuple[np.ndarray, RunFigures, float, int]:
@@ -39,8 +40,8 @@ def run(loaded, records, batch_tokens: int, dtype: str, device: str) -> tuple[np
     torch.cuda.reset_peak_memory_stats(device)
     figures = RunFigures({}, device, dtype, torch.get_num_threads(), batch_tokens)
     started = time.perf_counter()
-    columns, _ = score_records(loaded, records, TaskSettings(), molecule="dna", batch_tokens=batch_tokens,
-                               dtype=dtype, figures=figures)  # fmt: skip
+    columns = score_records(loaded, records, TaskSettings(), molecule="dna", batch_tokens=batch_tokens,
+                            dtype=dtype, figures=figures).columns["embed"]  # fmt: skip
     torch.cuda.synchronize(device)
     seconds = time.perf_counter() - started
     values = np.asarray(columns["embedding"].flatten(), dtype=np.float32).reshape(len(records), -1)

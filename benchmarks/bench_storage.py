@@ -9,7 +9,7 @@ comes from the volume's data store, as from a bucket). Two checkpoints are uploa
   (default 1 GB; LucaOne's 1.8 B-parameter checkpoint is about 7 GB).
 
 Per checkpoint, each "job" is a fresh Python process that does what an inference job's warm-up does for an
-s3:// checkpoint, `seqshard.storage.fetch(url)`, and reports the time that call took (imports excluded):
+s3:// checkpoint, `seqshard.runtime.storage.fetch(url)`, and reports the time that call took (imports excluded):
 
 - `cold`: an empty node cache, as the first job on a node: list the prefix, download every file (parallel ranged
   GETs), check size and sha256, move it into the cache;
@@ -49,12 +49,12 @@ from seqshard.demo import write_demo  # noqa: E402
 # Benchmark ports (the storage tests use 19010-19015 of the same range).
 REDIS_PORT, GATEWAY_PORT, GATEWAY_METRICS = 19050, 19051, 19052
 
-# One job: time seqshard.storage.fetch alone, in a fresh process, as an inference job's warm-up does it. Both
+# One job: time seqshard.runtime.storage.fetch alone, in a fresh process, as an inference job's warm-up does it. Both
 # kinds of job import boto3 before the clock starts, so that the times compare the work, not the imports.
 FETCH_JOB = """
 import json, sys, time
 import boto3, boto3.s3.transfer
-from seqshard.storage import fetch
+from seqshard.runtime.storage import fetch
 started = time.perf_counter()
 fetched = fetch(sys.argv[1])
 print(json.dumps({"seconds": time.perf_counter() - started, "downloaded_bytes": fetched.downloaded_bytes}))

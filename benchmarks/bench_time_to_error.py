@@ -6,9 +6,9 @@ the compressed stream cut off (a truncated download). The model is the demo's ra
 checkpoint (`seqshard demo-checkpoint --kind dnabert2-demo`), the one the workflow's demo runs.
 
 Rows, each timed from the call to its return or its error:
-- `score_good`: `run_task` over the N good records: the baseline, what a run costs before it could fail.
-- `bad_at_end`: `run_task` over N good + 1 bad record; ends with FastaValidationError.
-- `truncated_gzip`: `run_task` over the truncated .gz; ends with FastaFormatError.
+- `score_good`: `run_tasks` over the N good records: the baseline, what a run costs before it could fail.
+- `bad_at_end`: `run_tasks` over N good + 1 bad record; ends with FastaValidationError.
+- `truncated_gzip`: `run_tasks` over the truncated .gz; ends with FastaFormatError.
 and the same three through the `seqshard embed` command in a fresh process (`--cli`: what a user waits,
 Python and torch start-up included).
 
@@ -34,7 +34,8 @@ from pathlib import Path
 import numpy as np
 
 from seqshard.demo import write_demo
-from seqshard.inference import run_task
+from seqshard.engine.driver import run_tasks
+from seqshard.engine.types import RunFiles, Work
 
 
 def write_inputs(folder: Path, n: int, seed: int) -> dict[str, Path]:
@@ -53,7 +54,7 @@ def write_inputs(folder: Path, n: int, seed: int) -> dict[str, Path]:
 def in_process(path: Path, out: Path, checkpoint: Path) -> Callable[[], str]:
     def run() -> str:
         try:
-            run_task(path, out, architecture="dnabert2", checkpoint=str(checkpoint))
+            run_tasks(Work("dnabert2", checkpoint), RunFiles(path, {"embed": out}))
         except ValueError as error:  # FastaValidationError, FastaFormatError
             return type(error).__name__
         return "ok"

@@ -15,7 +15,7 @@ Three measurements, each in fresh temporary directories, each printed with its d
 (b) DAG for many shards: a sample of S one-record shards (`shards.max_sequences: 1`), sharded for real by the
     workflow's checkpoint rule, then the wall time of `snakemake --dry-run` over the whole DAG (S inference jobs,
     merge, report), next to the same for a 10-shard sample: the difference is the cost of the shards.
-(c) merge memory: peak RSS of a child process that runs `seqshard.packing.merge_model` on R rows of `embed`
+(c) merge memory: peak RSS of a child process that runs `seqshard.plan.merge.merge_model` on R rows of `embed`
     output (hidden H float32 vectors), measured by the kernel (the child's VmHWM), for 10 k and 1 M rows, with shards
     of a fixed row count (so that only the total changes) and with the workflow's default shard size.
 
@@ -261,7 +261,7 @@ def bench_dag(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
 MERGE_CHILD = """
 import json, sys
 from pathlib import Path
-from seqshard.packing import merge_model
+from seqshard.plan.merge import merge_model
 spec = json.loads(sys.argv[1])
 if spec["scores"]:
     out = Path(spec["out"])
@@ -278,8 +278,8 @@ def write_embed_shards(directory: Path, rows: int, rows_per_shard: int, hidden: 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from seqshard.packing import RECORD_MAP_SCHEMA, SAMPLES_HEADER
-    from seqshard.parquet import results_table, task_schema, vectors_array, write_table
+    from seqshard.io.parquet import results_table, task_schema, vectors_array, write_table
+    from seqshard.plan.packing import RECORD_MAP_SCHEMA, SAMPLES_HEADER
 
     directory.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -338,7 +338,7 @@ def bench_merge(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
             "pass --merge-hidden 64 or --scratch elsewhere"
         )
     floor = [child_peak_rss({"scores": [], "pack": "", "out": ""})[0] for _ in range(args.repeats)]
-    print(f"  child that only imports seqshard.packing: {median(floor) / 2**20:.0f} MiB")
+    print(f"  child that only imports seqshard.plan.packing: {median(floor) / 2**20:.0f} MiB")
     layouts = {
         # only the total changes: the same shard size for both totals
         f"shards of {args.merge_shard_rows} rows": (args.merge_shard_rows, args.merge_shard_rows),

@@ -2,16 +2,18 @@
 
 from pathlib import Path
 
-from seqshard.cache import ResultCache
-from seqshard.checkpoints import use_local_copy
-from seqshard.fasta import InputPolicy
-from seqshard.gpus import gpus_for_job
-from seqshard.inference import TaskSettings, run_tasks
-from seqshard.interface import WORKFLOW
-from seqshard.jobs import recorded_job
-from seqshard.logs import rule_script
-from seqshard.packing import read_pack_manifest
-from seqshard.storage import storage_settings
+from seqshard.engine.driver import run_tasks
+from seqshard.engine.types import Hardware, RunFiles, TaskSettings, Work
+from seqshard.io.interface import WORKFLOW
+from seqshard.io.sequences import InputPolicy
+from seqshard.plan.packing import read_pack_manifest
+from seqshard.runtime.cache import ResultCache
+from seqshard.runtime.checkpoints import use_local_copy
+from seqshard.runtime.devices import check_run_precision
+from seqshard.runtime.gpus import gpus_for_job
+from seqshard.runtime.jobs import recorded_job
+from seqshard.runtime.logs import rule_script
+from seqshard.runtime.storage import storage_settings, warm_up
 
 settings = snakemake.params.settings
 # Speed-only settings come from the config, not params, so changing them never reruns finished shards.
@@ -30,28 +32,27 @@ for key in ("checkpoint", "head"):
 # A GPU job on the local executor takes free devices from a lock-file pool; Slurm's own assignment is kept.
 gpus = int(snakemake.resources.get("gpu", 0) or 0)
 with rule_script(snakemake.log[0]), recorded_job(snakemake.log[0], snakemake.threads) as job, gpus_for_job(gpus):
-    cache = None
-    if cache_settings["enabled"]:
-        cache = ResultCache(cache_settings["dir"], int(cache_settings["max_size_gb"] * 1e9))
-    run_tasks(
-        snakemake.input.shard,
-        {task.task: scores / f"{task.task}.parquet" for task in tasks},
-        architecture=settings["architecture"],
-        checkpoint=settings["checkpoint"],
-        settings=tasks,
-        molecule=molecule,
-        batch_tokens=run["batch_tokens"],
-        # The device follows the GPU request, so every shard of the run resolves alike; siblings are checked.
-        device=run["device"],
-        gpus=gpus,
-        dtype=settings["dtype"],
-        threads=snakemake.threads,
-        # The pack validated and normalised the shard (packed=True reads it as such). Records that cannot be
+    work = Work(
+        settings["architecture"],
+        settings["checkpoint"],
+        tuple(tasks),
+        molecule,
+        # The pack validated and normalised the shard (RunFiles.packed reads it as such). Records that cannot be
         # scored are listed in the shard's rejects; the merge names them or fails, as on_invalid says.
-        policy=InputPolicy(allowed_ambiguity=snakemake.params.allowed_ambiguity, on_invalid="skip", interface=WORKFLOW),
-        rejects_out=scores / "rejects.tsv",
-        figures_out=snakemake.output.figures,
-        check_sibling_shards=True,
+        InputPolicy(allowed_ambiguity=snakemake.params.allowed_ambiguity, on_invalid="skip", interface=WORKFLOW),
+        provenance={"model": snakemake.wildcards.model},
+    )
+    # The device follows the GPU request, so every shard of the run resolves alike; then the shards of the same run
+    # that already started are checked (and this one claims its place) before anything is read or loaded.
+    hardware = Hardware(run["device"], settings["dtype"], gpus, snakemake.threads, run["batch_tokens"]).resolved()
+    check_run_precision(snakemake.output.figures, hardware.precision, work.run_key(hardware.dtype))
+    storage = storage_settings(snakemake.config["storage"])
+    files = RunFiles(
+        Path(snakemake.input.shard),
+        {task.task: scores / f"{task.task}.parquet" for task in tasks},
+        rejects=scores / "rejects.tsv",
+        figures=Path(snakemake.output.figures),
+        packed=True,
         # The rule and job name the figures' job for the resource report, whatever the wildcards are.
         labels={
             "model": snakemake.wildcards.model,
@@ -60,8 +61,10 @@ with rule_script(snakemake.log[0]), recorded_job(snakemake.log[0], snakemake.thr
             "tasks": ",".join(task.task for task in tasks),
             **job.labels,
         },
-        provenance={"model": snakemake.wildcards.model},
-        cache=cache,
-        packed=True,
-        storage=storage_settings(snakemake.config["storage"]),
+        # The shard, checkpoint and head onto local disk before the model loads (object cache, JuiceFS warmup).
+        warmup=warm_up([snakemake.input.shard, settings["checkpoint"], *(task.head for task in tasks)], storage),
     )
+    cache = None
+    if cache_settings["enabled"]:
+        cache = ResultCache(cache_settings["dir"], int(cache_settings["max_size_gb"] * 1e9))
+    run_tasks(work, files, hardware, cache)

@@ -2,9 +2,9 @@
 
 from pathlib import Path
 
-from seqshard.jobs import recorded_job
-from seqshard.logs import rule_script
-from seqshard.packing import merge_model, write_merge_summary
+from seqshard.plan.merge import merge_model, write_merge_summary
+from seqshard.runtime.jobs import recorded_job
+from seqshard.runtime.logs import rule_script
 
 params = snakemake.params
 by_pass = {}

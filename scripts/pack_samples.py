@@ -2,11 +2,11 @@
 
 from pathlib import Path
 
-from seqshard.fasta import InputPolicy
-from seqshard.interface import WORKFLOW
-from seqshard.jobs import recorded_job
-from seqshard.logs import rule_script
-from seqshard.packing import SampleInput, pack_samples
+from seqshard.io.interface import WORKFLOW
+from seqshard.io.sequences import InputPolicy
+from seqshard.plan.packing import SampleInput, pack_samples
+from seqshard.runtime.jobs import recorded_job
+from seqshard.runtime.logs import rule_script
 
 # Each FASTA is read where Snakemake put it (a storage provider stages it on the node), in the samples' order.
 samples = [

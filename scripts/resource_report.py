@@ -1,8 +1,8 @@
 """Rule resource_report: benchmarks, job records and inference figures into the resource report's files."""
 
-from seqshard.jobs import recorded_job
-from seqshard.logs import rule_script
 from seqshard.reports import settings_from_config, write_resource_report
+from seqshard.runtime.jobs import recorded_job
+from seqshard.runtime.logs import rule_script
 
 with rule_script(snakemake.log[0]), recorded_job(snakemake.log[0], snakemake.threads):
     thresholds, prices = settings_from_config(snakemake.params.settings)

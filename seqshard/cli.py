@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from seqshard import __version__
-from seqshard.logs import EXPECTED_ERRORS, log_failure, setup_logging
+from seqshard.models import ARCHITECTURES
+from seqshard.runtime.logs import EXPECTED_ERRORS, log_failure, setup_logging
 
 if TYPE_CHECKING:
-    from seqshard.inference import TaskSettings
+    from seqshard.engine.types import TaskSettings
 
 
 def create_parser() -> argparse.ArgumentParser:
@@ -92,19 +93,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--rejects", type=Path, help="rejects table (TSV) to write (default: beside the output, OUTPUT.rejects.tsv)"
     )
-    parser.add_argument(
-        "--gaps",
-        default="reject",
-        choices=["reject", "remove"],
-        help="alignment gaps ('-', '.') make a record invalid (reject, the default) or are removed (remove)",
-    )
-    parser.add_argument(
-        "--internal-stops",
-        default="reject",
-        choices=["reject", "unknown"],
-        help="a protein's '*' before its end makes it invalid (reject, the default) or reads as X (unknown); "
-        "one terminal '*' is always stripped",
-    )
+    add_policy_arguments(parser)
     parser.add_argument("--figures", type=Path, help="also write run figures (timings, tokens) as JSON here")
     parser.add_argument(
         "--cache", type=Path, help="result cache directory: reuse results of earlier runs for the same sequences"
@@ -114,7 +103,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The model and how sequences are fitted to it, device and speed: shared by embed, score and serve."""
-    parser.add_argument("--model", default="dnabert2", choices=["dnabert2", "lucaone"], help="model architecture")
+    parser.add_argument("--model", default="dnabert2", choices=list(ARCHITECTURES), help="model architecture")
     parser.add_argument(
         "--checkpoint", required=True, help="checkpoint directory, s3://bucket/prefix or hub id (owner/name)"
     )
@@ -132,8 +121,25 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="auto: fp32 on CPU; on GPU bf16 from compute capability 8.0, fp16 on 7.x, fp32 below",
     )  # fmt: skip
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
+
+
+def add_policy_arguments(parser: argparse.ArgumentParser) -> None:
+    """How each sequence is checked (seqshard.io.sequences): shared by embed, score and serve."""
     parser.add_argument(
         "--allowed-ambiguity", default="N", help="IUPAC ambiguity codes accepted in DNA/RNA (default: N)"
+    )
+    parser.add_argument(
+        "--gaps",
+        default="reject",
+        choices=["reject", "remove"],
+        help="alignment gaps ('-', '.') make a record invalid (reject, the default) or are removed (remove)",
+    )
+    parser.add_argument(
+        "--internal-stops",
+        default="reject",
+        choices=["reject", "unknown"],
+        help="a protein's '*' before its end makes it invalid (reject, the default) or reads as X (unknown); "
+        "one terminal '*' is always stripped",
     )
 
 
@@ -145,6 +151,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 
     default = {field.name: field.default for field in fields(ServeSettings) if field.default is not MISSING}
     add_model_arguments(parser)
+    add_policy_arguments(parser)
     parser.add_argument("--head", type=Path, help="linear head directory: classification or property_prediction")
     parser.add_argument("--pooling", default="mean", choices=["mean", "max", "cls"], help="embedding pooling")
     parser.add_argument("--host", help=f"address to listen on (default: ${HOST_VARIABLE}, else 127.0.0.1)")
@@ -173,7 +180,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 def task_settings(args: argparse.Namespace, task: str = "embed") -> TaskSettings:
     """The settings that shape the numbers, from the model arguments (embed, score, serve)."""
-    from seqshard.inference import TaskSettings
+    from seqshard.engine.types import TaskSettings
 
     return TaskSettings(
         task=task,
@@ -189,34 +196,26 @@ def task_settings(args: argparse.Namespace, task: str = "embed") -> TaskSettings
 
 def run(args: argparse.Namespace) -> None:
     if args.command in ("embed", "score"):
-        from seqshard.cache import ResultCache
-        from seqshard.fasta import InputPolicy
-        from seqshard.inference import run_task
-        from seqshard.interface import CLI
+        from seqshard.engine.driver import run_tasks
+        from seqshard.engine.types import Hardware, RunFiles, Work
+        from seqshard.io.interface import CLI
+        from seqshard.io.sequences import InputPolicy
+        from seqshard.runtime.cache import ResultCache
+        from seqshard.runtime.storage import warm_up
 
         settings = task_settings(args, "embed" if args.command == "embed" else args.task)
-        run_task(
-            args.fasta,
-            args.output,
-            architecture=args.model,
-            checkpoint=args.checkpoint,
-            settings=settings,
-            molecule=args.molecule,
-            batch_tokens=args.batch_tokens,
-            device=args.device,
-            dtype=args.dtype,
-            threads=args.threads,
-            policy=InputPolicy(
-                allowed_ambiguity=args.allowed_ambiguity,
-                on_invalid=args.on_invalid,
-                gaps=args.gaps,
-                internal_stops=args.internal_stops,
-                interface=CLI,
-            ),
-            rejects_out=args.rejects or args.output.with_suffix(".rejects.tsv"),
-            figures_out=args.figures,
-            cache=ResultCache(args.cache, int(args.cache_max_gb * 1e9)) if args.cache else None,
-        )
+        policy = InputPolicy(
+            allowed_ambiguity=args.allowed_ambiguity, on_invalid=args.on_invalid, gaps=args.gaps,
+            internal_stops=args.internal_stops, interface=CLI,
+        )  # fmt: skip
+        work = Work(args.model, args.checkpoint, (settings,), args.molecule, policy)
+        hardware = Hardware(args.device, args.dtype, threads=args.threads, batch_tokens=args.batch_tokens).resolved()
+        files = RunFiles(
+            args.fasta, {settings.task: args.output}, rejects=args.rejects or args.output.with_suffix(".rejects.tsv"),
+            figures=args.figures, warmup=warm_up([args.fasta, args.checkpoint, settings.head]),
+        )  # fmt: skip
+        cache = ResultCache(args.cache, int(args.cache_max_gb * 1e9)) if args.cache else None
+        run_tasks(work, files, hardware, cache)
     elif args.command == "serve":
         from seqshard.serve.app import run_server
         from seqshard.serve.settings import ServeSettings
@@ -225,7 +224,8 @@ def run(args: argparse.Namespace) -> None:
         settings = ServeSettings(
             model=args.model, checkpoint=args.checkpoint, head=str(args.head) if args.head else None, **host,
             port=args.port, metrics_port=args.metrics_port or None, device=args.device, dtype=args.dtype,
-            threads=args.threads, molecule=args.molecule, allowed_ambiguity=args.allowed_ambiguity,
+            threads=args.threads, molecule=args.molecule, allowed_ambiguity=args.allowed_ambiguity, gaps=args.gaps,
+            internal_stops=args.internal_stops,
             shaping=task_settings(args), batch_tokens=args.batch_tokens, max_wait_ms=args.max_wait_ms,
             max_queue=args.max_queue, max_batch_sequences=args.max_batch_sequences,
             max_sequence_length=args.max_sequence_length, rate_limit=args.rate_limit,
@@ -235,7 +235,7 @@ def run(args: argparse.Namespace) -> None:
         settings.api_key()  # an unreadable or empty key file stops here, before anything starts
         run_server(settings, access_log=args.access_log)
     elif args.command == "predict":
-        from seqshard.serve.client import predict_fasta
+        from seqshard.client import predict_fasta
 
         api_key = args.api_key_file.read_text(encoding="utf-8").strip() if args.api_key_file else None
         rows = predict_fasta(
@@ -244,12 +244,12 @@ def run(args: argparse.Namespace) -> None:
         )  # fmt: skip
         logging.getLogger("seqshard").info("wrote %d rows to %s", rows, args.output)
     elif args.command == "upload":
-        from seqshard.storage import upload_directory
+        from seqshard.runtime.storage import upload_directory
 
         sent = upload_directory(args.directory, args.url)
         logging.getLogger("seqshard").info("uploaded %d bytes from %s to %s", sent, args.directory, args.url)
     elif args.command == "fetch":
-        from seqshard.storage import fetch
+        from seqshard.runtime.storage import fetch
 
         print(fetch(args.url).path)
     elif args.command == "demo-checkpoint":

@@ -29,7 +29,7 @@ def _lucaone(out: Path) -> Path:
 
 
 def _lucaone_location_head(out: Path) -> Path:
-    from seqshard.heads import write_demo_head
+    from seqshard.engine.heads import write_demo_head
 
     return write_demo_head(out, hidden_size=64, labels=["cytoplasm", "membrane", "secreted"], seed=3)
 

@@ -77,7 +77,7 @@ class ImageInfo:
 
 def driver_requirement(torch_cuda: str | None) -> str:
     """The NVIDIA driver a torch wheel variant ('cu128', 'cu130', 'cpu') needs on the nodes, in words."""
-    from seqshard.devices import required_driver  # imports torch: only when asked
+    from seqshard.runtime.devices import required_driver  # imports torch: only when asked
 
     if not torch_cuda:
         return "unknown (the image has no io.seqshard.torch-cuda label)"
@@ -343,7 +343,7 @@ def run_in_image(
 # Run inside the image by `smoke`: what torch sees there, and why it sees no GPU when it sees none.
 _TORCH_REPORT = """
 import json, torch
-from seqshard.devices import cuda_unavailable_reasons
+from seqshard.runtime.devices import cuda_unavailable_reasons
 available = torch.cuda.is_available()
 devices = [
     {"name": torch.cuda.get_device_name(i), "capability": "%d.%d" % torch.cuda.get_device_capability(i)}

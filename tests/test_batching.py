@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from seqshard.batching import TokenBudgetBatcher, padded_tokens
+from seqshard.engine.batching import TokenBudgetBatcher, padded_tokens
 
 
 def useful_fraction(lengths, batches):
@@ -63,12 +63,15 @@ def test_the_gpu_plan_keeps_few_shapes_and_little_padding():
 
 
 def test_gpu_jobs_plan_over_larger_chunks_unless_outputs_are_per_token():
-    from seqshard.inference import CHUNK_RECORDS, GPU_CHUNK_OUTPUT_BYTES, TaskSettings, chunk_limits
+    from seqshard.engine.chunks import ChunkLimits
+    from seqshard.engine.driver import GPU_CHUNK_OUTPUT_BYTES, chunk_limits
+    from seqshard.engine.types import CHUNK_RECORDS, Hardware, TaskSettings
 
     embed, per_token = [TaskSettings("embed")], [TaskSettings("embed", per_token=True)]
-    assert chunk_limits("cpu", CHUNK_RECORDS, 16384, embed, 768) == (CHUNK_RECORDS, 64 * 16384)
-    assert chunk_limits("cuda", CHUNK_RECORDS, 16384, per_token, 768) == (CHUNK_RECORDS, 64 * 16384)
-    assert chunk_limits("cuda", CHUNK_RECORDS, 16384, embed, 768) == (16 * CHUNK_RECORDS, 1024 * 16384)
-    records, _ = chunk_limits("cuda:1", CHUNK_RECORDS, 16384, embed, 2560)
+    cpu, gpu = Hardware("cpu", batch_tokens=16384), Hardware("cuda", batch_tokens=16384)
+    assert chunk_limits(cpu, embed, 768) == ChunkLimits(CHUNK_RECORDS, 64 * 16384)
+    assert chunk_limits(gpu, per_token, 768) == ChunkLimits(CHUNK_RECORDS, 64 * 16384)
+    assert chunk_limits(gpu, embed, 768) == ChunkLimits(16 * CHUNK_RECORDS, 1024 * 16384)
+    records = chunk_limits(Hardware("cuda:1"), embed, 2560).records
     assert CHUNK_RECORDS < records and records * 2560 * 4 <= GPU_CHUNK_OUTPUT_BYTES
-    assert chunk_limits("cuda", 100, 16384, embed, 768) == (100, 64 * 16384)  # asked for: kept
+    assert chunk_limits(Hardware("cuda", chunk_records=100), embed, 768) == ChunkLimits(100, 64 * 16384)  # kept

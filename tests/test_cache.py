@@ -9,9 +9,10 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from seqshard.cache import ResultCache, cache_key
-from seqshard.inference import TaskSettings, run_tasks
+from seqshard.engine.driver import run_tasks
+from seqshard.engine.types import RunFiles, TaskSettings, Work
 from seqshard.models.dnabert2 import write_demo_checkpoint
+from seqshard.runtime.cache import ResultCache, cache_key
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +34,7 @@ def sequences():
 def run(fasta, out_dir, checkpoint, cache, **setting):
     tasks = [TaskSettings("embed", **setting), TaskSettings("mlm_score", **setting)]
     outputs = {t.task: out_dir / f"{t.task}.parquet" for t in tasks}
-    figures = run_tasks(fasta, outputs, architecture="dnabert2", checkpoint=str(checkpoint), settings=tasks,
-                        cache=cache)  # fmt: skip
+    figures = run_tasks(Work("dnabert2", checkpoint, tasks), RunFiles(fasta, outputs), cache=cache)
     return figures, {task: pd.read_parquet(path) for task, path in outputs.items()}
 
 

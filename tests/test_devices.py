@@ -2,7 +2,7 @@
 the fp16 overflow guard, the choice in figures and provenance, and shards of one run that disagree.
 
 This machine has no GPU and a CPU-only torch, which is exactly the situation the first group of tests needs.
-Compute capability is hardware we do not have: `seqshard.devices.compute_capability` is the one function that
+Compute capability is hardware we do not have: `seqshard.runtime.devices.compute_capability` is the one function that
 reads it, and tests set it. Everything else runs for real (fp16 autocast runs on the CPU too).
 """
 
@@ -19,8 +19,14 @@ import pytest
 import torch
 import yaml
 
-import seqshard.devices as devices
-from seqshard.devices import (
+import seqshard.runtime.devices as devices
+from seqshard.engine.chunks import score_records
+from seqshard.engine.driver import run_tasks
+from seqshard.engine.types import Hardware, RunFigures, RunFiles, TaskSettings, Work
+from seqshard.io.fasta import read_valid_records
+from seqshard.io.parquet import read_provenance
+from seqshard.models.dnabert2 import load_dnabert2, write_demo_checkpoint
+from seqshard.runtime.devices import (
     MIN_DRIVER_FOR_CUDA,
     Precision,
     RunPrecisionMismatch,
@@ -30,10 +36,6 @@ from seqshard.devices import (
     resolve_device,
     resolve_dtype,
 )
-from seqshard.fasta import read_valid_records
-from seqshard.inference import RunFigures, TaskSettings, run_task, score_records
-from seqshard.models.dnabert2 import load_dnabert2, write_demo_checkpoint
-from seqshard.parquet import read_provenance
 
 REPO = Path(__file__).resolve().parents[1]
 NVIDIA_VERSION = "NVRM version: NVIDIA UNIX x86_64 Kernel Module  {}  Sat Aug 19 01:13:13 UTC 2023\nGCC version: 12\n"
@@ -173,16 +175,16 @@ def test_resolve_dtype_reads_the_capability_through_one_function(monkeypatch: py
 
 
 def test_the_choice_is_in_figures_and_provenance(checkpoint: Path, fasta: Path, tmp_path: Path) -> None:
-    figures = run_task(fasta, tmp_path / "a.parquet", architecture="dnabert2", checkpoint=str(checkpoint),
-                       figures_out=tmp_path / "a.json")  # fmt: skip
+    figures = run_tasks(Work("dnabert2", checkpoint), RunFiles(fasta, {"embed": tmp_path / "a.parquet"},
+                                                            figures=tmp_path / "a.json"))  # fmt: skip
     written = json.loads((tmp_path / "a.json").read_text())
     assert (written["device"], written["dtype"], written["dtype_reason"]) == ("cpu", "fp32", "CPU: fp32")
     assert written["compute_capability"] is None and written["n_fp32_reruns"] == 0
     assert figures.dtype == "fp32"
     provenance = read_provenance(tmp_path / "a.parquet")
     assert (provenance["dtype"], provenance["device_type"]) == ("fp32", "cpu")
-    run_task(fasta, tmp_path / "b.parquet", architecture="dnabert2", checkpoint=str(checkpoint), dtype="fp16",
-             figures_out=tmp_path / "b.json")  # fmt: skip
+    files = RunFiles(fasta, {"embed": tmp_path / "b.parquet"}, figures=tmp_path / "b.json")
+    run_tasks(Work("dnabert2", checkpoint), files, Hardware(dtype="fp16"))
     assert json.loads((tmp_path / "b.json").read_text())["dtype_reason"] == "dtype fp16 as configured"
     assert read_provenance(tmp_path / "b.parquet")["dtype"] == "fp16"
 
@@ -208,9 +210,9 @@ def embeddings_in(checkpoint: Path, fasta: Path) -> dict[str, tuple[np.ndarray, 
     results = {}
     for dtype in ("fp32", "fp16"):
         figures = RunFigures({}, "cpu", dtype, 1, 16384)
-        columns, _ = score_records(loaded, records, TaskSettings(), molecule="dna", batch_tokens=16384,
-                                   dtype=dtype, figures=figures)  # fmt: skip
-        results[dtype] = (np.array(columns["embedding"].to_pylist()), figures)
+        scored = score_records(loaded, records, TaskSettings(), molecule="dna", batch_tokens=16384,
+                               dtype=dtype, figures=figures)  # fmt: skip
+        results[dtype] = (np.array(scored.columns["embed"]["embedding"].to_pylist()), figures)
     return results
 
 
@@ -240,13 +242,19 @@ def test_fp16_without_overflow_runs_in_fp16(checkpoint: Path, fasta: Path) -> No
 # --- shards of one run that disagree ---------------------------------------------------------------------------
 
 
+def run_shard(fasta: Path, out: Path, checkpoint: Path, figures: Path, settings: TaskSettings | None = None) -> None:
+    """As the workflow's inference job runs a shard: precision resolved, siblings checked, then the run."""
+    work, hardware = Work("dnabert2", checkpoint, (settings or TaskSettings(),)), Hardware().resolved()
+    check_run_precision(figures, hardware.precision, work.run_key(hardware.dtype))
+    run_tasks(work, RunFiles(fasta, {"embed": out}, figures=figures), hardware)
+
+
 def test_a_sibling_shard_on_other_hardware_stops_the_job_at_its_start(
     checkpoint: Path, fasta: Path, tmp_path: Path
 ) -> None:
     figures_dir = tmp_path / "figures"
     figures_dir.mkdir()
-    run_task(fasta, tmp_path / "0.parquet", architecture="dnabert2", checkpoint=str(checkpoint),
-             figures_out=figures_dir / "0.json", check_sibling_shards=True)  # fmt: skip
+    run_shard(fasta, tmp_path / "0.parquet", checkpoint, figures_dir / "0.json")
     key = json.loads((figures_dir / "0.json").read_text())["run_key"]
     # Shard 1 of the same run, as a GPU job records it (written here: there is no GPU to run it on).
     gpu = {"status": "complete", "run_key": key, "device": "cuda", "dtype": "bf16", "device_name": "NVIDIA A100"}
@@ -254,17 +262,14 @@ def test_a_sibling_shard_on_other_hardware_stops_the_job_at_its_start(
     # Figures of another run (other settings) in the same folder do not count.
     (figures_dir / "9.json").write_text(json.dumps({**gpu, "run_key": "another-run"}))
     with pytest.raises(RunPrecisionMismatch) as error:
-        run_task(fasta, tmp_path / "2.parquet", architecture="dnabert2", checkpoint=str(checkpoint),
-                 figures_out=figures_dir / "2.json", check_sibling_shards=True)  # fmt: skip
+        run_shard(fasta, tmp_path / "2.parquet", checkpoint, figures_dir / "2.json")
     message = str(error.value)
     assert message.startswith("2.json: this job resolved cpu/fp32 (cpu; CPU: fp32) but shards of the same run ran "
                               "as 1.json (cuda/bf16 on NVIDIA A100)")  # fmt: skip
     assert "9.json" not in message and "set the model's dtype" in message
     assert not (tmp_path / "2.parquet").exists() and not (figures_dir / "2.json").exists()
     # Another pooling is another run: no conflict.
-    run_task(fasta, tmp_path / "3.parquet", architecture="dnabert2", checkpoint=str(checkpoint),
-             settings=TaskSettings(pooling="max"), figures_out=figures_dir / "3.json",
-             check_sibling_shards=True)  # fmt: skip
+    run_shard(fasta, tmp_path / "3.parquet", checkpoint, figures_dir / "3.json", TaskSettings(pooling="max"))
 
 
 def test_a_job_claims_its_place_before_loading_the_model(tmp_path: Path) -> None:

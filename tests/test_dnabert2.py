@@ -12,13 +12,6 @@ import torch
 from safetensors.torch import save_file
 from torch.nn import functional as F
 
-from seqshard.checkpoints import (
-    CheckpointNotFoundError,
-    file_digest,
-    find_weights_file,
-    load_state_dict,
-    resolve_checkpoint,
-)
 from seqshard.models.dnabert2 import (
     AttentionBias,
     DNABERT2Config,
@@ -31,6 +24,8 @@ from seqshard.models.dnabert2 import (
     load_dnabert2_masked_lm,
     write_demo_checkpoint,
 )
+from seqshard.models.loading import load_state_dict
+from seqshard.runtime.checkpoints import CheckpointNotFoundError, file_digest, resolve_checkpoint, weights_files
 
 # Three lengths that give three different token counts, one with an N.
 SEQUENCES = [
@@ -312,7 +307,7 @@ def test_bin_and_safetensors_give_identical_outputs_and_stable_digest(demo, demo
     # safetensors refuses shared tensors; converters drop the tied decoder weight, so do the same here.
     state.pop("cls.predictions.decoder.weight")
     save_file(state, converted / "model.safetensors")
-    assert find_weights_file(converted).name == "model.safetensors"
+    assert [path.name for path in weights_files(converted)] == ["model.safetensors"]
     from_safetensors = load_dnabert2(str(converted))
 
     input_ids, mask = _batch(demo.tokenizer, SEQUENCES)
@@ -475,7 +470,7 @@ def test_sequence_classification_layout_loads_the_same_encoder(demo, demo_dir: P
     del state["bert.encoder.layer.1.mlp.wo.bias"]
     state["bert.encoder.layer.1.mlp.surprise"] = torch.zeros(1)
     torch.save(state, finetune / "pytorch_model.bin")
-    with pytest.raises(ValueError, match=r"missing encoder tensors: encoder\.layer\.1\.mlp\.wo\.bias") as error:
+    with pytest.raises(ValueError, match=r"missing tensors: encoder\.layer\.1\.mlp\.wo\.bias") as error:
         load_dnabert2(str(finetune))
     assert "encoder.layer.1.mlp.surprise" in str(error.value)
 
@@ -540,7 +535,7 @@ def test_directory_without_required_files_names_them(demo_dir: Path, tmp_path: P
     with pytest.raises(CheckpointNotFoundError, match=r"has no tokenizer\.json"):
         resolve_checkpoint(tmp_path, required=("config.json", "tokenizer.json"))
     with pytest.raises(CheckpointNotFoundError, match="no weights file"):
-        find_weights_file(tmp_path)
+        weights_files(tmp_path)
 
 
 def test_uncached_hub_id_offline_says_what_to_download(offline_hub: Path) -> None:

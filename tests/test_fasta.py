@@ -4,15 +4,15 @@ import gzip
 
 import pytest
 
-from seqshard.fasta import (
+from seqshard.io.fasta import (
     FastaFormatError,
     FastaValidationError,
-    InputPolicy,
     log_report,
     read_valid_records,
     write_rejects,
 )
-from seqshard.interface import CLI, WORKFLOW
+from seqshard.io.interface import CLI, WORKFLOW
+from seqshard.io.sequences import InputPolicy
 
 SKIP = InputPolicy(on_invalid="skip")
 

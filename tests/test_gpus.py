@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from seqshard.gpus import (
+from seqshard.runtime.gpus import (
     acquire_gpus,
     default_pool_dir,
     gpus_for_job,
@@ -29,7 +29,7 @@ from seqshard.gpus import (
 # CUDA_VISIBLE_DEVICES, hold them until stdin closes. A pool error is printed as its one-line message, exit 3.
 HOLDER = """
 import os, sys
-from seqshard.gpus import acquire_gpus
+from seqshard.runtime.gpus import acquire_gpus
 try:
     with acquire_gpus(int(sys.argv[1]), sys.argv[2] or None, sys.argv[3].split(","), poll_seconds=0.05):
         print(os.environ["CUDA_VISIBLE_DEVICES"], flush=True)
@@ -340,7 +340,7 @@ PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 38, 22, 2
 assert libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0
 fprog = SockFprog(len(program), ctypes.addressof(code))
 assert libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) == 0
-from seqshard.gpus import acquire_gpus
+from seqshard.runtime.gpus import acquire_gpus
 try:
     with acquire_gpus(1, sys.argv[1], ["0"]):
         pass

@@ -12,11 +12,17 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from seqshard.fasta import InputPolicy
-from seqshard.inference import RecordError, RunFigures, TaskSettings, run_embed, score_records
+import seqshard.engine.driver as driver
+from seqshard.engine.chunks import ChunkLimits, RecordError, score_chunks, score_records
+from seqshard.engine.driver import run_tasks
+from seqshard.engine.pooling import pool
+from seqshard.engine.runner import Runner
+from seqshard.engine.tasks import prepare_tasks
+from seqshard.engine.types import Hardware, RunFigures, RunFiles, TaskSettings, Work
+from seqshard.engine.windows import ModelFit
+from seqshard.io.parquet import read_provenance
+from seqshard.io.sequences import InputPolicy
 from seqshard.models.dnabert2 import load_dnabert2, write_demo_checkpoint
-from seqshard.parquet import read_provenance
-from seqshard.pooling import pool
 
 
 @pytest.fixture(scope="module")
@@ -45,24 +51,24 @@ def test_pooling_reads_only_owned_positions():
 
 
 def test_embeddings_do_not_depend_on_batching(checkpoint, fasta):
-    from seqshard.fasta import read_valid_records
+    from seqshard.io.fasta import read_valid_records
 
     loaded = load_dnabert2(str(checkpoint))
     records, _ = read_valid_records(fasta, "dna")
     results = {}
     for budget, max_padding in [(1, 0.03), (100_000, 0.99)]:
         figures = RunFigures({}, "cpu", "fp32", 1, budget)
-        columns, encoded = score_records(
+        scored = score_records(
             loaded, records, TaskSettings(), molecule="dna", batch_tokens=budget, dtype="fp32", figures=figures,
             max_padding=max_padding,
         )  # fmt: skip
-        results[budget] = (np.array(columns["embedding"].to_pylist()), figures)
+        results[budget] = (np.array(scored.columns["embed"]["embedding"].to_pylist()), figures)
     one_by_one, alone = results[1]
     batched, together = results[100_000]
     assert alone.n_batches == len(records) and together.n_batches == 1
     assert together.n_computed_tokens > 2 * together.n_tokens  # heavily padded, yet the same numbers
     np.testing.assert_allclose(batched, one_by_one, atol=1e-5, rtol=0)
-    assert [e.n_tokens for e in encoded] == [len(loaded.tokenizer.encode(r.sequence)) for r in records]
+    assert scored.base["n_tokens"].tolist() == [len(loaded.tokenizer.encode(r.sequence)) for r in records]
 
 
 def test_cli_embed_writes_rows_in_input_order_with_provenance(checkpoint, fasta, tmp_path):
@@ -85,7 +91,7 @@ def test_cli_embed_writes_rows_in_input_order_with_provenance(checkpoint, fasta,
     assert run["n_computed_tokens"] >= run["n_tokens"] and run["device"] == "cpu" and run["dtype"] == "fp32"
     # The same input through the Python entry point gives the same numbers.
     again = tmp_path / "again.parquet"
-    run_embed(fasta, again, architecture="dnabert2", checkpoint=str(checkpoint), pooling="cls")
+    run_tasks(Work("dnabert2", checkpoint, (TaskSettings(pooling="cls"),)), RunFiles(fasta, {"embed": again}))
     np.testing.assert_array_equal(np.stack(pd.read_parquet(again)["embedding"]), np.stack(frame["embedding"]))
 
 
@@ -118,18 +124,20 @@ class MemoryLimitedModel(torch.nn.Module):
 def test_out_of_memory_halves_the_batch_and_goes_on(checkpoint, fasta):
     from dataclasses import replace
 
-    from seqshard.fasta import read_valid_records
+    from seqshard.io.fasta import read_valid_records
 
     loaded = load_dnabert2(str(checkpoint))
     records, _ = read_valid_records(fasta, "dna")
     kwargs = dict(molecule="dna", batch_tokens=100_000, dtype="fp32", max_padding=0.99)
-    reference, _ = score_records(loaded, records, TaskSettings(), figures=RunFigures({}, "cpu", "fp32", 1, 1), **kwargs)
+    reference = score_records(loaded, records, TaskSettings(), figures=RunFigures({}, "cpu", "fp32", 1, 1), **kwargs)
     figures = RunFigures({}, "cpu", "fp32", 1, 100_000)
     limited = replace(loaded, model=MemoryLimitedModel(loaded.model, max_tokens=700))
-    columns, _ = score_records(limited, records, TaskSettings(), figures=figures, **kwargs)
+    columns = score_records(limited, records, TaskSettings(), figures=figures, **kwargs)
     assert figures.n_oom_splits >= 2 and figures.as_dict()["n_oom_splits"] == figures.n_oom_splits
     np.testing.assert_allclose(
-        np.array(columns["embedding"].to_pylist()), np.array(reference["embedding"].to_pylist()), atol=1e-5
+        np.array(columns.columns["embed"]["embedding"].to_pylist()),
+        np.array(reference.columns["embed"]["embedding"].to_pylist()),
+        atol=1e-5,
     )
     tiny = replace(loaded, model=MemoryLimitedModel(loaded.model, max_tokens=10))
     with pytest.raises(RecordError, match=r"record 'r5': out of memory even alone \(272 tokens on cpu\)"):
@@ -137,8 +145,7 @@ def test_out_of_memory_halves_the_batch_and_goes_on(checkpoint, fasta):
 
 
 def test_chunked_scoring_matches_one_chunk_and_keeps_input_order(checkpoint, fasta):
-    from seqshard.fasta import read_valid_records
-    from seqshard.inference import score_chunks
+    from seqshard.io.fasta import read_valid_records
 
     loaded = load_dnabert2(str(checkpoint))
     records, _ = read_valid_records(fasta, "dna")
@@ -147,8 +154,9 @@ def test_chunked_scoring_matches_one_chunk_and_keeps_input_order(checkpoint, fas
         figures = RunFigures({}, "cpu", "fp32", 1, 4096)
         chunks = list(
             score_chunks(
-                loaded, iter(records), TaskSettings(), molecule="dna", batch_tokens=4096, dtype="fp32",
-                figures=figures, chunk_records=chunk_records,
+                Runner(loaded.for_molecule("dna"), figures, batch_tokens=4096, dtype="fp32"), iter(records),
+                prepare_tasks(loaded, [TaskSettings()]), ModelFit.of(loaded, TaskSettings()),
+                ChunkLimits.for_budget(4096, chunk_records),
             )
         )  # fmt: skip
         runs[chunk_records] = (chunks, figures)
@@ -162,14 +170,12 @@ def test_chunked_scoring_matches_one_chunk_and_keeps_input_order(checkpoint, fas
 
 
 def test_run_task_streams_chunks_into_row_groups_and_leaves_nothing_on_failure(checkpoint, tmp_path):
-    import seqshard.inference as inference
-
     rng = np.random.default_rng(5)
     fasta = tmp_path / "many.fa"
     fasta.write_text("".join(f">s{i}\n{''.join(rng.choice(list('ACGT'), 40 + i))}\n" for i in range(10)))
     out = tmp_path / "out.parquet"
-    options = {"architecture": "dnabert2", "checkpoint": str(checkpoint), "chunk_records": 4}  # chunks of 4, 4, 2
-    inference.run_task(fasta, out, figures_out=tmp_path / "f.json", **options)
+    work, hardware = Work("dnabert2", checkpoint), Hardware(chunk_records=4)  # chunks of 4, 4, 2
+    run_tasks(work, RunFiles(fasta, {"embed": out}, figures=tmp_path / "f.json"), hardware)
     assert pd.read_parquet(out)["id"].tolist() == [f"s{i}" for i in range(10)]
     assert [pq.ParquetFile(out).metadata.row_group(i).num_rows for i in range(3)] == [4, 4, 2]
     figures = json.loads((tmp_path / "f.json").read_text())
@@ -184,7 +190,7 @@ def test_run_task_streams_chunks_into_row_groups_and_leaves_nothing_on_failure(c
     bad.write_text(fasta.read_text() + ">broken\nACGTXX\n")
     failed = tmp_path / "failed.parquet"
     with pytest.raises(ValueError, match="broken"):
-        inference.run_task(bad, failed, **options)
+        run_tasks(work, RunFiles(bad, {"embed": failed}), hardware)
     assert not failed.exists() and not failed.with_name("failed.parquet.partial").exists()
 
 
@@ -222,7 +228,7 @@ def test_out_of_memory_recovers_with_one_split_and_later_batches_fit(checkpoint)
     for the rest of the job, so no later batch fails again."""
     from dataclasses import replace
 
-    from seqshard.fasta import SequenceRecord
+    from seqshard.io.fasta import SequenceRecord
 
     rng = np.random.default_rng(8)
     records = [SequenceRecord(i, f"s{i}", "".join(rng.choice(list("ACGT"), 300)), 1) for i in range(32)]
@@ -230,27 +236,27 @@ def test_out_of_memory_recovers_with_one_split_and_later_batches_fit(checkpoint)
     width = len(loaded.tokenizer.encode(records[0].sequence))
     assert all(len(loaded.tokenizer.encode(r.sequence)) <= width + 8 for r in records)
     kwargs = dict(molecule="dna", batch_tokens=8 * (width + 8), dtype="fp32", max_padding=0.99)
-    reference, _ = score_records(loaded, records, TaskSettings(), figures=RunFigures({}, "cpu", "fp32", 1, 1), **kwargs)
+    reference = score_records(loaded, records, TaskSettings(), figures=RunFigures({}, "cpu", "fp32", 1, 1), **kwargs)
     budgeted = BudgetedModel(loaded.model, budget=4 * 4 * (width + 8) * 64 * 4)  # room for 4 rows, not 8
     figures = RunFigures({}, "cpu", "fp32", 1, kwargs["batch_tokens"])
-    columns, _ = score_records(replace(loaded, model=budgeted), records, TaskSettings(), figures=figures, **kwargs)
+    columns = score_records(replace(loaded, model=budgeted), records, TaskSettings(), figures=figures, **kwargs)
     assert budgeted.failures == 1 and figures.n_oom_splits == 1 and figures.n_budget_changes >= 1
     assert figures.n_batches == 8  # the split batch's two halves, then every later batch at the lowered budget
     np.testing.assert_allclose(
-        np.array(columns["embedding"].to_pylist()), np.array(reference["embedding"].to_pylist()), atol=1e-5
+        np.array(columns.columns["embed"]["embedding"].to_pylist()),
+        np.array(reference.columns["embed"]["embedding"].to_pylist()),
+        atol=1e-5,
     )
 
 
 def test_a_record_too_large_even_alone_is_a_reject_under_skip(checkpoint, tmp_path):
     from dataclasses import replace
 
-    import seqshard.inference as inference
-
     rng = np.random.default_rng(9)
     fasta = tmp_path / "in.fa"
     lengths = [100, 3000, 120, 90]  # the 3 kb record is one input of ~600 tokens, over the device's room
     fasta.write_text("".join(f">r{i}\n{''.join(rng.choice(list('ACGT'), n))}\n" for i, n in enumerate(lengths)))
-    original = inference.get_loader
+    original = driver.get_loader
 
     def limited_loader(architecture):
         def load(*args):
@@ -259,18 +265,17 @@ def test_a_record_too_large_even_alone_is_a_reject_under_skip(checkpoint, tmp_pa
 
         return load
 
-    inference.get_loader = limited_loader
+    driver.get_loader = limited_loader
+    settings = (TaskSettings(max_tokens=4096, window_length=5000),)
     try:
         out, rejects = tmp_path / "out.parquet", tmp_path / "rejects.tsv"
-        figures = inference.run_task(fasta, out, architecture="dnabert2", checkpoint=str(checkpoint),
-                                     settings=TaskSettings(max_tokens=4096, window_length=5000),
-                                     policy=InputPolicy(on_invalid="skip"), rejects_out=rejects)  # fmt: skip
+        figures = run_tasks(Work("dnabert2", checkpoint, settings, policy=InputPolicy(on_invalid="skip")),
+                            RunFiles(fasta, {"embed": out}, rejects=rejects))  # fmt: skip
         with pytest.raises(RecordError, match=r"in.fa: record 'r1' \(line 3\): out of memory even alone"):
-            inference.run_task(fasta, tmp_path / "error.parquet", architecture="dnabert2",
-                               checkpoint=str(checkpoint), settings=TaskSettings(max_tokens=4096, window_length=5000),
-                               policy=InputPolicy(on_invalid="error"))  # fmt: skip
+            run_tasks(Work("dnabert2", checkpoint, settings, policy=InputPolicy(on_invalid="error")),
+                      RunFiles(fasta, {"embed": tmp_path / "error.parquet"}))  # fmt: skip
     finally:
-        inference.get_loader = original
+        driver.get_loader = original
     assert pd.read_parquet(out)["id"].tolist() == ["r0", "r2", "r3"]
     table = pd.read_csv(rejects, sep="\t")
     assert table["record_id"].tolist() == ["r1"] and "out of memory even alone" in table["reason"].item()

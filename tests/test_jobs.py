@@ -1,4 +1,4 @@
-"""Job records (seqshard.jobs): what every rule script writes beside its log for the report's timeline."""
+"""Job records (seqshard.runtime.jobs): what every rule script writes beside its log for the report's timeline."""
 
 import json
 import socket
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from seqshard.jobs import job_name, record_path, recorded_job
-from seqshard.monitoring import usable_cpus
+from seqshard.runtime.jobs import job_name, record_path, recorded_job
+from seqshard.runtime.monitoring import usable_cpus
 
 
 def test_record_path_and_job_name_follow_the_log_path() -> None:

@@ -6,7 +6,7 @@ import sys
 
 SCRIPT = """
 import sys
-from seqshard.logs import rule_script
+from seqshard.runtime.logs import rule_script
 
 with rule_script(sys.argv[1]):
     import logging

@@ -22,9 +22,10 @@ import torch
 from lucaone.modeling_lucaone import LucaGPLMRobertaLMHead
 from safetensors.torch import save_file
 
-from seqshard.fasta import SequenceRecord
-from seqshard.inference import RunFigures, TaskSettings, score_records
-from seqshard.models import ARCHITECTURE_MOLECULES, get_loader
+from seqshard.engine.chunks import score_records
+from seqshard.engine.types import RunFigures, TaskSettings
+from seqshard.io.fasta import SequenceRecord
+from seqshard.models import ARCHITECTURES, get_loader
 from seqshard.models.lucaone import (
     LAYER_NORM_EPS,
     VOCABULARY,
@@ -441,19 +442,19 @@ def test_a_foreign_vocabulary_or_stray_tensors_are_refused(oracle, tmp_path: Pat
 
 def test_registered_for_all_three_molecules_and_usable_by_the_inference_path(oracle) -> None:
     assert get_loader("lucaone") is load_lucaone
-    assert ARCHITECTURE_MOLECULES["lucaone"] == frozenset({"dna", "rna", "protein"})
+    assert ARCHITECTURES["lucaone"].molecules == frozenset({"dna", "rna", "protein"})
     loaded = oracle["loaded"]["original"]
-    assert isinstance(loaded, LucaOneLoadedModel) and loaded.molecules == ARCHITECTURE_MOLECULES["lucaone"]
+    assert isinstance(loaded, LucaOneLoadedModel) and loaded.molecules == ARCHITECTURES["lucaone"].molecules
     bound = loaded.for_molecule("protein")  # the one step inference needs before tokenizing
     records = [SequenceRecord(i, f"p{i}", sequence, 1) for i, sequence in enumerate(SEQUENCES["protein"])]
 
     def score(task: str) -> dict[str, object]:
         figures = RunFigures({}, "cpu", "fp32", 1, 64)
         settings = TaskSettings(task=task)
-        columns, _ = score_records(
+        scored = score_records(
             bound, records, settings, molecule="protein", batch_tokens=64, dtype="fp32", figures=figures
         )
-        return columns
+        return scored.columns[task]
 
     embeddings = torch.tensor(score("embed")["embedding"].to_pylist())
     input_ids, mask = _batch([LucaOneTokenizer("protein").encode(sequence) for sequence in SEQUENCES["protein"]])

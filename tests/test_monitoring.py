@@ -4,7 +4,7 @@ must say there is no GPU and why, never report zeros as if measured."""
 import os
 import time
 
-from seqshard.monitoring import GpuSampler, process_figures, usable_cpus
+from seqshard.runtime.monitoring import GpuSampler, process_figures, usable_cpus
 
 
 def test_without_a_gpu_the_sampler_says_so_and_reports_no_numbers():

@@ -11,11 +11,13 @@ import pyarrow.parquet as pq
 import pytest
 from Bio import SeqIO
 
-from seqshard.fasta import InputPolicy
-from seqshard.inference import TaskSettings, run_tasks
+from seqshard.engine.driver import run_tasks
+from seqshard.engine.types import RunFiles, TaskSettings, Work
+from seqshard.io.parquet import read_provenance
+from seqshard.io.sequences import InputPolicy
 from seqshard.models.dnabert2 import write_demo_checkpoint
-from seqshard.packing import SampleErrors, SampleInput, merge_model, pack_samples, read_pack_manifest
-from seqshard.parquet import read_provenance
+from seqshard.plan.merge import merge_model
+from seqshard.plan.packing import SampleErrors, SampleInput, pack_samples, read_pack_manifest
 
 
 @pytest.fixture(scope="module")
@@ -79,15 +81,17 @@ def test_scored_shards_gather_back_into_each_sample_in_input_order(samples, chec
     scored = {}
     for shard in read_pack_manifest(pack / "manifest.tsv"):
         directory = tmp_path / "scores" / shard.name
-        run_tasks(pack / "shards" / f"{shard.name}.fa", {t.task: directory / f"{t.task}.parquet" for t in tasks},
-                  architecture="dnabert2", checkpoint=str(checkpoint), settings=tasks,
-                  policy=InputPolicy(on_invalid="skip"), rejects_out=directory / "rejects.tsv",
-                  provenance={"model": "m"}, packed=True)  # fmt: skip
+        work = Work("dnabert2", checkpoint, tasks, policy=InputPolicy(on_invalid="skip"), provenance={"model": "m"})
+        run_tasks(work, RunFiles(pack / "shards" / f"{shard.name}.fa",
+                                 {t.task: directory / f"{t.task}.parquet" for t in tasks},
+                                 rejects=directory / "rejects.tsv", packed=True))  # fmt: skip
         scored[shard.name] = directory
     # A packed shard read as such (no second validation) gives the bytes a validated read gives.
     validated = tmp_path / "validated.parquet"
-    run_tasks(pack / "shards" / "0000.fa", {"embed": validated}, architecture="dnabert2", checkpoint=str(checkpoint),
-              settings=[TaskSettings("embed")], provenance={"model": "m"})  # fmt: skip
+    run_tasks(
+        Work("dnabert2", checkpoint, provenance={"model": "m"}),
+        RunFiles(pack / "shards" / "0000.fa", {"embed": validated}),
+    )
     assert validated.read_bytes() == (tmp_path / "scores" / "0000" / "embed.parquet").read_bytes()
     outputs = {(s.name, t.task): tmp_path / "out" / s.name / f"{t.task}.parquet" for s in samples for t in tasks}
     rejects = {s.name: tmp_path / "out" / s.name / "rejects.tsv" for s in samples}

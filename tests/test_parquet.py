@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from seqshard import __version__
-from seqshard.parquet import (
+from seqshard.io.parquet import (
     RowCountMismatchError,
     embedding_schema,
     embedding_table,
@@ -71,7 +71,7 @@ def test_merge_refuses_mixed_provenance(tmp_path):
 
 
 def test_shard_files_use_bounded_row_groups(tmp_path):
-    from seqshard.parquet import ROW_GROUP_ROWS
+    from seqshard.io.parquet import ROW_GROUP_ROWS
 
     path = shard(tmp_path, "0000", 0, 2 * ROW_GROUP_ROWS + 5)
     metadata = pq.ParquetFile(path).metadata

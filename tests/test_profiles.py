@@ -19,8 +19,8 @@ from types import SimpleNamespace
 import pytest
 from snakemake_executor_plugin_slurm.utils import set_gres_string
 
-from seqshard.checkpoints import inference_memory_mb
 from seqshard.models.dnabert2 import write_demo_checkpoint
+from seqshard.runtime.checkpoints import inference_memory_mb
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEFILE = REPO / "workflow" / "Snakefile"

@@ -42,7 +42,7 @@ def write_benchmark(root: Path, relative: str, rows: list[dict[str, object]]) ->
 
 
 def write_record(log_root: Path, rule: str, job: str, **fields: object) -> Path:
-    """Write a job record as seqshard.jobs.recorded_job does."""
+    """Write a job record as seqshard.runtime.jobs.recorded_job does."""
     record = {"rule": rule, "job": job, "host": "node1", "cpu_count": 4, "threads": 1, "started_at": 0.0,
               "ended_at": 1.0, "status": "ok", "load_average": 1.0, **fields}  # fmt: skip
     path = log_root / rule / f"{job}.job.json"

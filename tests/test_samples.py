@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from seqshard.samples import SampleSheetError, load_sample_sheet
+from seqshard.io.samples import SampleSheetError, load_sample_sheet
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO / "workflow" / "schemas" / "samples.schema.yaml"

@@ -144,7 +144,7 @@ def server_factory(tmp_path: Path) -> Iterator[object]:
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from seqshard.demo import write_demo
-    from seqshard.heads import write_demo_head
+    from seqshard.engine.heads import write_demo_head
 
     folder = tmp_path_factory.mktemp("checkpoints")
     paths = {
@@ -253,13 +253,13 @@ def test_every_other_endpoint_needs_the_key(main_server: Server) -> None:
 
 
 def test_model_info_lists_what_the_checkpoint_can_do(client: SeqshardClient, checkpoints: dict[str, Path]) -> None:
-    from seqshard.checkpoints import file_digest, find_weights_file
+    from seqshard.runtime.checkpoints import file_digest, weights_files
 
     info = client.model_info()
     assert info["name"] == "dnabert2" and info["version"] == str(checkpoints["promoter"])
     assert info["tasks"] == ["embedding", "promoter_prediction"]
     assert info["embedding_dimension"] == 64 and info["max_sequence_length"] == 5120
-    assert info["checkpoint_digest"] == file_digest(find_weights_file(checkpoints["promoter"]))
+    assert info["checkpoint_digest"] == file_digest(weights_files(checkpoints["promoter"])[0])
     assert info["input_format"]["alphabets"] == {"dna": "ACGT + N"}
     assert info["input_format"]["max_batch_sequences"] == 100
     assert info["settings"]["pooling"] == "mean" and info["settings"]["max_tokens"] == 512

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from seqshard.sharding import estimate_tokens, plan_shards
+from seqshard.plan.sharding import estimate_tokens, plan_shards
 
 
 def test_estimate_is_residues_plus_cls_and_sep():

@@ -234,7 +234,9 @@ def test_local_gpu_jobs_took_devices_from_the_pool_and_never_shared_one(slurm_ru
     held = []
     for log in sorted((slurm_run.reference / "logs" / "infer_shard").rglob("*.log")):
         text = log.read_text()
-        start = re.search(r"^(\S+ \S+) INFO seqshard.gpus: using GPU\(s\) (\d) from the pool", text, re.MULTILINE)
+        start = re.search(
+            r"^(\S+ \S+) INFO seqshard.runtime.gpus: using GPU\(s\) (\d) from the pool", text, re.MULTILINE
+        )
         end = re.search(r"^(\S+ \S+) INFO \S+: wrote \d+ rows", text, re.MULTILINE)
         assert start and end, text[-2000:]
         held.append((start.group(1), end.group(1), start.group(2)))

@@ -32,10 +32,10 @@ import pytest
 import yaml
 from jfs.stack import SECRET_KEY, VOLUME, Gateway, JuiceFSStack, StackUnavailable, juicefs_stack, missing_tools
 
-from seqshard.checkpoints import file_digest
 from seqshard.demo import write_demo
-from seqshard.parquet import read_provenance
-from seqshard.storage import (
+from seqshard.io.parquet import read_provenance
+from seqshard.runtime.checkpoints import file_digest
+from seqshard.runtime.storage import (
     StorageError,
     StorageSettings,
     evict,
@@ -436,7 +436,7 @@ def test_lru_eviction_keeps_checkpoints_in_use(stack: JuiceFSStack, gateway: Gat
     assert len(list((cache / "blobs").iterdir())) == 3
 
     # Another job using checkpoint a: it holds it until it exits.
-    hold = f"from seqshard.storage import fetch; print(fetch({urls['a']!r}).path, flush=True); input()"
+    hold = f"from seqshard.runtime.storage import fetch; print(fetch({urls['a']!r}).path, flush=True); input()"
     holder = subprocess.Popen(
         [sys.executable, "-c", hold], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )

@@ -8,10 +8,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from seqshard.fasta import SequenceRecord
-from seqshard.inference import RunFigures, TaskSettings, run_task, run_tasks, score_records
+from seqshard.engine.chunks import score_records
+from seqshard.engine.driver import run_tasks
+from seqshard.engine.types import RunFigures, RunFiles, TaskSettings, Work
+from seqshard.engine.windows import ModelFit, encode_chunk, encode_sequence, plan_windows
+from seqshard.io.fasta import SequenceRecord
 from seqshard.models.dnabert2 import load_dnabert2, load_dnabert2_masked_lm, write_demo_checkpoint
-from seqshard.windows import encode_chunk, encode_sequence, plan_windows
 
 
 @pytest.fixture(scope="module")
@@ -33,12 +35,14 @@ def vectors(columns):
 
 
 def run(loaded, sequences, **settings):
+    """The task's columns for `sequences`, and how each was encoded (the model inputs the columns come from)."""
     records = [SequenceRecord(i, f"r{i}", s, 1) for i, s in enumerate(sequences)]
     figures = RunFigures({}, "cpu", "fp32", 1, 4096)
-    columns, encoded = score_records(
-        loaded, records, TaskSettings(**settings), molecule="dna", batch_tokens=4096, dtype="fp32", figures=figures
-    )
-    return columns, encoded
+    task = TaskSettings(**settings)
+    scored = score_records(loaded, records, task, molecule="dna", batch_tokens=4096, dtype="fp32", figures=figures)
+    encoded = ModelFit.of(loaded, task).encode(sequences, loaded.tokenizer).sequences()
+    assert scored.base["n_tokens"].tolist() == [e.n_tokens for e in encoded]
+    return scored.columns[task.task], encoded
 
 
 def test_every_residue_belongs_to_the_window_with_the_nearest_centre():
@@ -191,8 +195,9 @@ def test_classify_with_a_fine_tuned_head(checkpoints, tmp_path):
     sequences = [random_dna(n, n) for n in (80, 300, 45)]
     fasta.write_text("".join(f">s{i}\n{s}\n" for i, s in enumerate(sequences)))
     out = tmp_path / "classify.parquet"
-    run_task(fasta, out, architecture="dnabert2", checkpoint=str(checkpoints["classify"]),
-             settings=TaskSettings(task="classify"))  # fmt: skip
+    run_tasks(
+        Work("dnabert2", checkpoints["classify"], (TaskSettings(task="classify"),)), RunFiles(fasta, {"classify": out})
+    )
     frame = pd.read_parquet(out)
     assert list(frame.columns) == [
         "id", "length", "n_tokens", "n_windows", "truncated", "prob_non_promoter", "prob_promoter", "predicted_label",
@@ -208,11 +213,15 @@ def test_classify_with_a_fine_tuned_head(checkpoints, tmp_path):
                                    probabilities, atol=1e-6)  # fmt: skip
         assert frame.loc[row, "predicted_label"] == ["non_promoter", "promoter"][int(probabilities.argmax())]
     with pytest.raises(ValueError, match="its head is for classify, not regress"):
-        run_task(fasta, tmp_path / "x.parquet", architecture="dnabert2", checkpoint=str(checkpoints["classify"]),
-                 settings=TaskSettings(task="regress"))  # fmt: skip
+        run_tasks(
+            Work("dnabert2", checkpoints["classify"], (TaskSettings(task="regress"),)),
+            RunFiles(fasta, {"regress": tmp_path / "x.parquet"}),
+        )
     with pytest.raises(ValueError, match="has no fine-tuned head"):
-        run_task(fasta, tmp_path / "x.parquet", architecture="dnabert2", checkpoint=str(checkpoints["mlm"]),
-                 settings=TaskSettings(task="classify"))  # fmt: skip
+        run_tasks(
+            Work("dnabert2", checkpoints["mlm"], (TaskSettings(task="classify"),)),
+            RunFiles(fasta, {"classify": tmp_path / "x.parquet"}),
+        )
 
 
 def test_one_pass_writes_each_task_file_byte_for_byte_as_a_run_of_that_task_alone(checkpoints, tmp_path):
@@ -223,12 +232,11 @@ def test_one_pass_writes_each_task_file_byte_for_byte_as_a_run_of_that_task_alon
     fasta.write_text("".join(f">s{i}\n{s}\n" for i, s in enumerate(sequences)))
     tasks = [TaskSettings(task="embed", pooling="cls"), TaskSettings(task="classify")]
     together = {task.task: tmp_path / f"together-{task.task}.parquet" for task in tasks}
-    figures = run_tasks(fasta, together, architecture="dnabert2", checkpoint=str(checkpoints["classify"]),
-                        settings=tasks)  # fmt: skip
+    figures = run_tasks(Work("dnabert2", checkpoints["classify"], tasks), RunFiles(fasta, together))
     assert figures.n_records == 5
     for task in tasks:
         alone = tmp_path / f"alone-{task.task}.parquet"
-        run_task(fasta, alone, architecture="dnabert2", checkpoint=str(checkpoints["classify"]), settings=task)
+        run_tasks(Work("dnabert2", checkpoints["classify"], (task,)), RunFiles(fasta, {task.task: alone}))
         assert together[task.task].read_bytes() == alone.read_bytes(), task.task
         assert pq.read_table(alone).num_rows == 5
 
@@ -237,8 +245,9 @@ def test_regress_writes_the_value_column(checkpoints, tmp_path):
     fasta = tmp_path / "in.fa"
     fasta.write_text(">a\nACGTACGTAAAC\n>b\nGGGGCCCCAATT\n")
     out = tmp_path / "regress.parquet"
-    run_task(fasta, out, architecture="dnabert2", checkpoint=str(checkpoints["regress"]),
-             settings=TaskSettings(task="regress"))  # fmt: skip
+    run_tasks(
+        Work("dnabert2", checkpoints["regress"], (TaskSettings(task="regress"),)), RunFiles(fasta, {"regress": out})
+    )
     table = pq.read_table(out)
     assert table.column_names[-1] == "value" and table.num_rows == 2
     assert len(set(table.column("value").to_pylist())) == 2
@@ -253,11 +262,11 @@ def test_lucaone_long_protein_is_represented_residue_by_residue_exactly_once(tmp
     records = [SequenceRecord(0, "p", sequence, 1)]
     figures = RunFigures({}, "cpu", "fp32", 1, 4096)
     settings = TaskSettings(per_token=True, window_length=window_length, window_overlap=overlap, max_tokens=50)
-    columns, encoded = score_records(
+    columns = score_records(
         loaded, records, settings, molecule="protein", batch_tokens=4096, dtype="fp32", figures=figures
-    )
+    ).columns["embed"]
     planned = plan_windows(len(sequence), window_length, overlap)
-    assert len(encoded[0].windows) == len(planned) == 4
+    assert figures.n_windows == len(planned) == 4
     bound = loaded.for_molecule("protein")
     expected = np.zeros((len(sequence), loaded.hidden_size), dtype=np.float32)
     source = np.full(len(sequence), -1)

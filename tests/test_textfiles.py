@@ -9,7 +9,7 @@ import zlib
 import pytest
 from Bio import bgzf
 
-from seqshard.textfiles import BLOCK_BYTES, TextFileError, TextLines
+from seqshard.io.textfiles import BLOCK_BYTES, TextFileError, TextLines
 
 TEXT = b"".join(b">r%d\nACGTACGTAC\nGGTT\n" % i for i in range(2000))  # 6000 lines, about 40 KB
 

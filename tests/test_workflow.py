@@ -16,9 +16,10 @@ import pytest
 import yaml
 from browser import require_chromium, view_report
 
-from seqshard.fasta import InputPolicy, read_valid_records
-from seqshard.monitoring import usable_cpus
-from seqshard.parquet import read_provenance
+from seqshard.io.fasta import read_valid_records
+from seqshard.io.parquet import read_provenance
+from seqshard.io.sequences import InputPolicy
+from seqshard.runtime.monitoring import usable_cpus
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEFILE = REPO / "workflow" / "Snakefile"

@@ -1,18 +1,21 @@
-"""The models seqshard runs, behind one loader interface.
+"""The models seqshard runs, behind one loader interface, and the registry that names them.
 
 Every architecture module provides a `load_<name>(checkpoint, device, dtype)` factory that returns a
 `LoadedModel`; inference code only ever talks to that dataclass, so adding a model never touches batching,
-pooling or Parquet writing.
+pooling or Parquet writing. `ARCHITECTURES` registers each one (its module is imported on first use, so the
+workflow and the command line read the registry without torch). What every loader shares is in
+`seqshard.models.loading`.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-if TYPE_CHECKING:  # torch is heavy to import; the workflow reads ARCHITECTURE_MOLECULES without it
+if TYPE_CHECKING:  # torch is heavy to import; the workflow reads ARCHITECTURES without it
     import numpy as np
     import torch
 
@@ -81,20 +84,35 @@ class LoadedModel:
 ModelLoader = Callable[[str, str, "torch.dtype"], LoadedModel]
 
 
+@dataclass(frozen=True)
+class Architecture:
+    """One registered model architecture: the `architecture` key of the config and `--model`."""
+
+    name: str
+    module: str  # the model file, imported when the loader is first asked for
+    loader: str  # its `load_<name>(checkpoint, device, dtype)` factory
+    molecules: frozenset[str]  # what it accepts: subset of {"dna", "rna", "protein"}
+    description: str  # one line, for `/model/info` and the README's model table
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    architecture.name: architecture
+    for architecture in (
+        Architecture(
+            "dnabert2", "seqshard.models.dnabert2", "load_dnabert2", frozenset({"dna"}),
+            "DNABERT-2: a BERT encoder with ALiBi attention over BPE tokens of DNA",
+        ),
+        Architecture(
+            "lucaone", "seqshard.models.lucaone", "load_lucaone", frozenset({"dna", "rna", "protein"}),
+            "LucaOne: a foundation model of nucleic acid and protein sequences, one token per residue",
+        ),
+    )
+}  # fmt: skip
+
+
 def get_loader(architecture: str) -> ModelLoader:
     """The factory for `architecture`; imported lazily so one model's imports never slow another."""
-    if architecture == "dnabert2":
-        from seqshard.models.dnabert2 import load_dnabert2
-
-        return load_dnabert2
-    if architecture == "lucaone":
-        from seqshard.models.lucaone import load_lucaone
-
-        return load_lucaone
-    raise ValueError(f"unknown model architecture {architecture!r}; known: dnabert2, lucaone")
-
-
-ARCHITECTURE_MOLECULES: dict[str, frozenset[str]] = {
-    "dnabert2": frozenset({"dna"}),
-    "lucaone": frozenset({"dna", "rna", "protein"}),
-}
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"unknown model architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}")
+    entry = ARCHITECTURES[architecture]
+    return getattr(importlib.import_module(entry.module), entry.loader)

@@ -35,8 +35,16 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from seqshard.checkpoints import file_digest, find_weights_file, load_state_dict, resolve_checkpoint
 from seqshard.models import LoadedModel, SequenceHead
+from seqshard.models.loading import (
+    assign_weights,
+    load_state_dict,
+    model_max_length,
+    preview,
+    read_weights,
+    write_json,
+)
+from seqshard.runtime.checkpoints import resolve_checkpoint, weights_files
 
 if TYPE_CHECKING:
     from tokenizers import Encoding, Tokenizer
@@ -639,7 +647,7 @@ def _encoder_state_dict(state: dict[str, torch.Tensor], source: Path) -> tuple[d
             layout = "sequence_classification"
         stray = [key for key in state if not key.startswith(("bert.", "cls.", "classifier."))]
         if stray:
-            raise ValueError(f"{source} has keys outside bert./cls./classifier.: {_preview(stray)}")
+            raise ValueError(f"{source} has keys outside bert./cls./classifier.: {preview(stray)}")
         encoder = {key.removeprefix("bert."): value for key, value in state.items() if key.startswith("bert.")}
     else:
         layout = "encoder"
@@ -652,11 +660,6 @@ def _encoder_state_dict(state: dict[str, torch.Tensor], source: Path) -> tuple[d
     return encoder, layout
 
 
-def _preview(keys: list[str], limit: int = 8) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown if len(keys) <= limit else f"{shown}, ... ({len(keys)} in all)"
-
-
 def load_dnabert2(checkpoint: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32) -> LoadedModel:
     """The DNABERT-2 encoder of `checkpoint` (directory or hub id) in eval mode on `device`, as a LoadedModel.
 
@@ -666,29 +669,18 @@ def load_dnabert2(checkpoint: str | Path, device: str = "cpu", dtype: torch.dtyp
     """
     directory = resolve_checkpoint(checkpoint, required=("config.json", "tokenizer.json"))
     config = DNABERT2Config.from_json_file(directory / "config.json")
-    weights = find_weights_file(directory)
     # Memory-mapped, straight to `device`: the host never holds a second copy of the weights.
-    state = load_state_dict(weights, device)
-    encoder_state, layout = _encoder_state_dict(state, weights)
-
-    # Built on meta and filled by assignment: no time spent on a random init that is overwritten anyway.
-    with torch.device("meta"):
-        model = DNABERT2Model(config)
-    try:
-        result = model.load_state_dict(encoder_state, strict=False, assign=True)
-    except RuntimeError as error:  # shape mismatches: the weights do not belong to this config.json
-        raise ValueError(f"{weights} does not match {directory / 'config.json'}: {error}") from error
-    if result.missing_keys or result.unexpected_keys:
-        problems = []
-        if result.missing_keys:
-            problems.append(f"missing encoder tensors: {_preview(result.missing_keys)}")
-        if result.unexpected_keys:
-            problems.append(f"unexpected encoder tensors: {_preview(result.unexpected_keys)}")
-        raise ValueError(f"{weights} is not a DNABERT-2 checkpoint ({layout} layout); {'; '.join(problems)}")
+    weights = read_weights(directory, device)
+    state, source = weights.state, weights.source
+    encoder_state, layout = _encoder_state_dict(state, source)
+    model = assign_weights(
+        lambda: DNABERT2Model(config), encoder_state, source, f"a DNABERT-2 checkpoint ({layout} layout)",
+        directory / "config.json",
+    )  # fmt: skip
     # A no-op for fp32 weights asked for in fp32; otherwise casts (bf16 works without autocast too).
     model = model.to(device=device, dtype=dtype).eval()
-    mlm_head = _mlm_head(config, state, model, weights, device, dtype)
-    sequence_head = _sequence_head(config, state, weights, device, dtype)
+    mlm_head = _mlm_head(config, state, model, source, device, dtype)
+    sequence_head = _sequence_head(config, state, source, device, dtype)
 
     return LoadedModel(
         name="dnabert2",
@@ -697,10 +689,10 @@ def load_dnabert2(checkpoint: str | Path, device: str = "cpu", dtype: torch.dtyp
         hidden_size=config.hidden_size,
         checkpoint=str(checkpoint),
         checkpoint_dir=directory,
-        digest=file_digest(weights),
+        digest=weights.digest,
         molecules=frozenset({"dna"}),
         # ALiBi has no hard length limit, but the model was trained and is published for 512 tokens.
-        max_tokens=_model_max_length(directory, config),
+        max_tokens=model_max_length(directory, config.max_position_embeddings),
         # About 4-5 bp per token on genomes: 1,000 bp windows stay well inside 512 tokens.
         default_window=1000,
         token_types={"dna": 0},
@@ -708,16 +700,6 @@ def load_dnabert2(checkpoint: str | Path, device: str = "cpu", dtype: torch.dtyp
         sequence_head=sequence_head,
         extra={"config": config.to_dict(), "layout": layout},
     )
-
-
-def _model_max_length(directory: Path, config: DNABERT2Config) -> int:
-    """`model_max_length` of tokenizer_config.json when it is a real number, else the config's 512."""
-    path = directory / "tokenizer_config.json"
-    if path.exists():
-        value = json.loads(path.read_text()).get("model_max_length")
-        if isinstance(value, int) and 0 < value < 1_000_000:  # transformers writes 1e30 for "no limit"
-            return value
-    return config.max_position_embeddings
 
 
 def _mlm_head(
@@ -778,7 +760,7 @@ def load_dnabert2_masked_lm(
     """The full masked-LM model of a published checkpoint, loaded strictly, in eval mode on `device`."""
     directory = resolve_checkpoint(checkpoint, required=("config.json",))
     config = DNABERT2Config.from_json_file(directory / "config.json")
-    state = load_state_dict(find_weights_file(directory))
+    state = load_state_dict(weights_files(directory)[0])
     # safetensors cannot store shared tensors, so converted checkpoints often drop the tied decoder weight.
     if "cls.predictions.decoder.weight" not in state and "bert.embeddings.word_embeddings.weight" in state:
         state["cls.predictions.decoder.weight"] = state["bert.embeddings.word_embeddings.weight"]
@@ -854,10 +836,6 @@ def _train_demo_tokenizer(seed: int, vocab_size: int = 4096) -> Tokenizer:
     return tokenizer
 
 
-def _write_json(path: Path, data: dict[str, object]) -> None:
-    path.write_text(json.dumps(data, indent=2) + "\n")
-
-
 def write_demo_checkpoint(
     out_dir: Path,
     *,
@@ -894,7 +872,7 @@ def write_demo_checkpoint(
         intermediate_size=intermediate_size,
         **head_fields,
     )
-    _write_json(out_dir / "config.json", config.to_dict())
+    write_json(out_dir / "config.json", config.to_dict())
 
     generator = torch.Generator().manual_seed(seed)
     model = DNABERT2ForMaskedLM(config)
@@ -920,7 +898,7 @@ def write_demo_checkpoint(
         "cls_token": "[CLS]",
         "mask_token": "[MASK]",
     }
-    _write_json(
+    write_json(
         out_dir / "tokenizer_config.json",
         {
             "tokenizer_class": "PreTrainedTokenizerFast",
@@ -931,5 +909,5 @@ def write_demo_checkpoint(
             **special,
         },
     )
-    _write_json(out_dir / "special_tokens_map.json", special)
+    write_json(out_dir / "special_tokens_map.json", special)
     return out_dir

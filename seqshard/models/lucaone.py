@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copyreg
 import dataclasses
-import hashlib
 import io
 import json
 import pickle
@@ -35,8 +34,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from seqshard.checkpoints import file_digest, load_state_dict, resolve_checkpoint, weights_files
 from seqshard.models import LoadedModel
+from seqshard.models.loading import assign_weights, preview, read_weights, write_json
+from seqshard.runtime.checkpoints import resolve_checkpoint
 
 __all__ = [
     "LAYER_NORM_EPS",
@@ -633,19 +633,6 @@ def read_alphabet_pickle(path: str | Path) -> list[str]:
 # Loading
 
 
-def _digest(files: list[Path]) -> str:
-    if len(files) == 1:
-        return file_digest(files[0])
-    # Sharded: one digest over the shards' names and digests, so any changed shard changes it.
-    combined = hashlib.sha256("".join(f"{path.name} {file_digest(path)}\n" for path in files).encode())
-    return f"sha256:{combined.hexdigest()}"
-
-
-def _preview(keys: list[str], limit: int = 8) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown if len(keys) <= limit else f"{shown}, ... ({len(keys)} in all)"
-
-
 def _canonical_state_dict(state: dict[str, torch.Tensor], source: Path) -> tuple[dict[str, torch.Tensor], str]:
     """Any published layout's tensors under the port's backbone names (`embeddings.*`, `encoder.*`) plus
     `lm_head.*` when present, and the layout's name. Rotary inv_freq buffers are kept for checking."""
@@ -683,7 +670,7 @@ def _canonical_state_dict(state: dict[str, torch.Tensor], source: Path) -> tuple
             elif not key.startswith(_ORIGINAL_IGNORED_PREFIXES):
                 stray.append(key)
     if stray:
-        raise ValueError(f"{source} has tensors that are not part of a LucaOne {layout} checkpoint: {_preview(stray)}")
+        raise ValueError(f"{source} has tensors that are not part of a LucaOne {layout} checkpoint: {preview(stray)}")
     return canonical, layout
 
 
@@ -703,15 +690,12 @@ def _load_modules(
     checkpoint: str | Path, device: str = "cpu"
 ) -> tuple[LucaOneModel | LucaOneForMaskedLM, LucaOneConfig, Path, str, str]:
     """The checkpoint's model on `device` (the masked LM when it has the head), its config, directory, layout
-    name and weights digest. Weights are memory-mapped and go straight to `device` (see load_state_dict)."""
+    name and weights digest. Weights are memory-mapped and go straight to `device` (see models.loading)."""
     directory = resolve_checkpoint(checkpoint, required=("config.json",))
     config = LucaOneConfig.from_json_file(directory / "config.json")
-    files = weights_files(directory)
-    state: dict[str, torch.Tensor] = {}
-    for path in files:
-        state.update(load_state_dict(path, device))  # safetensors, or torch.load(weights_only=True, mmap=True)
-    source = files[0] if len(files) == 1 else directory
-    state, layout = _canonical_state_dict(state, source)
+    weights = read_weights(directory, device)  # safetensors, or torch.load(weights_only=True, mmap=True)
+    source = weights.source
+    state, layout = _canonical_state_dict(weights.state, source)
     _check_inv_freq(state, config, source)
     # The feed-forward width comes from the tensors: config fields for it disagree between formats.
     fc1 = state.get("encoder.layers.0.fc1.weight")
@@ -722,23 +706,13 @@ def _load_modules(
     if has_head and "lm_head.decoder.weight" not in state and "embeddings.embed_tokens.weight" in state:
         # Tied and therefore dropped by safetensors; the original ties the decoder to the token embeddings.
         state["lm_head.decoder.weight"] = state["embeddings.embed_tokens.weight"]
-    # Built on meta and filled by assignment: no time spent on a random init that is overwritten anyway.
-    with torch.device("meta"):
-        model: LucaOneModel | LucaOneForMaskedLM = LucaOneForMaskedLM(config) if has_head else LucaOneModel(config)
     if has_head:
         state = {key if key.startswith("lm_head.") else f"lucaone.{key}": value for key, value in state.items()}
-    try:
-        result = model.load_state_dict(state, strict=False, assign=True)
-    except RuntimeError as error:  # shape mismatches: the weights do not belong to this config.json
-        raise ValueError(f"{source} does not match {directory / 'config.json'}: {error}") from error
-    if result.missing_keys or result.unexpected_keys:
-        problems = []
-        if result.missing_keys:
-            problems.append(f"missing tensors: {_preview(result.missing_keys)}")
-        if result.unexpected_keys:
-            problems.append(f"unexpected tensors: {_preview(result.unexpected_keys)}")
-        raise ValueError(f"{source} is not a LucaOne checkpoint ({layout} layout); {'; '.join(problems)}")
-    return model, config, directory, layout, _digest(files)
+    model: LucaOneModel | LucaOneForMaskedLM = assign_weights(
+        (lambda: LucaOneForMaskedLM(config)) if has_head else (lambda: LucaOneModel(config)), state, source,
+        f"a LucaOne checkpoint ({layout} layout)", directory / "config.json",
+    )  # fmt: skip
+    return model, config, directory, layout, weights.digest
 
 
 @dataclass
@@ -890,10 +864,6 @@ def _alphabet_pickle_bytes() -> bytes:
     return b"\x80\x02" + b"csrc.models.alphabet\nAlphabet\n" + b")\x81" + body + b"b."
 
 
-def _write_json(path: Path, data: Mapping[str, object]) -> None:
-    path.write_text(json.dumps(data, indent=2) + "\n")
-
-
 def write_demo_checkpoint(
     out_dir: Path,
     *,
@@ -930,7 +900,7 @@ def write_demo_checkpoint(
     )
     model = LucaOneForMaskedLM(config)
     _init_demo_weights(model, torch.Generator().manual_seed(seed))
-    _write_json(out_dir / "config.json", config.to_json_dict(layout))
+    write_json(out_dir / "config.json", config.to_json_dict(layout))
     if layout == "original":
         torch.save(_original_state_dict(model), out_dir / "pytorch.pth")
         (out_dir / "alphabet.pkl").write_bytes(_alphabet_pickle_bytes())
@@ -939,7 +909,7 @@ def write_demo_checkpoint(
     from safetensors.torch import save_file
 
     save_file(_hf_state_dict(model), str(out_dir / "model.safetensors"), metadata={"format": "pt"})
-    _write_json(out_dir / "vocab.json", _TOKEN_ID)
+    write_json(out_dir / "vocab.json", _TOKEN_ID)
     special = {
         "unk_token": "[UNK]",
         "pad_token": "[PAD]",
@@ -947,9 +917,9 @@ def write_demo_checkpoint(
         "sep_token": "[SEP]",
         "mask_token": "[MASK]",
     }
-    _write_json(
+    write_json(
         out_dir / "tokenizer_config.json",
         {"tokenizer_class": "LucaGPLMTokenizer", "vocab_type": "gene_prot", "model_max_length": 4096, **special},
     )
-    _write_json(out_dir / "special_tokens_map.json", special)
+    write_json(out_dir / "special_tokens_map.json", special)
     return out_dir

@@ -2,7 +2,7 @@
 run's slots sat idle, time per rule, and throughput and cost per model and task.
 
 Definitions (the report's captions repeat them):
-- A job's span is its record's start to end (`seqshard.jobs`): process start to the end of its work.
+- A job's span is its record's start to end (`seqshard.runtime.jobs`): process start to the end of its work.
 - Slots: on each host, the most threads the run's jobs held there at once, or the host's usable cores if more;
   a host's slot time runs from its first job's start to its last job's end. The idle share is the part of the
   slot time that no job held. On your own machine it shows where the run waited (a checkpoint before the next

@@ -1,5 +1,5 @@
 """Read what a run left behind into one table, one row per job: Snakemake's benchmark files, the job records the
-rule scripts wrote (start, end, host, threads: `seqshard.jobs`), and the inference jobs' run figures.
+rule scripts wrote (start, end, host, threads: `seqshard.runtime.jobs`), and the inference jobs' run figures.
 
 Nothing here knows the workflow's rules. A job is named by its benchmark path, `<benchmark root>/<rule>/<wildcards
 ...>.tsv`; its record is `<log root>/<rule>/<wildcards ...>.job.json`; run figures name their job themselves
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from seqshard.jobs import RECORD_SUFFIX
+from seqshard.runtime.jobs import RECORD_SUFFIX
 
 # Snakemake benchmark column -> our column. Snakemake reports memory and I/O in MB (2**20 bytes).
 _BENCHMARK_COLUMNS = {
@@ -152,7 +152,7 @@ def _float_or_nan(value: object) -> float:
 
 
 def read_job_records(log_root: Path | str, jobs: Iterable[tuple[str, str]]) -> pd.DataFrame:
-    """The job records (`seqshard.jobs`) of the given (rule, job) pairs that have one, one row each.
+    """The job records (`seqshard.runtime.jobs`) of the given (rule, job) pairs that have one, one row each.
 
     A job without a record (a rule whose script does not write one, or a run from before records existed) is
     simply absent; the report says how many jobs it could not place on the timeline.
@@ -215,7 +215,7 @@ def read_figures(paths: Iterable[Path | str]) -> pd.DataFrame:
         if missing:
             raise ValueError(
                 f"inference figures {path} lack {' and '.join(missing)}: the rule script must label the figures "
-                "with the job they belong to (seqshard.jobs.recorded_job)"
+                "with the job they belong to (seqshard.runtime.jobs.recorded_job)"
             )
         row: dict[str, object] = {"rule": record["rule"], "job": record["job"]}
         for key in _FIGURE_LABELS + _FIGURE_TEXT:

@@ -3,8 +3,8 @@
 Like the workflow, each of three model entries (two on GPUs, one on CPUs) packs its samples into shards, scores
 every shard in one job per forward pass, and merges; jobs are scheduled on the earliest free slots of 8-core
 hosts in dependency order, so the timeline, the critical path and the idle share have something real to find.
-It is deterministic for a seed. Benchmark files follow Snakemake's format, job records `seqshard.jobs`, run
-figures `seqshard.inference`.
+It is deterministic for a seed. Benchmark files follow Snakemake's format, job records `seqshard.runtime.jobs`, run
+figures `seqshard.engine.types.RunFigures`.
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@
 - `queue`: gathers concurrent requests into token-budget batches for a model worker thread.
 - `schemas`, `errors`, `middleware`, `dependencies`, `limits`, `routes/`: the API surface.
 - `metrics`: Prometheus series and the JSON figures of `GET /metrics`.
-- `client`: a Python client (httpx) that retries 429/503, and the Parquet writer of `seqshard predict`.
+- `columns`: the engine's output columns as the API's JSON predictions, and back (for `seqshard predict`).
 - `healthcheck`: the containers' HEALTHCHECK command (standard library only).
 
-This package imports nothing heavy at import time, so `seqshard.serve.client` stays light.
+The Python client of this API is `seqshard.client`.
 """

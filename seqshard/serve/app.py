@@ -17,7 +17,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from seqshard import __version__
-from seqshard.monitoring import GpuSampler
+from seqshard.runtime.monitoring import GpuSampler
 from seqshard.serve.dependencies import PROTECTED
 from seqshard.serve.errors import install_handlers
 from seqshard.serve.limits import SlidingWindowLimiter

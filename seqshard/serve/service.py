@@ -1,8 +1,11 @@
 """The served model: loading it, what it can do, checking requests, and running one batch of them.
 
-A batch runs through `seqshard.inference.score_records`, the code path of `seqshard embed` / `score` and of the
-workflow: the same tokenizer, windows, token-budget batcher, model and task reductions. Served and batch
-results are therefore the same numbers. Sequences are checked with `seqshard.fasta`'s alphabets.
+A batch runs through `seqshard.engine.chunks.score_records`, the code path of `seqshard embed` / `score` and of the
+workflow: the same tokenizer, windows (one `ModelFit`), token-budget batcher, model and task reductions, and the
+same output columns, turned into JSON by `seqshard.serve.columns`. Served and batch results are therefore the same
+numbers. Each sequence is checked by `seqshard.io.sequences`, the check the FASTA reader runs on every record, with
+the same policy options (`--allowed-ambiguity`, `--gaps`, `--internal-stops`): a protein ending in '*' is served
+as `seqshard embed` scores it, and a refused sequence gets the reason a FASTA record would.
 
 Task types map onto seqshard's tasks: `embedding` is `embed`; a classification head gives `promoter_prediction`
 (the DNABERT-2 fine-tune's own head) or `classification` (a `--head` directory); a regression head gives
@@ -16,13 +19,17 @@ import time
 from collections.abc import Hashable
 from dataclasses import asdict, replace
 
-import numpy as np
-
 from seqshard import __version__
-from seqshard.fasta import SequenceRecord, accepted_letters, allowed_letters, first_invalid_position
-from seqshard.heads import head_digest, load_linear_head
-from seqshard.inference import RunFigures, TaskSettings, resolve_device, resolve_dtype, score_records
-from seqshard.models import LoadedModel, get_loader
+from seqshard.engine.chunks import chunk_table, score_records
+from seqshard.engine.heads import head_digest, load_linear_head
+from seqshard.engine.types import RunFigures, TaskSettings
+from seqshard.engine.windows import ModelFit
+from seqshard.io.fasta import SequenceRecord
+from seqshard.io.interface import SERVE
+from seqshard.io.sequences import InputPolicy, accepted_letters, allowed_letters, sequence_checker
+from seqshard.models import ARCHITECTURES, LoadedModel, get_loader
+from seqshard.runtime.devices import resolve_device, resolve_dtype
+from seqshard.serve.columns import predictions_from_table
 from seqshard.serve.errors import ApiError, retry_after
 from seqshard.serve.metrics import ServerMetrics
 from seqshard.serve.schemas import SEQSHARD_TASK, ErrorCode, PredictOptions, TaskType
@@ -30,10 +37,6 @@ from seqshard.serve.settings import ServeSettings
 
 log = logging.getLogger(__name__)
 
-DESCRIPTIONS = {
-    "dnabert2": "DNABERT-2: a BERT encoder with ALiBi attention over BPE tokens of DNA",
-    "lucaone": "LucaOne: a foundation model of nucleic acid and protein sequences, one token per residue",
-}
 OUTPUT_FORMATS = {
     TaskType.embedding: "embedding: the pooled last hidden state (float32 vector) and its dimension",
     TaskType.promoter_prediction: "prediction, confidence and details: class, probability, every label's probability",
@@ -53,7 +56,12 @@ class ModelService:
         self.reason: str | None = None
         self.loaded: LoadedModel | None = None
         self.tasks: dict[TaskType, TaskSettings] = {}
+        self.fit: ModelFit | None = None
         self.device = self.dtype = ""
+        self.policy = InputPolicy(
+            allowed_ambiguity=settings.allowed_ambiguity, gaps=settings.gaps, internal_stops=settings.internal_stops,
+            interface=SERVE,
+        )  # fmt: skip
 
     # --- loading -------------------------------------------------------------------------------------------
 
@@ -83,6 +91,7 @@ class ModelService:
                 available.append(TaskType.property_prediction)
             # A --head is loaded once above; per batch, score_records uses it as if it were the checkpoint's own.
             self.tasks = {task: replace(settings.shaping, task=SEQSHARD_TASK[task], head=None) for task in available}
+            self.fit = ModelFit.of(loaded, settings.shaping)
             self.loaded = loaded
             seconds = time.perf_counter() - started
             self.metrics.model_load_seconds.set(seconds)
@@ -137,27 +146,26 @@ class ModelService:
                 f"{settings.model} does not accept {molecule} sequences",
                 f"accepted molecules: {', '.join(sorted(loaded.molecules))}",
             )
-        allowed = allowed_letters(molecule, settings.allowed_ambiguity)
+        checker = sequence_checker(molecule, self.policy)
+        checked = []
         for index, sequence in enumerate(sequences):
             name = "the sequence" if single else f"sequence {index}"
-            if not sequence:
-                raise ApiError(ErrorCode.INVALID_SEQUENCE, f"{name} is empty", f"sequence {index}")
             if len(sequence) > settings.max_sequence_length:
                 raise ApiError(
                     ErrorCode.SEQUENCE_TOO_LONG,
                     f"{name} has {len(sequence)} characters; at most {settings.max_sequence_length}",
                     f"sequence {index}, length {len(sequence)}",
                 )
-            position = first_invalid_position(sequence, allowed)
-            if position is not None:
-                letter = sequence[position]
-                raise ApiError(
-                    ErrorCode.INVALID_SEQUENCE,
-                    f"{name}: character {letter!r} at position {position + 1} is not in the {molecule} alphabet "
-                    f"(accepted: {accepted_letters(molecule, allowed)}, case-insensitive)",
-                    f"sequence {index}, position {position + 1}, character {letter!r}",
+            result = checker.check(sequence)
+            if result.fault is not None:
+                position = result.fault.position
+                where = "" if position is None else f"at position {position + 1}"
+                details = f"sequence {index}" + (
+                    "" if position is None else f", position {position + 1}, character {sequence[position]!r}"
                 )
-        return (task_type, molecule), [sequence.upper() for sequence in sequences]
+                raise ApiError(ErrorCode.INVALID_SEQUENCE, f"{name}: {result.fault.describe(where)}", details)
+            checked.append(result.sequence)
+        return (task_type, molecule), checked
 
     # --- the model worker ----------------------------------------------------------------------------------
 
@@ -176,62 +184,21 @@ class ModelService:
                 records.append(SequenceRecord(len(records), f"sequences[{index}]", sequence, 0))
         started = time.perf_counter()
         figures = RunFigures({}, self.device, self.dtype, self.settings.threads, self.settings.batch_tokens)
-        columns, encoded = score_records(
+        scored = score_records(
             loaded, records, settings, molecule=molecule, batch_tokens=self.settings.batch_tokens, dtype=self.dtype,
             figures=figures,
         )  # fmt: skip
-        rows = self._rows(settings.task, columns, loaded)
+        predictions = predictions_from_table(settings.task, chunk_table(scored, settings, loaded.hidden_size, {}))
         results: list[list[dict[str, object]]] = []
         position = 0
         for job in jobs:
-            part = []
-            for sequence in job:
-                coded = encoded[position]
-                part.append(
-                    {
-                        "sequence_length": len(sequence),
-                        "n_tokens": coded.n_tokens,
-                        "n_windows": len(coded.windows),
-                        "truncated": coded.truncated,
-                        **rows[position],
-                    }
-                )
-                position += 1
-            results.append(part)
+            results.append(predictions[position : position + len(job)])
+            position += len(job)
         self.metrics.observe_batch(
             task_type.value, len(records), figures.n_tokens, figures.n_computed_tokens, figures.n_batches,
             time.perf_counter() - started,
         )  # fmt: skip
         return results, figures.n_tokens
-
-    def _rows(self, task: str, columns: dict[str, object], loaded: LoadedModel) -> list[dict[str, object]]:
-        """score_records' columns as one result dict per record."""
-        if task == "embed":
-            array = columns["embedding"]
-            vectors = np.asarray(array.flatten().to_numpy(), dtype=np.float32).reshape(len(array), -1)  # type: ignore[attr-defined]
-            return [{"embedding": vector.tolist(), "dimension": int(vectors.shape[1])} for vector in vectors]
-        labels = loaded.sequence_head.labels  # type: ignore[union-attr]
-        if task == "regress":
-            values = np.stack([np.asarray(columns[label], dtype=np.float32) for label in labels], axis=1)
-            return [{"values": dict(zip(labels, row.tolist(), strict=True))} for row in values]
-        probabilities = np.stack([np.asarray(columns[f"prob_{label}"], dtype=np.float32) for label in labels], axis=1)
-        rows = []
-        for row in probabilities:
-            top = int(row.argmax())
-            # A binary classifier reports the probability of its positive (second) label; others their top class.
-            positive = float(row[1]) if len(labels) == 2 else float(row[top])
-            rows.append(
-                {
-                    "prediction": positive,
-                    "confidence": float(row[top]),
-                    "details": {
-                        "class": labels[top],
-                        "probability": float(row[top]),
-                        "probabilities": dict(zip(labels, row.tolist(), strict=True)),
-                    },
-                }
-            )
-        return rows
 
     # --- descriptions --------------------------------------------------------------------------------------
 
@@ -251,12 +218,12 @@ class ModelService:
         settings = self.settings
         molecules = sorted(loaded.molecules)
         shaping = settings.shaping
-        window = shaping.window_length or loaded.default_window
+        assert self.fit is not None
         provenance = {
             **{key: value for key, value in asdict(shaping).items() if key not in ("task", "head", "per_token")},
-            "window_length": window,
-            "window_overlap": shaping.window_overlap if shaping.window_overlap is not None else window // 4,
-            "max_tokens": shaping.max_tokens or loaded.max_tokens,
+            "window_length": self.fit.window_length,
+            "window_overlap": self.fit.window_overlap,
+            "max_tokens": self.fit.max_tokens,
             "architecture": settings.model,
             "checkpoint": settings.checkpoint,
             "checkpoint_digest": loaded.digest,
@@ -264,13 +231,15 @@ class ModelService:
             "device": self.device,
             "hidden_size": loaded.hidden_size,
             "allowed_ambiguity": settings.allowed_ambiguity,
+            "gaps": settings.gaps,
+            "internal_stops": settings.internal_stops,
             "head": settings.head,
             "head_digest": head_digest(settings.head) if settings.head else None,
         }
         return {
             "name": settings.model,
             "version": settings.checkpoint,
-            "description": DESCRIPTIONS.get(settings.model, settings.model),
+            "description": ARCHITECTURES[settings.model].description,
             "tasks": list(self.tasks),
             "input_format": {
                 "molecules": molecules,

@@ -5,10 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # torch comes with it; the command line reads these defaults without loading torch
-    from seqshard.inference import TaskSettings
+from seqshard.engine.types import TaskSettings
 
 # Inside a container the server must listen on every interface to be reachable through a published port; the
 # images set this variable. Everywhere else the default stays loopback-only.
@@ -17,12 +15,6 @@ HOST_VARIABLE = "SEQSHARD_SERVE_HOST"
 
 def default_host() -> str:
     return os.environ.get(HOST_VARIABLE, "127.0.0.1")
-
-
-def _default_shaping() -> TaskSettings:
-    from seqshard.inference import TaskSettings
-
-    return TaskSettings()
 
 
 @dataclass(frozen=True)
@@ -39,9 +31,12 @@ class ServeSettings:
     dtype: str = "auto"
     threads: int = 1  # torch threads of the model worker
     molecule: str = "dna"  # molecule of requests that do not say (options.molecule)
+    # How each requested sequence is checked: the input policy of `seqshard embed` (seqshard.io.sequences).
     allowed_ambiguity: str = "N"
+    gaps: str = "reject"  # alignment gaps ('-', '.'): refused, or removed
+    internal_stops: str = "reject"  # a protein's '*' before its end: refused, or read as X
     # How sequences are fitted to the model and pooled: the settings that shape the numbers, as in `seqshard embed`.
-    shaping: TaskSettings = field(default_factory=_default_shaping)
+    shaping: TaskSettings = field(default_factory=TaskSettings)
     batch_tokens: int = 16384  # token budget of one model batch, padding included
     max_wait_ms: float = 5.0  # how long the first waiting request waits for company before its batch runs
     max_queue: int = 1024  # sequences waiting or computing; beyond it requests get 503 OVERLOADED

@@ -24,7 +24,7 @@ from typing import Any
 
 from daemons import stop_process
 
-from seqshard.storage import StorageSettings, juicefs_command, upload_directory
+from seqshard.runtime.storage import StorageSettings, juicefs_command, upload_directory
 
 VOLUME = "seqshard-test"
 ACCESS_KEY = "seqshard-test-user"

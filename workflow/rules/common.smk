@@ -1,16 +1,14 @@
 # All Python of the workflow: config and sample-sheet validation, target lists and input functions.
-import os
 
 from snakemake.logging import logger
 from snakemake.utils import validate
 
-from seqshard.checkpoints import inference_memory_mb
+from seqshard.runtime.checkpoints import inference_memory_mb, is_local
 from seqshard.demo import DEMOS
-from seqshard.models import ARCHITECTURE_MOLECULES
-from seqshard.parquet import INPUT_SETTINGS, TASK_SETTINGS, TASKS
-from seqshard.packing import read_pack_manifest
-from seqshard.samples import load_sample_sheet
-from seqshard.storage import is_object_url
+from seqshard.models import ARCHITECTURES
+from seqshard.engine.types import INPUT_SETTINGS, PASSES, TASK_SETTINGS, TASKS, pass_of
+from seqshard.plan.packing import read_pack_manifest
+from seqshard.io.samples import load_sample_sheet
 
 validate(config, "../schemas/config.schema.yaml")
 
@@ -31,7 +29,7 @@ def samples_of(model):
         raise ValueError(
             f"models.{model}.samples names samples not in {config['samples']}: {unknown}"
         )
-    accepted = ARCHITECTURE_MOLECULES[settings["architecture"]]
+    accepted = ARCHITECTURES[settings["architecture"]].molecules
     wrong = [
         f"{s} ({samples.loc[s, 'molecule']})"
         for s in names
@@ -62,8 +60,6 @@ RUNS = (
 # reruns a merge whose outputs are missing or older, and asking for 10,000 samples' files one by one would make
 # planning quadratic in them.
 FINAL_OUTPUTS = [f"results/packs/{model}/merged.tsv" for model in config["models"]]
-# Tasks by forward pass: the ones reading the unmasked input's last hidden state share one.
-PASS_TASKS = {"hidden": ["embed", "classify", "regress"], "mlm": ["mlm_score"]}
 
 
 wildcard_constraints:
@@ -71,18 +67,18 @@ wildcard_constraints:
     model="|".join(config["models"]),
     task="|".join(TASKS),
     shard=r"\d+",
-    pass_="hidden|mlm",
+    pass_="|".join(PASSES),
     demo="|".join(DEMOS),
 
 
 def passes_of(model):
     """The forward passes a model entry needs: `hidden` for embed/classify/regress, `mlm` for mlm_score."""
     tasks = config["models"][model]["tasks"]
-    return [p for p, wanted in PASS_TASKS.items() if set(tasks) & set(wanted)]
+    return [p for p, wanted in PASSES.items() if set(tasks) & set(wanted)]
 
 
 def tasks_of(model, pass_):
-    return [t for t in config["models"][model]["tasks"] if t in PASS_TASKS[pass_]]
+    return [t for t in config["models"][model]["tasks"] if t in PASSES[pass_]]
 
 
 # Each sample's rejects table is written by the merge of the first model entry that runs on it.
@@ -123,21 +119,8 @@ def merged_outputs(model):
     ]
 
 
-def pass_of(task):
-    return next(p for p, tasks in PASS_TASKS.items() if task in tasks)
-
-
 def model_rejects(model):
     return [f"results/{sample}/{model}/rejects.tsv" for sample in samples_of(model)]
-
-
-def is_local_checkpoint(location):
-    """A hub id looks like owner/name and a URL like s3://...; what exists on disk or starts like a path is local."""
-    return not is_object_url(location) and (
-        os.path.exists(location)
-        or location.startswith((".", "/"))
-        or location.count("/") != 1
-    )
 
 
 def local_checkpoints():
@@ -145,7 +128,7 @@ def local_checkpoints():
     locations = []
     for settings in config["models"].values():
         for location in (settings["checkpoint"], settings["head"]):
-            if location and is_local_checkpoint(location) and location not in locations:
+            if location and is_local(location) and location not in locations:
                 locations.append(location)
     return locations
 
@@ -155,7 +138,7 @@ def local_model_directory(model, key):
     a storage provider stages it; [] for a hub id or URL (fetched by the job itself) or no head.
     """
     location = config["models"][model][key]
-    return location if location and is_local_checkpoint(location) else []
+    return location if location and is_local(location) else []
 
 
 def get_checkpoint_dir(wildcards):
@@ -315,7 +298,7 @@ def get_report_inputs(wildcards):
 # Memory and time are derived likewise: mem_mb (Slurm, Kubernetes), googlebatch_memory (Google Batch).
 
 # Wall time (minutes) of one inference job on its first attempt; its host memory comes from the checkpoint's
-# size (seqshard.checkpoints.inference_memory_mb). Each retry doubles the memory and adds the first attempt's
+# size (seqshard.runtime.checkpoints.inference_memory_mb). Each retry doubles the memory and adds the first attempt's
 # time, so `--retries` escalates after an out-of-memory kill or a timeout.
 INFER_RUNTIME_MIN = 60
 

@@ -12,6 +12,10 @@ its own, so a window of gapped sequence can tokenize far longer than the usual 4
 window is cut again into smaller windows over the same residues, and its own residues are shared among them by
 the same nearest-centre rule, until every piece fits (a piece of `max_tokens - 2` residues always does).
 
+`ModelFit` is how one model under one set of settings fits sequences, resolved once (the checkpoint's token limit
+and default window filled in): scoring, the result cache's key, the Parquet provenance and the server's
+`/model/info` all read it.
+
 The encoded form keeps no per-token Python objects: one chunk of records becomes a few numpy arrays (token ids
 of every model input back to back, ownership flags, input boundaries and the record of each input), which the
 batcher slices with array operations.
@@ -22,12 +26,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from seqshard.models import SequenceTokenizer
+from seqshard.engine.types import LONG_SEQUENCE_MODES, TaskSettings
 
-LONG_SEQUENCE_MODES = ("truncate", "window")
+if TYPE_CHECKING:
+    from seqshard.models import LoadedModel, SequenceTokenizer
 
 
 @dataclass(frozen=True)
@@ -281,3 +287,48 @@ def encode_sequence(
     """Token windows for one sequence under the model's `max_tokens` limit ([CLS] and [SEP] included)."""
     chunk = encode_chunk([sequence], tokenizer, max_tokens=max_tokens, mode=mode, window=window, overlap=overlap)
     return chunk.sequence(0)
+
+
+@dataclass(frozen=True)
+class ModelFit:
+    """How sequences are fitted to one model under one set of settings, resolved once: the longest model input in
+    tokens ([CLS] and [SEP] included), what happens to a longer sequence (`truncate` or `window`), and the
+    windows' length and overlap in residues."""
+
+    max_tokens: int
+    long_sequences: str
+    window_length: int
+    window_overlap: int
+
+    def __post_init__(self) -> None:
+        if self.long_sequences not in LONG_SEQUENCE_MODES:
+            raise ValueError(
+                f"unknown long_sequences mode {self.long_sequences!r}; expected one of {LONG_SEQUENCE_MODES}"
+            )
+        if self.max_tokens < 3:
+            raise ValueError(f"max_tokens must be at least 3 ([CLS], one token, [SEP]), got {self.max_tokens}")
+        window, overlap = self.window_length, self.window_overlap
+        if self.long_sequences == "window" and (window < 1 or not 0 <= overlap < window):
+            raise ValueError(
+                f"need window_length >= 1 and 0 <= window_overlap < window_length, got window_length={window}, "
+                f"window_overlap={overlap}"
+            )
+
+    @classmethod
+    def resolve(cls, settings: TaskSettings, max_tokens: int, default_window: int) -> ModelFit:
+        """`settings`' fit, with the model's `max_tokens` and `default_window` where they leave them unset; the
+        overlap defaults to a quarter of the window."""
+        window = settings.window_length or default_window
+        overlap = settings.window_overlap if settings.window_overlap is not None else window // 4
+        return cls(settings.max_tokens or max_tokens, settings.long_sequences, window, overlap)
+
+    @classmethod
+    def of(cls, loaded: LoadedModel, settings: TaskSettings) -> ModelFit:
+        return cls.resolve(settings, loaded.max_tokens, loaded.default_window)
+
+    def encode(self, sequences: Sequence[str], tokenizer: SequenceTokenizer) -> EncodedChunk:
+        """The model inputs of `sequences` (see `encode_chunk`)."""
+        return encode_chunk(
+            sequences, tokenizer, max_tokens=self.max_tokens, mode=self.long_sequences, window=self.window_length,
+            overlap=self.window_overlap,
+        )  # fmt: skip

@@ -17,11 +17,6 @@ import pyarrow.parquet as pq
 from seqshard import __version__
 
 METADATA_PREFIX = "seqshard."
-TASKS = ("embed", "mlm_score", "classify", "regress")
-# Settings that decide the model inputs (every task depends on them), and the other settings each task's numbers
-# depend on: pooling means nothing to mlm_score, so changing it must not rerun or invalidate mlm_score results.
-INPUT_SETTINGS = ("long_sequences", "window_length", "window_overlap", "max_tokens")
-TASK_SETTINGS = {"embed": ("pooling", "per_token"), "classify": ("head",), "regress": ("head",), "mlm_score": ()}
 ROW_GROUP_ROWS = 4096
 
 

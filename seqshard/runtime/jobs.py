@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from seqshard.monitoring import process_started_at, usable_cpus
+from seqshard.runtime.monitoring import process_started_at, usable_cpus
 
 log = logging.getLogger(__name__)
 

@@ -563,6 +563,7 @@ def warm_up(locations: Iterable[str | Path | None], settings: StorageSettings | 
         _juicefs_warmup(on_juicefs)
         _add(result.methods, "juicefs")
     result.seconds = time.perf_counter() - started
+    log.info("warm-up (%s) took %.2f s, %d bytes downloaded", result.method, result.seconds, result.downloaded_bytes)
     return result
 
 

@@ -20,9 +20,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from seqshard.checkpoints import file_digest, resolve_checkpoint
+from seqshard.engine.pooling import pool
 from seqshard.models import SequenceHead
-from seqshard.pooling import pool
+from seqshard.runtime.checkpoints import file_digest, resolve_checkpoint
 
 HEAD_WEIGHTS = "head.safetensors"
 HEAD_SPEC = "head.json"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-POOLINGS = ("mean", "cls", "max")
+from seqshard.engine.types import POOLINGS
 
 
 def pool(hidden: torch.Tensor, owned: torch.Tensor, pooling: str) -> torch.Tensor:

@@ -15,7 +15,7 @@ import jsonschema
 import pandas as pd
 import yaml
 
-from seqshard.textfiles import TextFileError, TextLines
+from seqshard.io.textfiles import TextFileError, TextLines
 
 REQUIRED_COLUMNS = ("sample", "fasta", "molecule")
 

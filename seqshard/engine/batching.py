@@ -11,7 +11,7 @@ rounding adds at most 1/buckets_per_octave of a row). Rounding is padding like a
 computed tokens; it is not part of the `max_padding` check, which only looks at how lengths differ.
 
 On a GPU the plan is the same with widths in steps of at least 4 tokens, over larger chunks of inputs (see
-`seqshard.inference.chunk_limits`). A GPU library that plans per shape (cuDNN's attention builds an execution
+`seqshard.engine.driver.chunk_limits`). A GPU library that plans per shape (cuDNN's attention builds an execution
 plan per new shape, tens to hundreds of ms) then meets about one shape per width bucket used: a batch closes on
 the budget, so every full batch of a width has `batch_tokens // width` rows, and only where lengths are sparse
 does `max_padding` close one early. 32 buckets per octave is what the 3 % budget allows: rounding alone costs

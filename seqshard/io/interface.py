@@ -10,15 +10,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-# Settings the workflow reads from the sample sheet's columns rather than from config.yaml.
+# Settings the workflow reads from the sample sheet's columns rather than from config.yaml, and that a request to
+# the HTTP server sets in its options rather than the server's command line.
 SAMPLE_SHEET_COLUMNS = frozenset({"molecule"})
+REQUEST_OPTIONS = frozenset({"molecule"})
 
 
 @dataclass(frozen=True)
 class Interface:
-    """One way of running seqshard: `cli` (the command), `workflow` (config.yaml + sample sheet) or `python`."""
+    """One way of running seqshard: `cli` (the command), `workflow` (config.yaml + sample sheet), `serve` (a request
+    to the HTTP server, which `seqshard serve` was started for) or `python`."""
 
-    name: Literal["cli", "workflow", "python"]
+    name: Literal["cli", "workflow", "serve", "python"]
 
     def setting(self, key: str, value: str) -> str:
         """How to write `key` = `value` here, e.g. "`--on-invalid skip`" or "`on_invalid: skip` in the config"."""
@@ -28,9 +31,14 @@ class Interface:
             if key in SAMPLE_SHEET_COLUMNS:
                 return f"the sample's `{key}` column to `{value}` in the sample sheet"
             return f"`{key}: {value}` in the config"
+        if self.name == "serve":
+            if key in REQUEST_OPTIONS:
+                return f'`"options": {{"{key}": "{value}"}}` in the request'
+            return f"`--{key.replace('_', '-')} {value}` when starting `seqshard serve`"
         return f"`{key}={value!r}`"
 
 
 CLI = Interface("cli")
 WORKFLOW = Interface("workflow")
+SERVE = Interface("serve")
 PYTHON = Interface("python")

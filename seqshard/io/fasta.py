@@ -1,6 +1,6 @@
 """Read and validate FASTA files: one reader for the whole package, every fault located by file and line.
 
-Lines come from `seqshard.textfiles` (plain, gzip, bzip2 or xz; a corrupt, truncated or non-UTF-8 file is an
+Lines come from `seqshard.io.textfiles` (plain, gzip, bzip2 or xz; a corrupt, truncated or non-UTF-8 file is an
 error naming the line and byte). Records are then checked one by one: identifier, duplicates, the molecule's
 alphabet, and alignment gaps and stop symbols as the user's `InputPolicy` declares. A record that fails is
 either an error or a row of the rejects table, by the user's declared choice. Nothing is dropped or rewritten
@@ -14,36 +14,14 @@ import logging
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
-from typing import Literal
 
-from seqshard.interface import PYTHON, Interface
-from seqshard.textfiles import TextFileError, TextLines
-
-Molecule = Literal["dna", "rna", "protein"]
-OnInvalid = Literal["error", "skip"]
-GapPolicy = Literal["reject", "remove"]
-StopPolicy = Literal["reject", "unknown"]
+from seqshard.io.interface import PYTHON, Interface
+from seqshard.io.sequences import DEFAULT_POLICY, InputPolicy, sequence_checker
+from seqshard.io.textfiles import TextFileError, TextLines
 
 log = logging.getLogger(__name__)
 
-# Letters each molecule type accepts without question (upper case; input is compared case-insensitively).
-ALPHABETS: dict[str, frozenset[str]] = {
-    "dna": frozenset("ACGT"),
-    "rna": frozenset("ACGU"),
-    # The 20 standard amino acids plus the extra letters protein language models such as LucaOne carry in
-    # their vocabulary: X unknown, B/Z/J ambiguous pairs, U selenocysteine, O pyrrolysine.
-    "protein": frozenset("ACDEFGHIKLMNPQRSTVWYXBZJUO"),
-}
-# IUPAC nucleotide ambiguity codes. Whether they are accepted is the user's declared choice
-# (config key `allowed_ambiguity`); none of them is accepted by accident.
-NUCLEOTIDE_AMBIGUITY = frozenset("NRYSWKMBDHV")
-# Alignment gaps: '-' everywhere, '.' in A2M/A3M and Stockholm-derived files.
-GAP_CHARACTERS = "-."
-STOP = "*"
-# Amino-acid letters that are no nucleotide or IUPAC code (X aside: some tools mask bases with it).
-PROTEIN_ONLY = frozenset("EFIJLOPQZ")
 # Faults listed one by one in the log; the rest are counted (all of them are in the error or rejects table).
 LOGGED_FAULTS = 20
 
@@ -65,35 +43,6 @@ OTHER_FORMATS: list[tuple[re.Pattern[str], str]] = [
 
 class FastaFormatError(TextFileError):
     """The file as a whole cannot be read as FASTA: not text, corrupt or truncated compression, no records."""
-
-
-@dataclass(frozen=True)
-class InputPolicy:
-    """What the user declared about their input: which faults are errors and which odd-but-valid forms to accept.
-
-    `on_invalid`: an invalid record stops the run (`error`) or becomes a row of the rejects table (`skip`).
-    `gaps`: alignment gaps ('-', '.') make a record invalid (`reject`) or are removed (`remove`).
-    `internal_stops`: a protein's '*' before its end makes it invalid (`reject`) or is read as X (`unknown`);
-    one terminal '*' is always stripped (and counted). `interface` spells the settings in messages.
-    """
-
-    allowed_ambiguity: str = "N"
-    on_invalid: OnInvalid = "error"
-    gaps: GapPolicy = "reject"
-    internal_stops: StopPolicy = "reject"
-    interface: Interface = PYTHON
-
-    def __post_init__(self) -> None:
-        for key, choices in (("on_invalid", ("error", "skip")), ("gaps", ("reject", "remove")),
-                             ("internal_stops", ("reject", "unknown"))):  # fmt: skip
-            if getattr(self, key) not in choices:
-                raise ValueError(
-                    f"{key} must be one of {', '.join(choices)}, got {getattr(self, key)!r} "
-                    f"(set {self.interface.setting(key, choices[0])})"
-                )
-
-
-DEFAULT_POLICY = InputPolicy()
 
 
 @dataclass(frozen=True)
@@ -173,137 +122,14 @@ def _raw_records(lines: TextLines, path: Path) -> Iterator[_RawRecord]:
         yield record
 
 
-def allowed_letters(molecule: str, allowed_ambiguity: str = "N") -> frozenset[str]:
-    """The letters a record of `molecule` may contain, given the ambiguity codes the user accepts."""
-    if molecule not in ALPHABETS:
-        raise ValueError(f"unknown molecule {molecule!r}; expected one of {sorted(ALPHABETS)}")
-    extra = frozenset(allowed_ambiguity.upper())
-    if molecule != "protein":
-        unknown = extra - NUCLEOTIDE_AMBIGUITY
-        if unknown:
-            raise ValueError(
-                f"allowed_ambiguity {allowed_ambiguity!r} has letters that are not IUPAC nucleotide ambiguity "
-                f"codes: {''.join(sorted(unknown))} (codes: {''.join(sorted(NUCLEOTIDE_AMBIGUITY))})"
-            )
-        return ALPHABETS[molecule] | extra
-    return ALPHABETS[molecule]
-
-
-@lru_cache(maxsize=32)
-def _outside(accepted: frozenset[str]) -> re.Pattern[str]:
-    """A pattern matching any character that is not accepted, in either case."""
-    characters = "".join(sorted(accepted | {c.lower() for c in accepted}))
-    return re.compile(f"[^{re.escape(characters)}]")
-
-
-def accepted_letters(molecule: str, allowed: frozenset[str]) -> str:
-    """The letters `allowed` for `molecule`, written for messages: the alphabet, then the accepted extras."""
-    extra = "".join(sorted(allowed - ALPHABETS[molecule]))
-    return "".join(sorted(ALPHABETS[molecule])) + (f" + {extra}" if extra else "")
-
-
-def first_invalid_position(sequence: str, allowed: frozenset[str]) -> int | None:
-    """0-based position of the first character of `sequence` that is not an allowed letter (either case), or
-    None: the check of a FASTA line, for one sequence given as a string (the HTTP server's requests)."""
-    match = _outside(allowed).search(sequence)
-    return None if match is None else match.start()
-
-
-@dataclass
-class _Checked:
-    """A record's sequence as it will be scored, or why it cannot be, and what was changed on the way."""
-
-    sequence: str = ""
-    reason: str | None = None
-    terminal_stop: bool = False
-    internal_stops: bool = False
-    gapped: bool = False
-
-
-class _RecordChecker:
-    """Checks a record's sequence lines against the molecule's alphabet and the declared policy."""
-
-    def __init__(self, molecule: str, policy: InputPolicy) -> None:
-        self.molecule = molecule
-        self.policy = policy
-        self.letters = allowed_letters(molecule, policy.allowed_ambiguity)
-        accepted = set(self.letters)
-        if policy.gaps == "remove":
-            accepted |= set(GAP_CHARACTERS)
-        if molecule == "protein":
-            accepted.add(STOP)  # where a '*' may stand is checked separately
-        self.outside = _outside(frozenset(accepted))
-        self.remove_gaps = str.maketrans("", "", GAP_CHARACTERS) if policy.gaps == "remove" else None
-
-    def check(self, record: _RawRecord) -> _Checked:
-        joined = "".join(line.rstrip(" \t") for line in record.lines)
-        bad = self.outside.search(joined)
-        if bad is not None:
-            line, column = _locate(record, bad.start())
-            return _Checked(reason=self._explain(bad.group(), line, column, joined))
-        result = _Checked()
-        sequence = joined
-        if self.remove_gaps is not None and (gapless := sequence.translate(self.remove_gaps)) != sequence:
-            sequence, result.gapped = gapless, True
-        if self.molecule == "protein" and STOP in sequence:
-            if sequence.endswith(STOP):
-                sequence, result.terminal_stop = sequence[:-1], True
-            if STOP in sequence:
-                if self.policy.internal_stops == "reject":
-                    line, column = _locate(record, joined.index(STOP))
-                    return _Checked(
-                        reason=f"internal stop '*' at line {line}, column {column} (only one terminal '*' is "
-                        f"stripped); set {self.policy.interface.setting('internal_stops', 'unknown')} to read "
-                        "internal stops as X"
-                    )
-                sequence, result.internal_stops = sequence.replace(STOP, "X"), True
-        if not sequence:
-            return _Checked(reason="empty sequence" + (" once gaps and stops are removed" if joined else ""))
-        result.sequence = sequence.upper()
-        return result
-
-    def _explain(self, char: str, line: int, column: int, sequence: str) -> str:
-        """Why `char` is refused, with a hint at the likely cause and the setting that accepts it, if any."""
-        setting = self.policy.interface.setting
-        upper = char.upper()
-        nucleotide = self.molecule in ("dna", "rna")
-        if char in " \t\r\v\f":
-            reason = f"whitespace inside the sequence at line {line}, column {column}"
-        else:
-            reason = (
-                f"character {char!r} at line {line}, column {column} is not in the {self.molecule} alphabet "
-                f"(accepted: {accepted_letters(self.molecule, self.letters)}, case-insensitive)"
-            )
-        if any(c.isdigit() for c in sequence):
-            hint = "digits in a sequence line: a GenBank or EMBL sequence block? Convert it to FASTA"
-        elif char in " \t\r\v\f":
-            return reason
-        elif char in GAP_CHARACTERS:
-            hint = f"an alignment gap: set {setting('gaps', 'remove')} to read the ungapped sequence"
-        elif nucleotide and upper == "U" and self.molecule == "dna":
-            hint = f"looks like RNA: set {setting('molecule', 'rna')}"
-        elif nucleotide and upper == "T":
-            hint = f"looks like DNA: set {setting('molecule', 'dna')}"
-        elif nucleotide and not PROTEIN_ONLY.isdisjoint(sequence.upper()):
-            hint = f"if the sample holds proteins, set {setting('molecule', 'protein')}"
-        elif nucleotide and upper in NUCLEOTIDE_AMBIGUITY:
-            codes = "".join(sorted(self.letters - ALPHABETS[self.molecule] | {upper}))
-            hint = f"an IUPAC ambiguity code: set {setting('allowed_ambiguity', codes)} to accept it"
-        elif nucleotide and upper == "X":
-            hint = "X marks masked bases in some tools (RepeatMasker -x); mask with N instead"
-        elif nucleotide and char == STOP:
-            hint = f"'*' is a stop in translated sequences: for proteins set {setting('molecule', 'protein')}"
-        else:
-            return reason
-        return f"{reason}; {hint}"
-
-
-def _locate(record: _RawRecord, index: int) -> tuple[int, int]:
-    """(line, column) of character `index` of a record's joined sequence lines."""
+def _where(record: _RawRecord, index: int | None) -> str:
+    """ "at line L, column C" of character `index` of a record's joined sequence lines ("" for no position)."""
+    if index is None:
+        return ""
     for number, line in enumerate(record.lines, start=record.header_line + 1):
         length = len(line.rstrip(" \t"))
         if index < length:
-            return number, index + 1
+            return f"at line {number}, column {index + 1}"
         index -= length
     raise IndexError(index)
 
@@ -326,7 +152,7 @@ def iter_valid_records(
     after records were yielded: check the whole file (`validate_fasta`) before acting on any of them.
     """
     path = Path(path)
-    checker = _RecordChecker(molecule, policy)
+    checker = sequence_checker(molecule, policy)
     report = report if report is not None else ValidationReport(path)
     first_seen: dict[str, int] = {}
     faults: list[Rejected] = []
@@ -335,14 +161,15 @@ def iter_valid_records(
         report.n_records += 1
         record_id = raw.title.split(maxsplit=1)[0] if raw.title.strip() else ""
         if not record_id:
-            checked = _Checked(reason="empty identifier after '>'")
+            reason = "empty identifier after '>'"
         elif record_id in first_seen:
-            checked = _Checked(reason=f"duplicate id (first seen at line {first_seen[record_id]})")
+            reason = f"duplicate id (first seen at line {first_seen[record_id]})"
         else:
-            checked = checker.check(raw)
+            checked = checker.check("".join(line.rstrip(" \t") for line in raw.lines))
             first_seen[record_id] = raw.header_line
-        if checked.reason is not None:
-            fault = Rejected(str(path), record_id, raw.header_line, checked.reason)
+            reason = None if checked.fault is None else checked.fault.describe(_where(raw, checked.fault.position))
+        if reason is not None:
+            fault = Rejected(str(path), record_id, raw.header_line, reason)
             faults.append(fault)
             report.rejected.append(fault)
             continue

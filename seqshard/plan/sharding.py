@@ -1,4 +1,4 @@
-"""Plan contiguous shards of balanced estimated token count over a run of sequences (seqshard.packing cuts the
+"""Plan contiguous shards of balanced estimated token count over a run of sequences (seqshard.plan.packing cuts the
 distinct sequences of a model entry's samples with it).
 
 Cut points fall where the running token estimate crosses equal fractions of the total, which keeps every shard

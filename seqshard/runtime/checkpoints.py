@@ -2,7 +2,7 @@
 
 Every model loader and head goes through `resolve_checkpoint` so that a missing checkpoint fails the same way
 everywhere: with a message that says which command downloads it and which config key to point at the result.
-An `s3://bucket/prefix` URL resolves into the node-local cache of `seqshard.storage`. Cluster nodes usually have
+An `s3://bucket/prefix` URL resolves into the node-local cache of `seqshard.runtime.storage`. Cluster nodes usually have
 no internet, so the hub cache is consulted offline first and a download is only attempted when `HF_HUB_OFFLINE`
 is not set.
 """
@@ -15,20 +15,16 @@ import logging
 import math
 import os
 import re
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
-from seqshard.storage import fetch, is_object_url
+from seqshard.runtime.storage import fetch, is_object_url
 
 __all__ = [
     "CheckpointNotFoundError",
     "file_digest",
-    "find_weights_file",
     "inference_memory_mb",
-    "load_state_dict",
+    "is_local",
     "resolve_checkpoint",
     "use_local_copy",
     "weights_files",
@@ -73,7 +69,7 @@ def resolve_checkpoint(spec: str | Path, required: Sequence[str] = ("config.json
     """The local directory holding checkpoint `spec`: a directory, `s3://bucket/prefix`, or `owner/name[@revision]`.
 
     A `Path` is always taken as a directory. An object-storage URL is fetched into the node-local cache (once
-    per node; see `seqshard.storage.fetch`). Any other string is a directory if one exists there, otherwise a
+    per node; see `seqshard.runtime.storage.fetch`). Any other string is a directory if one exists there, otherwise a
     hub id, looked up in the hub cache (`HF_HUB_CACHE`, else `HF_HOME`/hub, read when called). Every file in
     `required` must be present in the resolved directory. A name given to `use_local_copy` resolves to its copy.
     """
@@ -88,15 +84,27 @@ def resolve_checkpoint(spec: str | Path, required: Sequence[str] = ("config.json
         return path
     if path.exists():
         raise CheckpointNotFoundError(f"checkpoint {str(spec)!r} is a file, not a checkpoint directory")
-    match = _HUB_ID.match(str(spec)) if isinstance(spec, str) else None
-    if match is None or ".." in str(spec):
+    if is_local(spec):
         raise CheckpointNotFoundError(
             f"no such checkpoint directory: {str(spec)!r} (and it is not a hub id of the form owner/name)"
         )
+    match = _HUB_ID.match(str(spec))
+    assert match is not None
     repo_id, revision = match["repo"], match["revision"]
     snapshot = _snapshot_from_hub(repo_id, revision)
     _check_required(snapshot, required, str(spec))
     return snapshot
+
+
+def is_local(spec: str | Path) -> bool:
+    """Whether `spec` names a local directory (one that exists, or one still to be made, such as a demo checkpoint
+    the workflow builds) rather than an object-storage URL or a Hugging Face hub id (`owner/name[@revision]`, when
+    no such directory exists): the one place that tells them apart."""
+    if is_object_url(spec):
+        return False
+    if isinstance(spec, Path) or Path(spec).expanduser().exists():
+        return True
+    return _HUB_ID.match(spec) is None or ".." in spec
 
 
 def weights_files(directory: Path) -> list[Path]:
@@ -138,9 +146,10 @@ def _local_directory(spec: str | Path) -> Path | None:
     path = Path(spec).expanduser()
     if path.is_dir():
         return path
-    match = _HUB_ID.match(str(spec)) if isinstance(spec, str) else None
-    if match is None:
+    if is_local(spec) or is_object_url(spec):
         return None
+    match = _HUB_ID.match(str(spec))
+    assert match is not None
     from huggingface_hub import snapshot_download
 
     try:
@@ -150,57 +159,6 @@ def _local_directory(spec: str | Path) -> Path | None:
     except Exception:  # noqa: BLE001 - not cached (or no such repo): nothing to measure
         return None
     return Path(snapshot)
-
-
-def find_weights_file(directory: Path, candidates: Sequence[str] = ("model.safetensors", "pytorch_model.bin")) -> Path:
-    """The first of `candidates` present in `directory`; safetensors first because it cannot run code."""
-    for name in candidates:
-        path = Path(directory) / name
-        if path.is_file():
-            return path
-    raise CheckpointNotFoundError(
-        f"checkpoint directory {directory} has no weights file (looked for {', '.join(candidates)})"
-    )
-
-
-def load_state_dict(path: Path, device: str = "cpu", *, mmap: bool = True) -> dict[str, torch.Tensor]:
-    """All tensors of a weights file on `device`, without unpickling arbitrary objects or a second copy in memory.
-
-    The file is memory-mapped rather than read (safetensors, and torch.load(mmap=True) for .bin / .pth in the
-    zip format torch has written since 1.6): on the CPU the tensors are the file's pages, which the kernel can
-    drop and re-read under memory pressure instead of counting them as the process's own memory; for a GPU each
-    tensor is copied from the mapping straight to the device, so the host never holds the weights as its own
-    memory. A legacy (pre-zip) .pth cannot be mapped and is read into memory.
-
-    `mmap=False` is the loader seqshard had before, kept as the loading benchmark's baseline: .bin / .pth read
-    into memory, then everything moved to `device`.
-    """
-    path = Path(path)
-    if not mmap:
-        return {key: value.to(device) for key, value in _read_state_dict(path).items()}
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path), device=device)
-    if not zipfile.is_zipfile(path):
-        log.info("%s is in torch's legacy format, which cannot be memory-mapped: reading it into memory", path)
-        return {key: value.to(device) for key, value in _read_state_dict(path).items()}
-    # weights_only refuses pickled code, which is what makes a downloaded .bin safe to open.
-    return _checked(path, torch.load(path, map_location=device, weights_only=True, mmap=True))
-
-
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path), device="cpu")
-    return _checked(path, torch.load(path, map_location="cpu", weights_only=True))
-
-
-def _checked(path: Path, state: object) -> dict[str, torch.Tensor]:
-    if not isinstance(state, dict):
-        raise ValueError(f"{path} does not hold a state dict (found {type(state).__name__})")
-    return state
 
 
 def file_digest(path: Path) -> str:

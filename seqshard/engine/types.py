@@ -1,0 +1,220 @@
+"""The engine's shared types, importable without torch: the tasks and the forward passes they share, the settings
+that shape a task's numbers, the three objects a run is described by (`Work`: what to compute; `RunFiles`: where
+its input and outputs are; `Hardware`: what it runs on), and the figures a run measures (`RunFigures`).
+
+The workflow's DAG is planned from these names (tasks, passes, settings) on login nodes and in dry runs, where
+loading torch would cost seconds for nothing; nothing here imports it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from seqshard.io.sequences import DEFAULT_POLICY, InputPolicy
+from seqshard.runtime.monitoring import usable_cpus
+
+if TYPE_CHECKING:
+    from seqshard.runtime.devices import Precision
+    from seqshard.runtime.storage import WarmUp
+
+TASKS = ("embed", "mlm_score", "classify", "regress")
+# Tasks by forward pass: embed, classify and regress read the last hidden state of the unmasked input and share one
+# pass; mlm_score needs masked inputs and runs its own.
+PASSES: dict[str, tuple[str, ...]] = {"hidden": ("embed", "classify", "regress"), "mlm": ("mlm_score",)}
+# Settings that decide the model inputs (every task depends on them), and the other settings each task's numbers
+# depend on: pooling means nothing to mlm_score, so changing it must not rerun or invalidate mlm_score results.
+INPUT_SETTINGS = ("long_sequences", "window_length", "window_overlap", "max_tokens")
+TASK_SETTINGS = {"embed": ("pooling", "per_token"), "classify": ("head",), "regress": ("head",), "mlm_score": ()}
+POOLINGS = ("mean", "cls", "max")
+LONG_SEQUENCE_MODES = ("truncate", "window")
+# Records per chunk on the CPU (see seqshard.engine.driver.chunk_limits).
+CHUNK_RECORDS = 4096
+
+
+def pass_of(task: str) -> str:
+    """The forward pass (`hidden` or `mlm`) that computes `task`."""
+    return next(name for name, tasks in PASSES.items() if task in tasks)
+
+
+@dataclass(frozen=True)
+class TaskSettings:
+    """What to compute and how sequences are fitted to the model; these settings shape the numbers."""
+
+    task: str = "embed"
+    pooling: str = "mean"
+    per_token: bool = False
+    long_sequences: str = "window"  # or "truncate"
+    window_length: int | None = None  # residues; None: the model's default
+    window_overlap: int | None = None  # residues; None: a quarter of the window
+    max_tokens: int | None = None  # None: the checkpoint's limit
+    head: str | None = None  # classify/regress: a linear head directory (seqshard.engine.heads); None: the checkpoint's
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r}; expected one of {TASKS}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {self.pooling!r}; expected one of {POOLINGS}")
+
+    def relevant(self) -> dict[str, object]:
+        """The settings this task's numbers depend on."""
+        return {name: getattr(self, name) for name in ("task", *INPUT_SETTINGS, *TASK_SETTINGS[self.task])}
+
+
+@dataclass(frozen=True)
+class Work:
+    """What to compute: a model, the tasks that share its passes, the input's molecule and how it is checked.
+
+    `provenance` adds keys to every output's Parquet provenance (the workflow names the model entry there).
+    """
+
+    architecture: str
+    checkpoint: str
+    tasks: tuple[TaskSettings, ...] = (TaskSettings(),)
+    molecule: str = "dna"
+    policy: InputPolicy = DEFAULT_POLICY
+    dedupe: bool = True  # compute a repeated sequence once
+    provenance: Mapping[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tasks", tuple(self.tasks))
+        object.__setattr__(self, "checkpoint", str(self.checkpoint))
+        if not self.tasks:
+            raise ValueError("no task to run")
+
+    def by_task(self) -> dict[str, TaskSettings]:
+        return {settings.task: settings for settings in self.tasks}
+
+    def run_key(self, dtype: str) -> str:
+        """A short digest of what shapes the run's numbers (with the configured `dtype`): the shards of one run
+        share it, so a job can find its siblings' figures (seqshard.runtime.devices.check_run_precision)."""
+        settings = {"architecture": self.architecture, "checkpoint": self.checkpoint, "dtype": dtype,
+                    "tasks": [asdict(s) for s in self.tasks]}  # fmt: skip
+        return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """Where a run's input is and its outputs go.
+
+    `outputs` maps each task to its Parquet file. `packed`: the input is a shard `seqshard.plan.packing` wrote
+    (validated already, distinct sequences). `labels` name the job in its figures (the resource report reads them);
+    `warmup` is what the caller did to bring the files onto local disk (seqshard.runtime.storage.warm_up), for the
+    figures.
+    """
+
+    fasta: Path
+    outputs: Mapping[str, Path]
+    rejects: Path | None = None
+    figures: Path | None = None
+    packed: bool = False
+    labels: Mapping[str, str] = field(default_factory=dict)
+    warmup: WarmUp | None = None
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """What a run computes on and in (none of it but `dtype` changes the numbers).
+
+    `gpus`: the GPUs the job was given (the workflow's `gpu` resource), None when nobody said (the command line).
+    `precision`, once resolved (`resolved`), is the device and dtype these settings came to on this machine.
+    """
+
+    device: str = "auto"
+    dtype: str = "auto"
+    gpus: int | None = None
+    threads: int = 1
+    batch_tokens: int = 16384
+    chunk_records: int = CHUNK_RECORDS
+    precision: Precision | None = None
+
+    def resolved(self) -> Hardware:
+        """These settings with `precision` resolved (seqshard.runtime.devices.resolve_precision; loads torch)."""
+        if self.precision is not None:
+            return self
+        from dataclasses import replace
+
+        from seqshard.runtime.devices import resolve_precision
+
+        return replace(self, precision=resolve_precision(self.device, self.dtype, self.gpus))
+
+
+@dataclass
+class RunFigures:
+    """What one run measured; written next to the output as JSON for the resource report."""
+
+    labels: dict[str, str]
+    device: str
+    dtype: str
+    threads: int
+    batch_tokens: int
+    n_records: int = 0  # rows written (each record once, duplicates included)
+    n_sequences: int = 0  # distinct sequences scored (a duplicate is scored once)
+    n_duplicates: int = 0  # records whose sequence an earlier record already had
+    n_cached: int = 0  # distinct sequences whose results came from the result cache
+    n_rejected: int = 0  # records that could not be scored (e.g. too large for the GPU even alone)
+    n_tokens: int = 0
+    n_computed_tokens: int = 0
+    n_batches: int = 0
+    n_windows: int = 0
+    n_truncated: int = 0
+    n_oom_splits: int = 0  # batches halved after a GPU out-of-memory
+    n_budget_changes: int = 0  # times the token budget was lowered after an out-of-memory, or raised back
+    n_fp32_reruns: int = 0  # fp16 batches whose output overflowed (inf/NaN), computed again in fp32
+    batch_shapes: set[tuple[int, int]] = field(default_factory=set)  # distinct (rows, width) run
+    warmup_seconds: float = 0.0  # bringing the shard and checkpoint onto local disk (seqshard.runtime.storage)
+    load_seconds: float = 0.0
+    compute_seconds: float = 0.0  # in batches: forward passes and the task's reductions
+    run_seconds: float = 0.0  # reading the file to closing the output, model load excluded
+    peak_gpu_memory_bytes: int | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+    # When and where the run happened, and its GPU's telemetry (seqshard.runtime.monitoring), for the resource report.
+    host: str = field(default_factory=socket.gethostname)
+    cpu_count: int = field(default_factory=usable_cpus)
+    started_at: float = field(default_factory=time.time)
+    ended_at: float | None = None
+    gpu: dict[str, object] | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        compute = self.compute_seconds
+        return {
+            **self.labels,
+            "device": self.device,
+            "dtype": self.dtype,
+            "threads": self.threads,
+            "batch_tokens": self.batch_tokens,
+            "n_records": self.n_records,
+            "n_sequences": self.n_sequences,
+            "n_duplicates": self.n_duplicates,
+            "n_cached": self.n_cached,
+            "n_rejected": self.n_rejected,
+            "n_tokens": self.n_tokens,
+            "n_computed_tokens": self.n_computed_tokens,
+            "useful_token_fraction": self.n_tokens / self.n_computed_tokens if self.n_computed_tokens else None,
+            "n_batches": self.n_batches,
+            "n_batch_shapes": len(self.batch_shapes),
+            "n_windows": self.n_windows,
+            "n_truncated": self.n_truncated,
+            "n_oom_splits": self.n_oom_splits,
+            "n_budget_changes": self.n_budget_changes,
+            "n_fp32_reruns": self.n_fp32_reruns,
+            "warmup_seconds": round(self.warmup_seconds, 4),
+            "load_seconds": round(self.load_seconds, 4),
+            "compute_seconds": round(compute, 4),
+            "run_seconds": round(self.run_seconds, 4),
+            "sequences_per_second": round(self.n_sequences / compute, 3) if compute else None,
+            "tokens_per_second": round(self.n_tokens / compute, 1) if compute else None,
+            "peak_gpu_memory_bytes": self.peak_gpu_memory_bytes,
+            "host": self.host,
+            "cpu_count": self.cpu_count,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+            "gpu": self.gpu,
+            **self.extra,
+        }
