@@ -791,3 +791,134 @@ def test_rate_limiter_slides_its_window() -> None:
     assert limiter.check("a", now=60.5) is None  # the 0 s request has left
     assert limiter.check("a", now=61.0) == pytest.approx(9.0)
     assert SlidingWindowLimiter(0).check("a") is None  # 0: unlimited
+
+
+# --- one validation: the server checks a sequence as the FASTA reader checks a record -----------------------------
+
+
+def corpus_records() -> list[tuple[str, str, str, str]]:
+    """(file, molecule, record id, sequence text) of every record of the readable corpus files, the sequence lines
+    joined as the FASTA reader joins them (trailing spaces and tabs off each line)."""
+    from test_corpus import CASES, CORPUS
+
+    records = []
+    for case in CASES:
+        path = CORPUS / case.file
+        if not path.is_file() or case.error:
+            continue  # built by the corpus fixture (binary, compressed), or a fault of the file as a whole
+        current: list[str] | None = None
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.startswith(">"):
+                current = []
+                records.append((case.file, case.molecule, line[1:].split(maxsplit=1)[0] if line[1:].strip() else "",
+                                current))  # fmt: skip
+            elif current is not None:
+                current.append(line.rstrip(" \t"))
+    return [(file, molecule, record_id, "".join(lines)) for file, molecule, record_id, lines in records]
+
+
+@pytest.fixture(scope="module")
+def lucaone_server(checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """LucaOne (DNA, RNA and protein), no key, no rate limit, room for the corpus's 50 kb record."""
+    folder = tmp_path_factory.mktemp("lucaone-server")
+    server = start_server(
+        folder, "--model", "lucaone", "--checkpoint", str(checkpoints["lucaone"]), "--rate-limit", "0",
+        "--max-sequence-length", "100000", "--max-body-bytes", "1000000",
+    )  # fmt: skip
+    try:
+        server.wait_healthy()
+        yield server
+    finally:
+        server.stop()
+
+
+def embed_one(checkpoint: Path, molecule: str, sequence: str, folder: Path) -> tuple[dict[str, object] | None, str]:
+    """`seqshard embed` (parsed and run as the command does, in this process) on a FASTA of this one record: its
+    row, or None and the reason it was refused."""
+    from seqshard.cli import create_parser, run
+    from seqshard.io.fasta import FastaValidationError
+
+    fasta, out = folder / "one.fa", folder / "one.parquet"
+    fasta.write_text(f">r\n{sequence}\n")
+    args = create_parser().parse_args(
+        [
+            "embed",
+            str(fasta),
+            "-o",
+            str(out),
+            "--model",
+            "lucaone",
+            "--checkpoint",
+            str(checkpoint),
+            "--molecule",
+            molecule,
+        ]  # fmt: skip
+    )
+    try:
+        run(args)
+    except FastaValidationError as error:
+        return None, error.faults[0].reason
+    return pq.read_table(out).to_pylist()[0], ""
+
+
+def test_every_corpus_record_gets_the_same_outcome_from_predict_and_from_embed(
+    lucaone_server: Server, checkpoints: dict[str, Path], tmp_path: Path
+) -> None:
+    """Each record of tests/corpus/ as a request of its own and as a one-record FASTA through `seqshard embed`:
+    the same row (within 1e-5), or the same reason (located at "position P" here, "line 2, column P" there; each
+    interface names its own setting in the hint that follows)."""
+    records = [record for record in corpus_records() if record[2]]  # id faults need a file; not a sequence's fault
+    assert len(records) >= 40 and {molecule for _, molecule, _, _ in records} == {"dna", "rna", "protein"}
+    outcomes = {"row": 0, "reason": 0}
+    for file, molecule, record_id, sequence in records:
+        where = f"{file}, record {record_id!r}"
+        row, reason = embed_one(checkpoints["lucaone"], molecule, sequence, tmp_path)
+        response = httpx.post(f"{lucaone_server.url}/predict", timeout=120, json={
+            "sequence": sequence, "task_type": "embedding", "options": {"molecule": molecule}})  # fmt: skip
+        if row is not None:
+            assert response.status_code == 200, (where, response.text)
+            served = response.json()["data"]
+            assert (served["sequence_length"], served["n_tokens"], served["n_windows"], served["truncated"]) == (
+                row["length"], row["n_tokens"], row["n_windows"], row["truncated"]), where  # fmt: skip
+            np.testing.assert_allclose(served["embedding"], row["embedding"], atol=1e-5, rtol=0, err_msg=where)
+            outcomes["row"] += 1
+            continue
+        body = assert_error(response, 400, "INVALID_SEQUENCE")
+        problem = reason.split("; ", 1)[0]
+        expected = re.sub(r"at line 2, column (\d+)", r"at position \1", problem)
+        assert body["message"].split("; ", 1)[0] == f"the sequence: {expected}", where
+        assert ("; " in body["message"]) == ("; " in reason), where
+        outcomes["reason"] += 1
+    assert outcomes["row"] >= 25 and outcomes["reason"] >= 12, outcomes
+
+
+def test_a_protein_ending_in_a_stop_is_served_as_embed_scores_it(
+    lucaone_server: Server, checkpoints: dict[str, Path], tmp_path: Path
+) -> None:
+    """`MKV*`: one terminal stop is stripped (and counted) by both paths, not refused by one of them."""
+    row, reason = embed_one(checkpoints["lucaone"], "protein", "MKV*", tmp_path)
+    assert row is not None and reason == "" and row["length"] == 3
+    response = httpx.post(f"{lucaone_server.url}/predict", timeout=60, json={
+        "sequence": "MKV*", "task_type": "embedding", "options": {"molecule": "protein"}})  # fmt: skip
+    assert response.status_code == 200, response.text
+    served = response.json()["data"]
+    assert served["sequence_length"] == 3 and served["n_tokens"] == row["n_tokens"] == 5
+    np.testing.assert_allclose(served["embedding"], row["embedding"], atol=1e-5, rtol=0)
+    internal = httpx.post(f"{lucaone_server.url}/predict", timeout=60, json={
+        "sequence": "MK*V", "task_type": "embedding", "options": {"molecule": "protein"}})  # fmt: skip
+    assert_error(internal, 400, "INVALID_SEQUENCE", "internal stop '*' at position 3",
+                 "`--internal-stops unknown` when starting `seqshard serve`")  # fmt: skip
+
+
+def test_serve_takes_the_input_policy_flags(server_factory, checkpoints: dict[str, Path]) -> None:
+    """`--gaps remove` and `--internal-stops unknown` mean what they mean for `seqshard embed`."""
+    server = server_factory("--model", "lucaone", "--checkpoint", str(checkpoints["lucaone"]), "--gaps", "remove",
+                            "--internal-stops", "unknown", "--rate-limit", "0")  # fmt: skip
+    body = {"sequences": ["MK-V", "MK*V", "MKXV"], "task_type": "embedding", "options": {"molecule": "protein"}}
+    response = httpx.post(f"{server.url}/predict/batch", json=body, timeout=60)
+    assert response.status_code == 200, response.text
+    gapped, stopped, unknown = response.json()["data"]["predictions"]
+    assert gapped["sequence_length"] == 3 and stopped["sequence_length"] == unknown["sequence_length"] == 4
+    assert stopped["embedding"] == unknown["embedding"]  # an internal stop reads as X
+    info = httpx.get(f"{server.url}/model/info", timeout=10).json()["data"]["settings"]
+    assert (info["gaps"], info["internal_stops"]) == ("remove", "unknown")
