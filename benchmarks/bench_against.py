@@ -3,6 +3,8 @@ same machine, so that a change to the engine or a model shows its cost before it
 
     python benchmarks/bench_against.py --base 5c06684 embed --repeats 3      # `seqshard embed`, whole commands
     python benchmarks/bench_against.py --base main inference --repeats 2     # bench_inference.py's seqshard row
+    python benchmarks/bench_against.py --base main dryrun --repeats 5        # `snakemake -n` on the demo
+    python benchmarks/bench_against.py --base main demo                      # the demo, outputs compared byte for byte
 
 `--base` is any git ref; its tree is checked out into a temporary worktree and run with its own package
 (`PYTHONPATH`) and its own scripts; "new" is this working tree, uncommitted changes included. Runs alternate
@@ -14,6 +16,10 @@ base, new, base, new, ... so drift in the machine's speed hits both alike, and e
   threads: wall seconds per run, from the command's own process start to its exit. It is what a user runs.
 - `inference`: each tree's own `benchmarks/bench_inference.py --models dnabert2 --skip-single` (same seed, so
   the same records): the seqshard row's sequences/s, model load excluded.
+- `dryrun`: `snakemake -n --cores 2` on the demo in a fresh copy of each tree (nothing run yet): wall seconds and
+  the peak memory of the Snakemake process (planning the DAG, parsing the workflow and what it imports).
+- `demo`: the demo (`snakemake --cores 2`) in a fresh copy of each tree: wall seconds, and every merged Parquet file
+  and pack table compared byte for byte between the two trees (`--repeats` is ignored: one run each).
 
 Prints each pair and the median ratio new / base (seconds: below 1 is faster; sequences/s: above 1 is faster),
 and with `--out` writes them as JSON.
@@ -26,6 +32,7 @@ import json
 import lzma
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -66,6 +73,43 @@ def genome_fragments(n: int, seed: int) -> tuple[list[str], str]:
     return [genome[s : s + length] for s, length in zip(starts, lengths, strict=True)], source
 
 
+def fresh_copy(tree: Path, into: Path) -> Path:
+    """The tracked and untracked-but-not-ignored files of `tree` (its working state, no results) copied to `into`."""
+    listed = subprocess.run(["git", "-C", str(tree), "ls-files", "-co", "--exclude-standard", "-z"],
+                            capture_output=True, check=True).stdout.decode().split("\0")  # fmt: skip
+    for name in filter(None, listed):
+        source = tree / name
+        if source.is_file():
+            target = into / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    return into
+
+
+def run_snakemake(tree: Path, package: Path, *arguments: str) -> tuple[float, int]:
+    """Wall seconds and peak memory (kB, the largest process) of `snakemake --cores 2 ARGS` in `tree`."""
+    code = (
+        "import resource, subprocess, sys, time; started = time.perf_counter(); "
+        f"done = subprocess.run([sys.executable, '-m', 'snakemake', '--cores', '2', *{list(arguments)!r}], "
+        "capture_output=True, text=True); seconds = time.perf_counter() - started; "
+        "sys.stderr.write(done.stderr[-3000:] if done.returncode else ''); "
+        "print(seconds, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, done.returncode)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(package)}
+    done = subprocess.run([sys.executable, "-c", code], cwd=tree, env=env, capture_output=True, text=True)
+    seconds, peak, status = done.stdout.split()
+    if int(status):
+        raise RuntimeError(f"{tree}: snakemake {' '.join(arguments)} failed:\n{done.stderr}")
+    return float(seconds), int(peak)
+
+
+def demo_outputs(tree: Path) -> dict[str, bytes]:
+    results = tree / "results"
+    files = [*results.glob("*/*/*.parquet"), *results.glob("*/*/rejects.tsv"), *results.glob("packs/*/*.tsv"),
+             *results.glob("packs/*/records.parquet")]  # fmt: skip
+    return {str(path.relative_to(tree)): path.read_bytes() for path in sorted(files)}
+
+
 def full_dnabert2(directory: Path) -> Path:
     from seqshard.models.dnabert2 import write_demo_checkpoint
 
@@ -102,7 +146,7 @@ def run_inference(tree: Path, out: Path, args: argparse.Namespace) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", required=True, help="git ref of the old tree (commit, branch, tag)")
-    parser.add_argument("what", choices=["embed", "inference"])
+    parser.add_argument("what", choices=["embed", "inference", "dryrun", "demo"])
     parser.add_argument("--repeats", type=int, default=3, help="pairs of runs (default 3)")
     parser.add_argument("--n", type=int, default=150, help="embed: genome fragments; inference: --n-dna")
     parser.add_argument("--threads", type=int, default=2)
@@ -119,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                                     text=True, check=True).stdout.strip()  # fmt: skip
             print(f"base: {args.base} ({commit}); new: {REPO} (working tree); {args.what}, {args.repeats} pairs")
             figures: dict[str, list[float]] = {"base": [], "new": []}
+            extra: dict[str, object] = {}
             if args.what == "embed":
                 fragments, source = genome_fragments(args.n, args.seed)
                 fasta = scratch_dir / "fragments.fa"
@@ -133,13 +178,38 @@ def main(argv: list[str] | None = None) -> int:
                         )
                     print(f"  pair {repeat + 1}: base {figures['base'][-1]:.1f} s, new {figures['new'][-1]:.1f} s")
                 unit, better = "seconds", "lower"
-            else:
+            elif args.what == "inference":
                 for repeat in range(args.repeats):
                     for name, tree in trees.items():
                         figures[name].append(run_inference(tree, scratch_dir / f"{name}.json", args))
                     print(f"  pair {repeat + 1}: base {figures['base'][-1]:.3f} seq/s, "
                           f"new {figures['new'][-1]:.3f} seq/s")  # fmt: skip
                 unit, better = "sequences_per_second", "higher"
+            elif args.what == "dryrun":
+                copies = {name: fresh_copy(tree, scratch_dir / f"copy-{name}") for name, tree in trees.items()}
+                peaks: dict[str, list[int]] = {"base": [], "new": []}
+                run_snakemake(copies["new"], copies["new"], "-n")  # page cache
+                for repeat in range(args.repeats):
+                    for name, copy in copies.items():
+                        seconds, peak = run_snakemake(copy, copy, "-n")
+                        figures[name].append(seconds)
+                        peaks[name].append(peak)
+                    print(f"  pair {repeat + 1}: base {figures['base'][-1]:.1f} s {peaks['base'][-1] / 1024:.0f} MB, "
+                          f"new {figures['new'][-1]:.1f} s {peaks['new'][-1] / 1024:.0f} MB")  # fmt: skip
+                extra["peak_memory_mb"] = {name: statistics.median(v) / 1024 for name, v in peaks.items()}
+                unit, better = "seconds", "lower"
+            else:
+                copies = {name: fresh_copy(tree, scratch_dir / f"copy-{name}") for name, tree in trees.items()}
+                for name, copy in copies.items():
+                    figures[name].append(run_snakemake(copy, copy)[0])
+                    print(f"  {name}: demo in {figures[name][-1]:.1f} s")
+                base_files, new_files = demo_outputs(copies["base"]), demo_outputs(copies["new"])
+                same = sorted(path for path in base_files if new_files.get(path) == base_files[path])
+                differing = sorted(set(base_files) ^ set(new_files) | (set(base_files) - set(same)))
+                print(f"  {len(same)} of {len(base_files)} output files byte-identical; "
+                      f"differing: {differing or 'none'}")  # fmt: skip
+                extra.update(identical_files=same, differing_files=differing)
+                unit, better = "seconds", "lower"
         finally:
             remove_worktree(base)
     ratios = [new / old for old, new in zip(figures["base"], figures["new"], strict=True)]
@@ -148,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         "unit": unit, "better": better, "base_values": figures["base"], "new_values": figures["new"],
         "median_base": statistics.median(figures["base"]), "median_new": statistics.median(figures["new"]),
         "ratio_new_over_base": statistics.median(ratios), "ratios": ratios, "threads": args.threads,
-        "machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count()},
+        "machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count()}, **extra,
     }  # fmt: skip
     print(
         f"median {unit}: base {summary['median_base']:.3f}, new {summary['median_new']:.3f}; "
