@@ -156,6 +156,28 @@ class EncodedChunk:
     def sequences(self) -> list[EncodedSequence]:
         return [self.sequence(index) for index in range(self.n_records)]
 
+    @property
+    def n_model_tokens(self) -> int:
+        """Tokens the model runs for these inputs: [CLS], [SEP] and window overlaps included, padding excluded."""
+        return int(self.starts[-1])
+
+    @classmethod
+    def concatenate(cls, chunks: Sequence[EncodedChunk]) -> EncodedChunk:
+        """The chunks' inputs back to back, as if their records had been encoded together (the server encodes each
+        request at admission and runs several requests as one batch)."""
+        if len(chunks) == 1:
+            return chunks[0]
+        offsets = np.cumsum([0] + [int(chunk.starts[-1]) for chunk in chunks[:-1]])
+        first_records = np.cumsum([0] + [chunk.n_records for chunk in chunks[:-1]])
+        return cls(
+            np.concatenate([chunk.ids for chunk in chunks]),
+            np.concatenate([chunk.owned for chunk in chunks]),
+            np.concatenate([chunks[0].starts[:1]] + [c.starts[1:] + o for c, o in zip(chunks, offsets, strict=True)]),
+            np.concatenate([c.record + first for c, first in zip(chunks, first_records, strict=True)]),
+            sum(chunk.n_records for chunk in chunks),
+            np.concatenate([chunk.truncated for chunk in chunks]),
+        )
+
 
 def _owned_by_window(planned: Window, offsets: np.ndarray) -> np.ndarray:
     """Which tokens of a window (residue spans `offsets` [n, 2] relative to the window) the window owns."""
