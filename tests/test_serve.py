@@ -1138,3 +1138,26 @@ def test_the_api_describes_this_server_and_counts_every_request(server_factory, 
     assert server.prometheus_value("seqshard_http_requests_total", endpoint="unmatched") == 0
     model = httpx.get(f"{server.url}/metrics", timeout=10).json()["data"]["model_metrics"]
     assert (model["total_requests"], model["successful_requests"], model["failed_requests"]) == (2, 1, 1)
+
+
+def test_the_admission_bound_is_never_below_the_real_token_count(checkpoints: dict[str, Path]) -> None:
+    """`ModelFit.token_bound` decides, from residues alone, whether a request's tokens must be counted: it must
+    never be under the count, windows re-cut for runs of N (one DNABERT-2 token each) included."""
+    import torch
+
+    from seqshard.engine.types import TaskSettings
+    from seqshard.engine.windows import ModelFit
+    from seqshard.models import get_loader
+
+    rng = np.random.default_rng(3)
+    dna = ["".join(rng.choice(list("ACGT"), n)) for n in (1, 100, 511, 513, 3000, 5120)] + ["N" * 5120,
+           "ACGT" * 300 + "N" * 2000 + "ACGT" * 200]  # fmt: skip
+    cases = [("dnabert2", checkpoints["promoter"], "dna", dna), ("lucaone", checkpoints["lucaone"], "protein", PROTEIN)]
+    for model, checkpoint, molecule, sequences in cases:
+        loaded = get_loader(model)(str(checkpoint), "cpu", torch.float32).for_molecule(molecule)
+        for settings in (TaskSettings(), TaskSettings(long_sequences="truncate")):
+            fit = ModelFit.of(loaded, settings)
+            encoded = fit.encode(sequences, loaded.tokenizer)
+            counts = np.bincount(encoded.record, weights=encoded.lengths, minlength=len(sequences))
+            bounds = [fit.token_bound(len(sequence)) for sequence in sequences]
+            assert all(bound >= count for bound, count in zip(bounds, counts, strict=True)), (model, bounds, counts)

@@ -161,23 +161,6 @@ class EncodedChunk:
         """Tokens the model runs for these inputs: [CLS], [SEP] and window overlaps included, padding excluded."""
         return int(self.starts[-1])
 
-    @classmethod
-    def concatenate(cls, chunks: Sequence[EncodedChunk]) -> EncodedChunk:
-        """The chunks' inputs back to back, as if their records had been encoded together (the server encodes each
-        request at admission and runs several requests as one batch)."""
-        if len(chunks) == 1:
-            return chunks[0]
-        offsets = np.cumsum([0] + [int(chunk.starts[-1]) for chunk in chunks[:-1]])
-        first_records = np.cumsum([0] + [chunk.n_records for chunk in chunks[:-1]])
-        return cls(
-            np.concatenate([chunk.ids for chunk in chunks]),
-            np.concatenate([chunk.owned for chunk in chunks]),
-            np.concatenate([chunks[0].starts[:1]] + [c.starts[1:] + o for c, o in zip(chunks, offsets, strict=True)]),
-            np.concatenate([c.record + first for c, first in zip(chunks, first_records, strict=True)]),
-            sum(chunk.n_records for chunk in chunks),
-            np.concatenate([chunk.truncated for chunk in chunks]),
-        )
-
 
 def _owned_by_window(planned: Window, offsets: np.ndarray) -> np.ndarray:
     """Which tokens of a window (residue spans `offsets` [n, 2] relative to the window) the window owns."""
@@ -347,6 +330,19 @@ class ModelFit:
     @classmethod
     def of(cls, loaded: LoadedModel, settings: TaskSettings) -> ModelFit:
         return cls.resolve(settings, loaded.max_tokens, loaded.default_window)
+
+    def token_bound(self, length: int) -> int:
+        """At most how many model tokens a sequence of `length` residues becomes, without tokenizing it: no token
+        is shorter than a residue, so the whole sequence or each of its windows holds at most its residues and
+        [CLS]/[SEP]. Windows cut again because they tokenize past `max_tokens` (runs of N in DNABERT-2) overlap
+        more; their residues may count up to 4/3 times, which the bound allows for."""
+        whole = length + 2
+        if self.long_sequences == "truncate":
+            return min(whole, self.max_tokens)
+        if whole <= self.max_tokens:
+            return whole
+        windows = plan_windows(length, self.window_length, self.window_overlap)
+        return max(self.max_tokens, -(-4 * sum(w.stop - w.start + 2 for w in windows) // 3))
 
     def encode(self, sequences: Sequence[str], tokenizer: SequenceTokenizer) -> EncodedChunk:
         """The model inputs of `sequences` (see `encode_chunk`)."""

@@ -49,7 +49,7 @@ def create_app(settings: ServeSettings, gpu_sampler: GpuSampler | None = None) -
     server_metrics = ServerMetrics(sampler)
     service = ModelService(settings, server_metrics)
     queue = BatchQueue(
-        service.run_batch,  # type: ignore[arg-type]  # it takes the service's Admitted jobs
+        service.run_batch,  # type: ignore[arg-type]
         batch_tokens=settings.batch_tokens,
         max_wait_seconds=settings.max_wait_ms / 1000.0,
         max_sequences=settings.max_queue,

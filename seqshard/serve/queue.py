@@ -1,10 +1,12 @@
 """Gather concurrent requests into batches for one model worker thread.
 
-Requests are queued as jobs (one request's work, for one task and molecule, with its model tokens counted at
-admission). A single worker thread, never the event loop, takes the oldest job, waits at most `max_wait` for
-more jobs of the same task and molecule until their tokens fill the token budget, and runs them as one call of
-the batch code path, which sorts the inputs by length into token-budget batches (`TokenBudgetBatcher`). While
-it computes, new jobs wait, so under load a batch fills at once and nobody waits for company.
+Requests are queued as jobs (one request's sequences, for one task and molecule). A single worker thread, never
+the event loop, takes the oldest job, waits at most `max_wait` for more jobs of the same task and molecule until
+their estimated tokens fill the token budget, and runs them as one call of the batch code path, which tokenizes
+them together (one tokenizer call per batch, not per request) and sorts the inputs by length into token-budget
+batches (`TokenBudgetBatcher`). While it computes, new jobs wait, so under load a batch fills at once and nobody
+waits for company. Tokens are estimated from residues with the tokens-per-residue ratio of the batches computed
+so far (about 0.2 for DNABERT-2's BPE, 1 for LucaOne).
 
 A job whose client has gone (`Job.abandon`) is skipped if it has not started; if it has, the run stops before
 its next model batch once every job of the batch has gone (`RunCancelled`), so the worker moves on to work
@@ -42,21 +44,24 @@ class PredictionError(Exception):
 @dataclass
 class Job:
     key: Hashable  # jobs with the same key may share a batch (task and molecule)
-    work: object  # what the run function needs for this job (the server: sequences and their encoding)
-    sequences: int  # counted against the queue's capacity
-    tokens: int  # model tokens, counted against the batch budget
+    sequences: list[str]
     future: asyncio.Future[list[object]]
     loop: asyncio.AbstractEventLoop
     enqueued: float = field(default_factory=time.monotonic)
     gone: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def residues(self) -> int:
+        return sum(len(sequence) for sequence in self.sequences)
 
     def abandon(self) -> None:
         """Nobody waits for this job any more (its client left): skip it, or stop its batch if it is alone."""
         self.gone.set()
 
 
-# run(key, work of each job, should_stop) -> results of each job; may raise RunCancelled once should_stop is True
-RunBatch = Callable[[Hashable, list[object], Callable[[], bool]], list[list[object]]]
+# run(key, sequences of each job, should_stop) -> (results of each job, model tokens computed without padding);
+# it may raise RunCancelled once should_stop says True
+RunBatch = Callable[[Hashable, list[list[str]], Callable[[], bool]], tuple[list[list[object]], int]]
 
 
 class BatchQueue:
@@ -72,6 +77,8 @@ class BatchQueue:
         self.max_sequences = max_sequences
         self.on_depth = on_depth or (lambda depth: None)
         self.on_cancelled = on_cancelled or (lambda sequences: None)  # sequences whose work was dropped
+        self.tokens_per_residue = 1.0
+        self._first_batch = True
         self._last_batch_end = 0.0
         self.sequences_per_second: float | None = None
         self._pending: deque[Job] = deque()
@@ -101,23 +108,26 @@ class BatchQueue:
                 log.info("the model worker is still in a model batch; not waiting for it")
             self._thread = None
 
-    def submit(self, key: Hashable, work: object, *, sequences: int, tokens: int) -> Job:
+    def submit(self, key: Hashable, sequences: list[str]) -> Job:
         """Queue a job (raises QueueFull at once); await `job.future` for its results (or PredictionError)."""
         loop = asyncio.get_running_loop()
-        job = Job(key, work, sequences, tokens, loop.create_future(), loop)
+        job = Job(key, sequences, loop.create_future(), loop)
         with self._condition:
             if self._stopping:
                 raise QueueFull(retry_after=5.0)
-            if self._depth + sequences > self.max_sequences:
+            if self._depth + len(sequences) > self.max_sequences:
                 rate = self.sequences_per_second
                 raise QueueFull(retry_after=self._depth / rate if rate else 1.0)
-            self._depth += sequences
+            self._depth += len(sequences)
             self._pending.append(job)
             self._condition.notify()
         self.on_depth(self._depth)
         return job
 
     # --- the worker thread ---------------------------------------------------------------------------------
+
+    def _estimate(self, job: Job) -> float:
+        return job.residues * self.tokens_per_residue + 2 * len(job.sequences)
 
     def _take(self) -> list[Job] | None:
         """The next batch: the oldest job and the following jobs with its key, up to the token budget."""
@@ -132,17 +142,17 @@ class BatchQueue:
             # and this pause lets it queue them, so that under load batches fill instead of staying small.
             deadline = max(first.enqueued, self._last_batch_end) + self.max_wait
             while not self._stopping:
-                gathered = sum(job.tokens for job in self._pending if job.key == first.key)
+                gathered = sum(self._estimate(job) for job in self._pending if job.key == first.key)
                 remaining = deadline - time.monotonic()
                 if gathered >= self.batch_tokens or remaining <= 0:
                     break
                 self._condition.wait(remaining)
-            batch, kept, tokens = [], deque(), 0
+            batch, kept, tokens = [], deque(), 0.0
             for job in self._pending:
-                fits = not batch or tokens + job.tokens <= self.batch_tokens
+                fits = not batch or tokens + self._estimate(job) <= self.batch_tokens
                 if job.key == first.key and fits:
                     batch.append(job)
-                    tokens += job.tokens
+                    tokens += self._estimate(job)
                 else:
                     kept.append(job)
             self._pending = kept
@@ -159,15 +169,15 @@ class BatchQueue:
             elapsed = self._last_batch_end - started
             done = [job for job, outcome in zip(live, outcomes, strict=True) if not isinstance(outcome, RunCancelled)]
             if done and elapsed > 0:
-                rate = sum(job.sequences for job in done) / elapsed
+                rate = sum(len(job.sequences) for job in done) / elapsed
                 self.sequences_per_second = rate if self.sequences_per_second is None else (
                     0.8 * self.sequences_per_second + 0.2 * rate
                 )  # fmt: skip
-            dropped = sum(job.sequences for job in batch) - sum(job.sequences for job in done)
+            dropped = sum(len(job.sequences) for job in batch) - sum(len(job.sequences) for job in done)
             if dropped:
                 self.on_cancelled(dropped)
             with self._condition:
-                self._depth -= sum(job.sequences for job in batch)
+                self._depth -= sum(len(job.sequences) for job in batch)
             self.on_depth(self._depth)
             for job, outcome in zip(live, outcomes, strict=True):
                 job.loop.call_soon_threadsafe(_settle, job.future, outcome)
@@ -179,7 +189,7 @@ class BatchQueue:
         """Each job's results, or the PredictionError that job alone raises, or RunCancelled for jobs whose batch
         was stopped (every client gone, or the server stopping)."""
         try:
-            return list(self.run(jobs[0].key, [job.work for job in jobs], self._should_stop(jobs)))
+            results, tokens = self.run(jobs[0].key, [job.sequences for job in jobs], self._should_stop(jobs))
         except RunCancelled as cancelled:
             log.info("stopped a batch of %d request(s) nobody waits for any more (%s)", len(jobs), cancelled)
             return [cancelled for _ in jobs]
@@ -189,6 +199,12 @@ class BatchQueue:
                 return [PredictionError(str(error))]
             log.info("a batch of %d requests failed (%s); running them one by one", len(jobs), error)
             return [outcome for job in jobs for outcome in self._run([job])]
+        residues = sum(job.residues for job in jobs)
+        if residues:
+            ratio = max(tokens - 2 * sum(len(job.sequences) for job in jobs), 1) / residues
+            self.tokens_per_residue = ratio if self._first_batch else 0.8 * self.tokens_per_residue + 0.2 * ratio
+            self._first_batch = False
+        return list(results)
 
 
 def _settle(future: asyncio.Future[list[object]], outcome: object) -> None:

@@ -1,10 +1,13 @@
 """The served model: loading it, what it can do, checking requests, and running one batch of them.
 
-Each request is tokenized at admission (`admit`, in a thread of its own so that the event loop never waits for
-it), which counts its real model tokens: a request over `--max-request-tokens` is refused there, and the queue
-fills batches by real tokens. A batch runs through `seqshard.engine.chunks.score_encoded_records`, the code path
-of `seqshard embed` / `score` and of the workflow: the same tokenizer, windows (one `ModelFit`), token-budget
-batcher, model and task reductions, and the same output columns, turned into JSON by `seqshard.serve.columns`.
+At admission (`admit`) a request's model tokens are bounded from its residues (`ModelFit.token_bound`); only
+when the bound is over `--max-request-tokens` are they counted exactly, by tokenizing the request in a thread of
+its own (the event loop never waits for it), and a request really over the cap is refused. Tokenizing every
+request at admission would cost a thread hand-off per request and keep requests from reaching the queue while
+the worker gathers a batch; the worker tokenizes its whole batch in one call instead. A batch runs through
+`seqshard.engine.chunks.score_encoded_records`, the code path of `seqshard embed` / `score` and of the workflow:
+the same tokenizer, windows (one `ModelFit`), token-budget batcher, model and task reductions, and the same output
+columns, turned into JSON by `seqshard.serve.columns`.
 Served and batch results are therefore the same numbers. Each sequence is checked by `seqshard.io.sequences`,
 the check the FASTA reader runs on every record, with the same policy options (`--allowed-ambiguity`, `--gaps`,
 `--internal-stops`): a protein ending in '*' is served as `seqshard embed` scores it, and a refused sequence
@@ -22,7 +25,7 @@ import logging
 import time
 from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 
 from seqshard import __version__
 from seqshard.engine.chunks import chunk_table, score_encoded_records
@@ -30,7 +33,7 @@ from seqshard.engine.heads import head_digest, load_linear_head
 from seqshard.engine.runner import Runner
 from seqshard.engine.tasks import prepare_tasks
 from seqshard.engine.types import RunFigures, TaskSettings
-from seqshard.engine.windows import EncodedChunk, ModelFit
+from seqshard.engine.windows import ModelFit
 from seqshard.io.fasta import SequenceRecord
 from seqshard.io.interface import SERVE
 from seqshard.io.sequences import InputPolicy, accepted_letters, allowed_letters, sequence_checker
@@ -52,14 +55,6 @@ OUTPUT_FORMATS = {
 }
 
 
-@dataclass(frozen=True)
-class Admitted:
-    """One admitted request's checked sequences and their model inputs, tokenized at admission."""
-
-    sequences: list[str]
-    encoded: EncodedChunk
-
-
 class ModelService:
     """Holds the model once loaded; `status` is loading, healthy or unhealthy (the load failed: `reason`)."""
 
@@ -77,7 +72,7 @@ class ModelService:
             allowed_ambiguity=settings.allowed_ambiguity, gaps=settings.gaps, internal_stops=settings.internal_stops,
             interface=SERVE,
         )  # fmt: skip
-        # Tokenizing a large request takes tens of milliseconds: never on the event loop, never on the model worker.
+        # Counting a large request's tokens takes up to a few hundred milliseconds: never on the event loop.
         self.tokenizer_thread = ThreadPoolExecutor(1, thread_name_prefix="seqshard-tokenizer")
 
     # --- loading -------------------------------------------------------------------------------------------
@@ -178,32 +173,33 @@ class ModelService:
             checked.append(result.sequence)
         return (task_type, molecule), checked
 
-    async def admit(self, key: Hashable, sequences: list[str]) -> Admitted:
-        """The request's model inputs, tokenized in the tokenizer thread; TOO_MANY_TOKENS when they are more than
-        one request may ask for."""
-        _, molecule = key  # type: ignore[misc]
-        loaded = self.require_ready().for_molecule(molecule)
+    async def admit(self, key: Hashable, sequences: list[str]) -> None:
+        """TOO_MANY_TOKENS when the request's model tokens are more than one request may ask for: bounded from the
+        residues, counted exactly (in the tokenizer thread) only when the bound is over the cap."""
         assert self.fit is not None
-        encode = self.fit.encode
+        limit = self.settings.max_request_tokens
+        if sum(self.fit.token_bound(len(sequence)) for sequence in sequences) <= limit:
+            return
+        _, molecule = key  # type: ignore[misc]
+        tokenizer = self.require_ready().for_molecule(molecule).tokenizer
         encoded = await asyncio.get_running_loop().run_in_executor(
-            self.tokenizer_thread, encode, sequences, loaded.tokenizer
+            self.tokenizer_thread, self.fit.encode, sequences, tokenizer
         )
-        tokens, limit = encoded.n_model_tokens, self.settings.max_request_tokens
-        if tokens > limit:
+        if encoded.n_model_tokens > limit:
             raise ApiError(
                 ErrorCode.TOO_MANY_TOKENS,
-                f"this request asks for {tokens} model tokens; at most {limit} per request",
+                f"this request asks for {encoded.n_model_tokens} model tokens; at most {limit} per request",
                 f"{len(sequences)} sequence(s) in {encoded.n_inputs} model input(s) ([CLS], [SEP] and window "
                 "overlaps counted): send fewer or shorter sequences per request",
             )
-        return Admitted(sequences, encoded)
 
     # --- the model worker ----------------------------------------------------------------------------------
 
     def run_batch(
-        self, key: Hashable, jobs: list[Admitted], should_stop: Callable[[], bool]
-    ) -> list[list[dict[str, object]]]:
-        """Predict every job's sequences in one pass of the batch code path; per job, one result per sequence.
+        self, key: Hashable, jobs: list[list[str]], should_stop: Callable[[], bool]
+    ) -> tuple[list[list[dict[str, object]]], int]:
+        """Predict every job's sequences in one pass of the batch code path; per job, one result per sequence, and
+        the model tokens computed (padding excluded).
 
         Runs in the model worker thread; `should_stop` is consulted before every model batch (RunCancelled).
         Record ids name the sequence within its request, so an error raised for one sequence (a window too long
@@ -214,25 +210,26 @@ class ModelService:
         settings = self.tasks[task_type]
         records: list[SequenceRecord] = []
         for job in jobs:
-            for index, sequence in enumerate(job.sequences):
+            for index, sequence in enumerate(job):
                 records.append(SequenceRecord(len(records), f"sequences[{index}]", sequence, 0))
         started = time.perf_counter()
         figures = RunFigures({}, self.device, self.dtype, self.settings.threads, self.settings.batch_tokens)
         runner = Runner(loaded, figures, batch_tokens=self.settings.batch_tokens, dtype=self.dtype)
         runner.should_stop = should_stop
-        encoded = EncodedChunk.concatenate([job.encoded for job in jobs])
+        assert self.fit is not None
+        encoded = self.fit.encode([record.sequence for record in records], loaded.tokenizer)
         scored = score_encoded_records(runner, records, encoded, prepare_tasks(loaded, [settings]))
         predictions = predictions_from_table(settings.task, chunk_table(scored, settings, loaded.hidden_size, {}))
         results: list[list[dict[str, object]]] = []
         position = 0
         for job in jobs:
-            results.append(predictions[position : position + len(job.sequences)])
-            position += len(job.sequences)
+            results.append(predictions[position : position + len(job)])
+            position += len(job)
         self.metrics.observe_batch(
             task_type.value, len(records), figures.n_tokens, figures.n_computed_tokens, figures.n_batches,
             time.perf_counter() - started,
         )  # fmt: skip
-        return results
+        return results, figures.n_tokens
 
     # --- descriptions --------------------------------------------------------------------------------------
 

@@ -1,5 +1,5 @@
-"""`POST /predict` and `POST /predict/batch`: validate, tokenize at admission, queue for the model worker, answer
-in input order; if the client leaves first, its work is cancelled."""
+"""`POST /predict` and `POST /predict/batch`: validate, admit (the token cap), queue for the model worker, answer in
+input order; if the client leaves first, its work is cancelled."""
 
 from __future__ import annotations
 
@@ -57,12 +57,9 @@ async def _predict(
     request: Request, service: ModelService, key: Hashable, sequences: list[str], options: PredictOptions
 ) -> list[dict[str, object]]:
     started = time.perf_counter()
-    admitted = await service.admit(key, sequences)
+    await service.admit(key, sequences)
     try:
-        job = request.app.state.queue.submit(
-            key, admitted, sequences=len(sequences), tokens=admitted.encoded.n_model_tokens
-        )
-        results = await _outcome(request, job)
+        results = await _outcome(request, request.app.state.queue.submit(key, sequences))
     except QueueFull as full:
         raise ApiError(
             ErrorCode.OVERLOADED, "the server's queue is full", str(full), headers=retry_after(full.retry_after)
