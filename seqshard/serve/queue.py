@@ -96,7 +96,7 @@ class BatchQueue:
         self._thread = threading.Thread(target=self._work, args=(before,), name="seqshard-model-worker", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 0.5) -> None:
+    def stop(self, timeout: float = 0.2) -> None:
         """Stop the worker: it takes no new job, stops a running batch before its next model batch, and is waited
         for at most `timeout` seconds (a daemon thread, it cannot keep the process alive)."""
         with self._condition:
