@@ -21,7 +21,13 @@ Loopback only, bounded: `--repeats` x `--requests` requests, then it stops.
 
 On a machine with few cores the clients compete with the server for them: the CPU figures show how much.
 
+Before and after in one command: `--against REF` also starts the server of another commit (REF checked out into
+a temporary `git worktree`, run with `PYTHONPATH` pointing at it) beside this tree's, and each repeat measures
+embed, then both servers one after the other (the order alternating between repeats), so drift hits all alike.
+Each server gets its own ratio against the same embed runs and its CPU seconds per 1,000 sequences.
+
     python benchmarks/bench_serving.py                                 # 2,000 requests, 32 clients, demo size
+    python benchmarks/bench_serving.py --against main --repeats 4      # main's server against this tree's
     python benchmarks/bench_serving.py --size full --device cuda --out benchmarks/results/serving-gpu.json
 """
 
@@ -40,6 +46,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +56,7 @@ import psutil
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_against import REPO, remove_worktree, worktree  # noqa: E402
 from bench_inference import LengthMix, machine_description, synthetic_records, write_checkpoint  # noqa: E402
 
 from seqshard.cli import main as cli_main  # noqa: E402
@@ -80,14 +88,18 @@ def run_embed(args: argparse.Namespace, checkpoint: Path, fasta: Path, work: Pat
     }
 
 
-def start_server(args: argparse.Namespace, checkpoint: Path, log: Path) -> subprocess.Popen[bytes]:
+def start_server(
+    args: argparse.Namespace, checkpoint: Path, log: Path, tree: Path, port: int
+) -> subprocess.Popen[bytes]:
+    """`seqshard serve` of the package in `tree` (this repository, or a worktree of another commit)."""
     command = [sys.executable, "-m", "seqshard", "serve", "--model", args.model, "--checkpoint", str(checkpoint),
                "--molecule", args.molecule, "--threads", str(args.threads), "--device", args.device,
                "--batch-tokens", str(args.batch_tokens), "--max-wait-ms", str(args.max_wait_ms), "--port",
-               str(args.port), "--metrics-port", str(args.port + 1), "--rate-limit", "0", "--max-queue",
+               str(port), "--metrics-port", str(port + 1), "--rate-limit", "0", "--max-queue",
                str(max(1024, 4 * args.concurrency))]  # fmt: skip
     with open(log, "wb") as handle:
-        return subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT)
+        return subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, cwd=tree,
+                                env={**os.environ, "PYTHONPATH": str(tree)})  # fmt: skip
 
 
 def wait_healthy(url: str, server: subprocess.Popen[bytes], log: Path, timeout: float = 600) -> None:
@@ -195,9 +207,27 @@ def prometheus_sum(text: str, name: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + " "))
 
 
-def serve_once(args: argparse.Namespace, url: str, sequences: list[str], process: psutil.Process) -> dict[str, Any]:
+@dataclass
+class Served:
+    """One server under test: which tree it runs, where, and its figures per repeat."""
+
+    name: str
+    tree: Path
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    rss_start: int = 0
+    rss_end: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def serve_once(args: argparse.Namespace, server: Served, sequences: list[str]) -> dict[str, Any]:
     """One pass of every sequence through the running server, with its figures."""
-    metrics_url = f"http://127.0.0.1:{args.port + 1}/metrics"
+    url, process = server.url, psutil.Process(server.process.pid)  # type: ignore[union-attr]
+    metrics_url = f"http://127.0.0.1:{server.port + 1}/metrics"
     rss_before = process.memory_info().rss
     metrics_before = httpx.get(metrics_url).text
     server_cpu, client_cpu = sum(process.cpu_times()[:2]), time.process_time()
@@ -228,6 +258,26 @@ def serve_once(args: argparse.Namespace, url: str, sequences: list[str], process
     }
 
 
+def summarize(server: Served, embeds: list[dict[str, Any]], n: int) -> dict[str, Any]:
+    """A server's figures over the repeats: ratios to the embed run of the same repeat, CPU per 1,000 sequences,
+    and the median repeat's own figures."""
+    runs = server.runs
+    ratios = [run["sequences_per_second"] / e["sequences_per_second"] for run, e in zip(runs, embeds, strict=True)]
+    median = runs[ratios.index(statistics.median_low(ratios))]
+    return {
+        "tree": str(server.tree),
+        "ratio_served_to_embed": round(statistics.median(ratios), 3),
+        "ratios": [round(ratio, 3) for ratio in ratios],
+        "server_cpu_seconds_per_1000": round(statistics.median(1000 * r["server_cpu_seconds"] / n for r in runs), 3),
+        "client_cpu_seconds_per_1000": round(statistics.median(1000 * r["client_cpu_seconds"] / n for r in runs), 3),
+        "sequences_per_second": round(statistics.median(r["sequences_per_second"] for r in server.runs), 2),
+        "errors": sum(r["errors"] for r in server.runs),
+        "server_rss_bytes": {"after_warm_up": server.rss_start, "end": server.rss_end},
+        "median_repeat": {key: value for key, value in median.items() if key != "results"},
+        "repeats": [{key: value for key, value in r.items() if key != "results"} for r in server.runs],
+    }  # fmt: skip
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     args.molecule = "dna" if args.model == "dnabert2" else "protein"
     work = Path(tempfile.mkdtemp(prefix="seqshard-bench-serving-"))
@@ -236,77 +286,81 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     sequences = [record.sequence for record in records]
     fasta = work / "input.fa"
     fasta.write_text("".join(f">{record.id}\n{record.sequence}\n" for record in records))
+    servers = [Served("new", REPO, args.port)]
+    if args.against:
+        servers.insert(0, Served("base", worktree(args.against, work), args.port + 2))
+        commit = subprocess.run(["git", "-C", str(servers[0].tree), "rev-parse", "--short", "HEAD"],
+                                capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+        print(f"base: {args.against} ({commit}) in a worktree; new: {REPO} (working tree)")
     print(f"{len(sequences)} {args.molecule} sequences, median {int(np.median([len(s) for s in sequences]))} "
           f"residues; {args.model} {args.size}; {args.threads} torch thread(s); {args.device}; "
           f"{args.concurrency} clients; {args.repeats} interleaved repeat(s)")  # fmt: skip
     machine = machine_description(args.device)
-
-    url = f"http://127.0.0.1:{args.port}"
-    log = work / "server.log"
-    server = start_server(args, checkpoint, log)
-    pairs: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    embeds: list[dict[str, Any]] = []
     try:
-        wait_healthy(url, server, log)
-        process = psutil.Process(server.pid)
-        # Warm-up: one pass over every sequence, so the allocator reaches the working size the batches need.
-        asyncio.run(load(url, sequences, args.concurrency))
-        rss_start = process.memory_info().rss
+        for server in servers:
+            log = work / f"server-{server.name}.log"
+            server.process = start_server(args, checkpoint, log, server.tree, server.port)
+            wait_healthy(server.url, server.process, log)
+            # Warm-up: one pass over every sequence, so the allocator reaches the working size the batches need.
+            asyncio.run(load(server.url, sequences, args.concurrency))
+            server.rss_start = psutil.Process(server.process.pid).memory_info().rss
         for repeat in range(args.repeats):
             embed = run_embed(args, checkpoint, fasta, work)
-            served = serve_once(args, url, sequences, process)
-            pairs.append((embed, served))
-            print(f"[{repeat + 1}] embed {embed['sequences_per_second']:.1f} seq/s, served "
-                  f"{served['sequences_per_second']:.1f} seq/s: ratio "
-                  f"{served['sequences_per_second'] / embed['sequences_per_second']:.3f}; CPU per sequence "
-                  f"embed {1000 * embed['cpu_seconds'] / len(sequences):.2f} ms, server "
-                  f"{1000 * served['server_cpu_seconds'] / len(sequences):.2f} ms, client "
-                  f"{1000 * served['client_cpu_seconds'] / len(sequences):.2f} ms; "
-                  f"{served['mean_sequences_per_server_batch']:.1f} sequences per server batch; errors "
-                  f"{served['errors']}")  # fmt: skip
-        rss_end = process.memory_info().rss
+            embeds.append(embed)
+            line = f"[{repeat + 1}] embed {embed['sequences_per_second']:.1f} seq/s, CPU {embed['cpu_seconds']:.2f} s"
+            for server in servers if repeat % 2 == 0 else servers[::-1]:
+                served = serve_once(args, server, sequences)
+                server.runs.append(served)
+                line += (f"; {server.name} {served['sequences_per_second']:.1f} seq/s (ratio "
+                         f"{served['sequences_per_second'] / embed['sequences_per_second']:.3f}), server CPU "
+                         f"{served['server_cpu_seconds']:.2f} s, {served['mean_sequences_per_server_batch']:.1f} "
+                         f"per batch, {served['errors']} errors")  # fmt: skip
+            print(line)
+        for server in servers:
+            server.rss_end = psutil.Process(server.process.pid).memory_info().rss  # type: ignore[union-attr]
     finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=120)
+        for server in servers:
+            if server.process is not None and server.process.poll() is None:
+                server.process.send_signal(signal.SIGTERM)
+                server.process.wait(timeout=120)
+        if args.against:
+            remove_worktree(servers[0].tree)
 
-    ratios = [served["sequences_per_second"] / embed["sequences_per_second"] for embed, served in pairs]
-    cpu_ratios = [embed["cpu_seconds"] / served["server_cpu_seconds"] for embed, served in pairs]
-    embed, served = pairs[ratios.index(statistics.median_low(ratios))]  # the median pair's own figures
-    results = served.pop("results")
+    n = len(sequences)
+    figures = {server.name: summarize(server, embeds, n) for server in servers}
+    new = servers[-1]
+    results = new.runs[figures["new"]["ratios"].index(statistics.median_low(figures["new"]["ratios"]))]["results"]
+    reference = embeds[figures["new"]["ratios"].index(statistics.median_low(figures["new"]["ratios"]))]["embeddings"]
     answered = [i for i, result in enumerate(results) if result is not None]
     difference = float(
-        np.abs(np.array([results[i] for i in answered], dtype=np.float32) - embed["embeddings"][answered]).max()
+        np.abs(np.array([results[i] for i in answered], dtype=np.float32) - reference[answered]).max()
     ) if answered else None  # fmt: skip
-    for _, other in pairs:
-        other.pop("results", None)
+    embed_cpu = statistics.median(1000 * e["cpu_seconds"] / n for e in embeds)
     result = {
         "machine": machine,
-        "settings": {key: value for key, value in vars(args).items() if key != "out"},
-        "ratio_served_to_embed": round(statistics.median(ratios), 3),
-        "ratios": [round(ratio, 3) for ratio in ratios],
-        "cpu_ratio_embed_to_server": round(statistics.median(cpu_ratios), 3),
-        "embed_sequences_per_second": round(embed["sequences_per_second"], 2),
-        "served": served,
-        "errors": sum(other["errors"] for _, other in pairs),
-        "server_rss_bytes": {"after_warm_up": rss_start, "end": rss_end, "growth": rss_end - rss_start},
+        "settings": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
+        "embed_sequences_per_second": round(statistics.median(e["sequences_per_second"] for e in embeds), 2),
+        "embed_cpu_seconds_per_1000": round(embed_cpu, 3),
+        "servers": figures,
         "max_abs_difference_to_embed": difference,
-        "repeats": [
-            {"embed": {k: v for k, v in e.items() if k != "embeddings"}, "served": other} for e, other in pairs
-        ],
+        "embed_repeats": [{k: v for k, v in e.items() if k != "embeddings"} for e in embeds],
         "load_average_at_end": os.getloadavg(),
     }
-    latency = served["latency_seconds"]
-    print(f"\nratio served/embed (sequences/s, median of {len(ratios)}): {result['ratio_served_to_embed']:.3f} "
-          f"{result['ratios']}; CPU per sequence embed/server {result['cpu_ratio_embed_to_server']:.3f}")  # fmt: skip
-    print(f"served {served['sequences_per_second']:.1f} seq/s vs embed {embed['sequences_per_second']:.1f} seq/s; "
-          f"latency p50 {latency['p50']:.4f} s, p95 {latency['p95']:.4f} s, p99 {latency['p99']:.4f} s; "
-          f"errors {result['errors']} over {len(ratios) * len(sequences)} requests")  # fmt: skip
-    print(f"server RSS {rss_start / 2**20:.1f} MiB after warm-up, {rss_end / 2**20:.1f} MiB at the end "
-          f"({(rss_end - rss_start) / 2**20:+.1f} MiB); on average {served['mean_requests_in_server']:.1f} of "
-          f"{args.concurrency} requests inside the server, {served['mean_queue_depth']:.1f} sequences queued, model "
-          f"worker busy {served['model_worker_busy_fraction']:.0%}; max |served - embed| {difference}")  # fmt: skip
-    for _, other in pairs:
-        for message, count in other["error_kinds"].items():
-            print(f"  error: {count} x {message}")
+    print(f"\nembed (this tree): {result['embed_sequences_per_second']:.1f} seq/s, CPU {embed_cpu:.2f} s per 1,000 "
+          f"sequences (median of {len(embeds)})")  # fmt: skip
+    for server in servers:
+        f = figures[server.name]
+        latency = f["median_repeat"]["latency_seconds"]
+        print(f"{server.name:>4}: served/embed {f['ratio_served_to_embed']:.3f} {f['ratios']}; "
+              f"{f['sequences_per_second']:.1f} seq/s; server CPU {f['server_cpu_seconds_per_1000']:.2f} s per 1,000 "
+              f"sequences ({f['server_cpu_seconds_per_1000'] / embed_cpu:.2f} x embed's), clients "
+              f"{f['client_cpu_seconds_per_1000']:.2f} s; latency p50 {latency['p50']:.4f} s, "
+              f"p95 {latency['p95']:.4f} s; "
+              f"{f['median_repeat']['mean_sequences_per_server_batch']:.1f} sequences per server batch; "
+              f"errors {f['errors']}; RSS {f['server_rss_bytes']['after_warm_up'] / 2**20:.1f} -> "
+              f"{f['server_rss_bytes']['end'] / 2**20:.1f} MiB")  # fmt: skip
+    print(f"max |served - embed| (new): {difference}")
     return result
 
 
@@ -323,6 +377,7 @@ def create_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=18090, help="the API; the metrics use the next port")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3, help="embed and served runs, interleaved; medians")
+    parser.add_argument("--against", metavar="REF", help="also serve from this git ref (a temporary worktree)")
     parser.add_argument("--out", type=Path, help="write the figures as JSON here")
     return parser
 

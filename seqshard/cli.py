@@ -171,10 +171,31 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--rate-limit", type=int, default=default["rate_limit"], help="requests per minute per client; 0: none"
     )
     parser.add_argument("--max-body-bytes", type=int, default=default["max_body_bytes"])
+    parser.add_argument(
+        "--max-request-tokens", type=int, default=default["max_request_tokens"],
+        help="model tokens one request may ask for, counted at admission (413 TOO_MANY_TOKENS beyond)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--max-header-bytes", type=int, default=default["max_header_bytes"], help="size of a request's head (431)"
+    )
+    parser.add_argument("--max-headers", type=int, default=default["max_headers"], help="headers per request (431)")
+    parser.add_argument(
+        "--header-timeout", type=float, default=default["header_timeout"],
+        help="seconds from a request's first byte to the end of its headers (408)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--body-timeout", type=float, default=default["body_timeout"],
+        help="seconds from the end of the headers to the end of the body (408)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--idle-timeout", type=float, default=default["idle_timeout"],
+        help="seconds a connection may stay open with no request in progress",
+    )  # fmt: skip
     parser.add_argument("--api-key-file", type=Path, help="require `Authorization: Bearer <key in this file>`")
     parser.add_argument(
-        "--graceful-timeout", type=float, default=default["graceful_timeout"], help="seconds SIGTERM waits"
-    )
+        "--graceful-timeout", type=float, default=default["graceful_timeout"],
+        help="seconds SIGTERM waits for requests in flight; those still running then get 503",
+    )  # fmt: skip
     parser.add_argument("--access-log", action="store_true", help="log every request")
 
 
@@ -229,7 +250,9 @@ def run(args: argparse.Namespace) -> None:
             shaping=task_settings(args), batch_tokens=args.batch_tokens, max_wait_ms=args.max_wait_ms,
             max_queue=args.max_queue, max_batch_sequences=args.max_batch_sequences,
             max_sequence_length=args.max_sequence_length, rate_limit=args.rate_limit,
-            max_body_bytes=args.max_body_bytes, api_key_file=args.api_key_file,
+            max_body_bytes=args.max_body_bytes, max_request_tokens=args.max_request_tokens,
+            max_header_bytes=args.max_header_bytes, max_headers=args.max_headers, header_timeout=args.header_timeout,
+            body_timeout=args.body_timeout, idle_timeout=args.idle_timeout, api_key_file=args.api_key_file,
             graceful_timeout=args.graceful_timeout,
         )  # fmt: skip
         settings.api_key()  # an unreadable or empty key file stops here, before anything starts

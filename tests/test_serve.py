@@ -922,3 +922,241 @@ def test_serve_takes_the_input_policy_flags(server_factory, checkpoints: dict[st
     assert stopped["embedding"] == unknown["embedding"]  # an internal stop reads as X
     info = httpx.get(f"{server.url}/model/info", timeout=10).json()["data"]["settings"]
     assert (info["gaps"], info["internal_stops"]) == ("remove", "unknown")
+
+
+# --- one client cannot stall the server: bounded work, cancelled work, timeouts, limits (issue 24) --------------
+
+
+def raw_exchange(port: int, *parts: bytes, pause: float = 0.0, deadline: float = 15.0) -> tuple[bytes, float]:
+    """Send `parts` over one loopback connection (`pause` seconds apart, stopping once the server answers), then
+    read until the server closes it or `deadline` seconds have passed since the connection opened: what came
+    back and when the server closed."""
+    import select
+    import socket
+
+    started = time.monotonic()
+    received = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=deadline) as connection:
+        try:
+            for part in parts:
+                if select.select([connection], [], [], 0)[0]:
+                    break  # the server has answered (or closed): stop sending
+                connection.sendall(part)
+                time.sleep(pause)
+            while time.monotonic() - started < deadline and (chunk := connection.recv(65536)):
+                received += chunk
+        except OSError:  # the server reset the connection
+            pass
+    return received, time.monotonic() - started
+
+
+def envelope_of(answer: bytes) -> tuple[int, dict[str, object]]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert b"content-type: application/json" in head.lower(), head
+    return int(head.split()[1]), json.loads(body)
+
+
+@pytest.mark.slow
+def test_a_huge_invalid_array_is_answered_small_and_fast_while_health_answers(
+    server_factory, checkpoints: dict[str, Path]
+) -> None:
+    """The issue's body: 520,000 integers where sequences belong (1 MB, under the cap). It used to take 8-12 s
+    and come back as a 28 MB list of every element while /health stalled; now the array is counted before
+    pydantic looks at its elements."""
+    server = server_factory("--checkpoint", str(checkpoints["promoter"]))
+    huge = json.dumps({"sequences": [1] * 520_000, "task_type": "embedding"}, separators=(",", ":")).encode()
+    assert 1_000_000 < len(huge) < 1024 * 1024
+    health_seconds: list[float] = []
+    done = threading.Event()
+
+    def probe_health() -> None:
+        deadline = time.monotonic() + 30
+        while not done.is_set() and len(health_seconds) < 200 and time.monotonic() < deadline:
+            started = time.monotonic()
+            assert httpx.get(f"{server.url}/health", timeout=10).status_code == 200
+            health_seconds.append(time.monotonic() - started)
+
+    prober = threading.Thread(target=probe_health)
+    prober.start()
+    try:
+        for _ in range(3):
+            started = time.monotonic()
+            response = httpx.post(f"{server.url}/predict/batch", content=huge,
+                                  headers={"Content-Type": "application/json"}, timeout=30)  # fmt: skip
+            assert time.monotonic() - started < 1.0
+            assert_error(response, 400, "INVALID_REQUEST", "520000 sequences in one batch; at most 100")
+            assert len(response.content) < 1000
+    finally:
+        done.set()
+        prober.join()
+    assert health_seconds and max(health_seconds) < 0.5
+    # Within the count, every element is checked, but the answer names five problems and counts the rest.
+    few = post(server, "/predict/batch", {"sequences": [1] * 90, "task_type": "embedding"})
+    body = assert_error(few, 400, "INVALID_REQUEST", "body.sequences.0: Input should be a valid string",
+                        "and 85 more problems")  # fmt: skip
+    assert str(body["error"]["details"]).count("body.sequences.") == 5
+    # So do unknown fields, however many: one error names a few (no time bound here: the issue states none).
+    keys = {"sequence": "ACGT", **{f"f{i}": 0 for i in range(80_000)}}  # 1 MB
+    unknown = httpx.post(f"{server.url}/predict", json=keys, timeout=30)
+    assert len(unknown.content) < 1000
+    assert_error(unknown, 400, "INVALID_REQUEST", "unknown fields f0, f1, f2", "and 79995 more")
+
+
+@pytest.mark.slow
+def test_a_request_over_the_token_cap_is_refused_at_admission(server_factory, checkpoints: dict[str, Path]) -> None:
+    """The issue's LucaOne batch (100 x 5,120 residues, two windows each: 819,200 model tokens) asks for more than
+    the default --max-request-tokens 262144: 413 before it is queued, and the queue stays empty."""
+    server = server_factory("--model", "lucaone", "--checkpoint", str(checkpoints["lucaone"]), "--molecule", "protein")
+    body = {"sequences": ["MKTAYIAKQR" * 512] * 100, "task_type": "embedding"}
+    response = httpx.post(f"{server.url}/predict/batch", json=body, timeout=60)
+    assert_error(response, 413, "TOO_MANY_TOKENS", "819200 model tokens", "at most 262144", "200 model input(s)")
+    assert server.prometheus_value("seqshard_model_batches_total") == 0
+    one = httpx.post(f"{server.url}/predict/batch", json={"sequences": ["MKTAYIAKQR" * 512]}, timeout=60)
+    assert one.status_code == 200 and one.json()["data"]["predictions"][0]["n_tokens"] == 5122
+
+
+@pytest.mark.slow
+def test_a_disconnected_long_batch_is_cancelled_and_the_next_request_served_promptly(
+    server_factory, checkpoints: dict[str, Path]
+) -> None:
+    """The issue's LucaOne batch (117 s of work on 2 cores), admitted with a raised token cap; its client gives up
+    after 2 s. Its work stops before the next model batch (--batch-tokens 4096: about a second of work each), so
+    a 10-residue request sent then is answered in seconds (it waited 113 s before), and the abandoned request is
+    counted as status 499, not as a 200."""
+    server = server_factory("--model", "lucaone", "--checkpoint", str(checkpoints["lucaone"]), "--molecule",
+                            "protein", "--batch-tokens", "4096", "--max-request-tokens", "1000000")  # fmt: skip
+    body = {"sequences": ["MKTAYIAKQR" * 512] * 100, "task_type": "embedding"}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{server.url}/predict/batch", json=body, timeout=httpx.Timeout(60, read=2))
+    started = time.monotonic()
+    response = httpx.post(f"{server.url}/predict", json={"sequence": "MKTAYIAKQR", "options": {"molecule": "protein"}},
+                          timeout=120)  # fmt: skip
+    assert response.status_code == 200 and time.monotonic() - started < 20
+    assert server.prometheus_value("seqshard_http_requests_total", endpoint="/predict/batch", status="499") == 1
+    assert server.prometheus_value("seqshard_http_requests_total", endpoint="/predict/batch", status="200") == 0
+    assert server.prometheus_value("seqshard_cancelled_sequences_total") == 100
+    assert server.prometheus_value("seqshard_sequences_total", task_type="embedding") == 1
+    model = httpx.get(f"{server.url}/metrics", timeout=10).json()["data"]["model_metrics"]
+    assert (model["total_requests"], model["successful_requests"], model["cancelled_requests"]) == (2, 1, 1)
+    assert model["failed_requests"] == 0
+    assert "stopped a batch of 1 request(s) nobody waits for" in server.log_text()
+
+
+@pytest.mark.slow
+def test_slow_and_oversized_requests_are_cut_off(server_factory, checkpoints: dict[str, Path]) -> None:
+    """An idle connection, a head sent a byte at a time, a 100 kB header, 30 headers, a body that never completes
+    and bytes that are not HTTP: each is cut off within its limit, answered in the envelope where HTTP allows,
+    and counted; meanwhile /health answers."""
+    limits = ["--idle-timeout", "1", "--header-timeout", "1", "--body-timeout", "1", "--max-header-bytes", "4096",
+              "--max-headers", "20"]  # fmt: skip
+    server = server_factory("--checkpoint", str(checkpoints["promoter"]), *limits)
+    answer, seconds = raw_exchange(server.port)  # idle: closed without an answer (there is no request)
+    assert answer == b"" and 0.9 < seconds < 5
+    answer, seconds = raw_exchange(server.port, *[bytes([byte]) for byte in b"GET /health HTTP/1.1\r\n"], pause=0.3)
+    status, body = envelope_of(answer)
+    assert (status, body["error"]["code"]) == (408, "REQUEST_TIMEOUT") and seconds < 5  # type: ignore[index]
+    answer, _ = raw_exchange(server.port, b"GET /health HTTP/1.1\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n")
+    status, body = envelope_of(answer)
+    assert (status, body["error"]["code"]) == (431, "HEADERS_TOO_LARGE")  # type: ignore[index]
+    assert "4096 bytes" in str(body["message"])
+    many = b"".join(b"X-Header-%d: 1\r\n" % i for i in range(30))
+    status, body = envelope_of(raw_exchange(server.port, b"GET /health HTTP/1.1\r\n" + many + b"\r\n")[0])
+    assert (status, body["error"]["code"]) == (431, "HEADERS_TOO_LARGE") and "20 headers" in str(body["message"])  # type: ignore[index]
+    promised = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"
+    answer, seconds = raw_exchange(server.port, promised)
+    status, body = envelope_of(answer)
+    assert (status, body["error"]["code"]) == (408, "REQUEST_TIMEOUT") and seconds < 5  # type: ignore[index]
+    assert "1 bytes received" in str(body["message"])
+    status, body = envelope_of(raw_exchange(server.port, b"\x16\x03\x01 not http\r\n\r\n")[0])
+    assert (status, body["error"]["code"]) == (400, "INVALID_REQUEST")  # type: ignore[index]
+    assert httpx.get(f"{server.url}/health", timeout=5).status_code == 200
+    for status_text, count in (("408", 1), ("431", 2), ("400", 1)):
+        assert server.prometheus_value("seqshard_http_requests_total", endpoint="(http)", status=status_text) == count
+    assert server.prometheus_value("seqshard_http_requests_total", endpoint="/predict", status="408") == 1
+    assert "Traceback" not in server.log_text()
+
+
+@pytest.mark.slow
+def test_sigterm_with_a_long_batch_answers_503_and_exits_in_time(server_factory, checkpoints: dict[str, Path]) -> None:
+    """--graceful-timeout 3 with the issue's long LucaOne batch running: it used to end with a plain-text 500, a
+    traceback and an exit 18 s after SIGTERM. Now the request still running gets a JSON 503 SHUTTING_DOWN when
+    the 3 s are over, and the process exits within the timeout plus a second."""
+    server = server_factory("--model", "lucaone", "--checkpoint", str(checkpoints["lucaone"]), "--molecule",
+                            "protein", "--max-request-tokens", "1000000", "--graceful-timeout", "3")  # fmt: skip
+    result: dict[str, httpx.Response] = {}
+    body = {"sequences": ["MKTAYIAKQR" * 512] * 100, "task_type": "embedding"}
+    sender = threading.Thread(
+        target=lambda: result.setdefault("r", httpx.post(f"{server.url}/predict/batch", json=body, timeout=60))
+    )
+    sender.start()
+    deadline = time.monotonic() + 30
+    while server.prometheus_value("seqshard_queue_depth") < 100 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # the batch is computing
+    server.process.send_signal(signal.SIGTERM)
+    signalled = time.monotonic()
+    assert server.process.wait(timeout=30) == -signal.SIGTERM
+    assert time.monotonic() - signalled < 3 + 1
+    sender.join(timeout=30)
+    assert_error(result["r"], 503, "SHUTTING_DOWN", "--graceful-timeout")
+    log = server.log_text()
+    assert "Traceback" not in log and "Exception in ASGI application" not in log
+
+
+@pytest.mark.slow
+def test_the_api_describes_this_server_and_counts_every_request(server_factory, checkpoints: dict[str, Path]) -> None:
+    """A default task type; an OpenAPI document for this model and these flags; HEAD /health; no redirects; 404s
+    and 413s counted under a meaningful endpoint (and the 413 of a prediction in the JSON totals)."""
+    server = server_factory("--checkpoint", str(checkpoints["promoter"]), "--rate-limit", "0", "--max-body-bytes",
+                            "10000")  # fmt: skip
+    answer = httpx.post(f"{server.url}/predict", json={"sequence": "ATGCATGCAAGT"}, timeout=60)  # no task_type
+    assert answer.status_code == 200 and answer.json()["data"]["task_type"] == "embedding"
+    document = httpx.get(f"{server.url}/openapi.json", timeout=10).json()
+    assert "securitySchemes" not in document.get("components", {})  # no --api-key-file: no Bearer scheme
+    schemas = document["components"]["schemas"]
+    assert schemas["TaskType"]["enum"] == ["embedding", "promoter_prediction"]
+    for name in ("PredictRequest", "BatchPredictRequest"):
+        assert {example.get("task_type", "embedding") for example in schemas[name]["examples"]} <= {
+            "embedding", "promoter_prediction"}  # fmt: skip
+    sequences = schemas["BatchPredictRequest"]["properties"]["sequences"]
+    assert sequences["maxItems"] == 100 and sequences["items"]["maxLength"] == 5120
+    assert re.fullmatch(sequences["items"]["pattern"], "acgtN") and not re.fullmatch(
+        sequences["items"]["pattern"], "ACGU")  # fmt: skip
+    assert schemas["PredictOptions"]["properties"]["molecule"]["anyOf"][0]["enum"] == ["dna"]
+    for operation in document["paths"]["/predict"].values():
+        assert {"401", "422", "429"}.isdisjoint(operation["responses"])
+    head = httpx.head(f"{server.url}/health", timeout=10)
+    assert head.status_code == 200 and head.content == b""
+    assert_error(httpx.get(f"{server.url}/health/", timeout=10), 404, "NOT_FOUND")  # no redirect
+    assert_error(httpx.get(f"{server.url}/nowhere", timeout=10), 404, "NOT_FOUND")
+    big = httpx.post(f"{server.url}/predict", json={"sequence": "A" * 20_000}, timeout=10)
+    assert_error(big, 413, "PAYLOAD_TOO_LARGE")
+    assert server.prometheus_value("seqshard_http_requests_total", endpoint="/predict", status="413") == 1
+    assert server.prometheus_value("seqshard_http_requests_total", endpoint="(no route)", status="404") == 2
+    assert server.prometheus_value("seqshard_http_requests_total", endpoint="/health", method="HEAD") == 1
+    assert server.prometheus_value("seqshard_http_requests_total", endpoint="unmatched") == 0
+    model = httpx.get(f"{server.url}/metrics", timeout=10).json()["data"]["model_metrics"]
+    assert (model["total_requests"], model["successful_requests"], model["failed_requests"]) == (2, 1, 1)
+
+
+def test_the_admission_bound_is_never_below_the_real_token_count(checkpoints: dict[str, Path]) -> None:
+    """`ModelFit.token_bound` decides, from residues alone, whether a request's tokens must be counted: it must
+    never be under the count, windows re-cut for runs of N (one DNABERT-2 token each) included."""
+    import torch
+
+    from seqshard.engine.types import TaskSettings
+    from seqshard.engine.windows import ModelFit
+    from seqshard.models import get_loader
+
+    rng = np.random.default_rng(3)
+    dna = ["".join(rng.choice(list("ACGT"), n)) for n in (1, 100, 511, 513, 3000, 5120)] + ["N" * 5120,
+           "ACGT" * 300 + "N" * 2000 + "ACGT" * 200]  # fmt: skip
+    cases = [("dnabert2", checkpoints["promoter"], "dna", dna), ("lucaone", checkpoints["lucaone"], "protein", PROTEIN)]
+    for model, checkpoint, molecule, sequences in cases:
+        loaded = get_loader(model)(str(checkpoint), "cpu", torch.float32).for_molecule(molecule)
+        for settings in (TaskSettings(), TaskSettings(long_sequences="truncate")):
+            fit = ModelFit.of(loaded, settings)
+            encoded = fit.encode(sequences, loaded.tokenizer)
+            counts = np.bincount(encoded.record, weights=encoded.lengths, minlength=len(sequences))
+            bounds = [fit.token_bound(len(sequence)) for sequence in sequences]
+            assert all(bound >= count for bound, count in zip(bounds, counts, strict=True)), (model, bounds, counts)

@@ -312,6 +312,17 @@ def score_records(
     tasks = prepare_tasks(loaded, [settings])
     encoded = ModelFit.of(loaded, settings).encode([r.sequence for r in records], loaded.tokenizer)
     runner = Runner(loaded, figures, batch_tokens=batch_tokens, dtype=dtype, max_padding=max_padding)
+    return score_encoded_records(runner, records, encoded, tasks)
+
+
+def score_encoded_records(
+    runner: Runner, records: Sequence[SequenceRecord], encoded: EncodedChunk, tasks: Sequence[PassTask]
+) -> ScoredChunk:
+    """`records`, already encoded as `encoded` (by `ModelFit.encode` with the runner's model), scored in memory as
+    one chunk: `score_records` once the input is tokenized (the server tokenizes each request at admission, so
+    that its queue counts real tokens). A record that cannot be scored is a RecordError naming it; a run that
+    `runner.should_stop` stops raises RunCancelled."""
+    figures = runner.figures
     columns, failed = score_encoded(runner, encoded, tasks)
     if failed:
         index, reason = next(iter(failed.items()))

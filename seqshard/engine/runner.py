@@ -35,6 +35,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+class RunCancelled(Exception):
+    """The run was stopped between two batches because `Runner.should_stop` said so (the server's client left)."""
+
+
 def is_out_of_memory(error: BaseException) -> bool:
     """torch's out-of-memory error, or a cuBLAS/cuDNN allocation failure, which arrive as plain RuntimeErrors."""
     if isinstance(error, torch.OutOfMemoryError):
@@ -186,6 +190,9 @@ class Runner:
         self.recover_after = recover_after
         self._good_batches = 0
         self.failed: dict[int, str] = {}  # input index -> why it could not be run
+        # Consulted before every batch: True stops the run with RunCancelled (the server sets it to "every client of
+        # this batch has gone"); a batch already started always finishes.
+        self.should_stop: Callable[[], bool] | None = None
 
     def autocast(self) -> object:
         if self.dtype == "fp32":
@@ -218,6 +225,8 @@ class Runner:
                 prefetch = Prefetcher(plan, lambda indices: self._build(inputs, indices))
                 try:
                     for batch in prefetch:
+                        if self.should_stop is not None and self.should_stop():
+                            raise RunCancelled(f"stopped with {int(pending.sum())} of {len(inputs)} inputs left")
                         pending[batch.indices] = False
                         self._run_batch(batch, reduce, in_flight, outputs)
                         now = time.perf_counter()

@@ -156,6 +156,11 @@ class EncodedChunk:
     def sequences(self) -> list[EncodedSequence]:
         return [self.sequence(index) for index in range(self.n_records)]
 
+    @property
+    def n_model_tokens(self) -> int:
+        """Tokens the model runs for these inputs: [CLS], [SEP] and window overlaps included, padding excluded."""
+        return int(self.starts[-1])
+
 
 def _owned_by_window(planned: Window, offsets: np.ndarray) -> np.ndarray:
     """Which tokens of a window (residue spans `offsets` [n, 2] relative to the window) the window owns."""
@@ -325,6 +330,19 @@ class ModelFit:
     @classmethod
     def of(cls, loaded: LoadedModel, settings: TaskSettings) -> ModelFit:
         return cls.resolve(settings, loaded.max_tokens, loaded.default_window)
+
+    def token_bound(self, length: int) -> int:
+        """At most how many model tokens a sequence of `length` residues becomes, without tokenizing it: no token
+        is shorter than a residue, so the whole sequence or each of its windows holds at most its residues and
+        [CLS]/[SEP]. Windows cut again because they tokenize past `max_tokens` (runs of N in DNABERT-2) overlap
+        more; their residues may count up to 4/3 times, which the bound allows for."""
+        whole = length + 2
+        if self.long_sequences == "truncate":
+            return min(whole, self.max_tokens)
+        if whole <= self.max_tokens:
+            return whole
+        windows = plan_windows(length, self.window_length, self.window_overlap)
+        return max(self.max_tokens, -(-4 * sum(w.stop - w.start + 2 for w in windows) // 3))
 
     def encode(self, sequences: Sequence[str], tokenizer: SequenceTokenizer) -> EncodedChunk:
         """The model inputs of `sequences` (see `encode_chunk`)."""

@@ -1,5 +1,5 @@
-"""Dependencies shared by the routes: the model service, the API key and the rate limit, each checked once here
-instead of in every route."""
+"""Dependencies shared by the routes: the model service, the API key, the rate limit and the batch size, each
+checked once here instead of in every route."""
 
 from __future__ import annotations
 
@@ -54,5 +54,28 @@ async def rate_limit(request: Request) -> None:
         )
 
 
-# Every route but /health: the rate limit first, so that guessing keys is rate limited too.
-PROTECTED = [Depends(rate_limit), Depends(require_api_key)]
+async def limit_batch_sequences(request: Request) -> None:
+    """At most --max-batch-sequences in `sequences`, counted before the body is validated: pydantic would check
+    (and describe) every element of a 520,000-element array first. FastAPI has parsed the JSON body already
+    (Starlette keeps it), and solves dependencies before it validates the body against the model."""
+    if "json" not in request.headers.get("content-type", "") or not await request.body():
+        return  # FastAPI refuses it as it is
+    try:
+        body = await request.json()
+    except (ValueError, RecursionError):
+        return  # FastAPI reports what it cannot parse
+    sequences = body.get("sequences") if isinstance(body, dict) else None
+    limit = request.app.state.service.settings.max_batch_sequences
+    if isinstance(sequences, list) and len(sequences) > limit:
+        raise ApiError(
+            ErrorCode.INVALID_REQUEST,
+            f"{len(sequences)} sequences in one batch; at most {limit}",
+            "send several batches (the server batches concurrent requests by itself)",
+        )
+
+
+def protected(api_key: str | None) -> list[object]:
+    """Every route but /health: the rate limit first, so that guessing keys is rate limited too; the key only
+    when the server has one (so the OpenAPI document declares Bearer authentication only then)."""
+    checks = [Depends(rate_limit)]
+    return checks + [Depends(require_api_key)] if api_key is not None else checks

@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from seqshard.serve.schemas import ErrorCode, ErrorDetail, ErrorResponse
+from seqshard.serve.schemas import MAX_LISTED, ErrorCode, ErrorDetail, ErrorResponse
 
 log = logging.getLogger(__name__)
 
@@ -23,14 +23,19 @@ STATUS = {
     ErrorCode.UNAUTHORIZED: 401,
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.METHOD_NOT_ALLOWED: 405,
+    ErrorCode.REQUEST_TIMEOUT: 408,
     ErrorCode.PAYLOAD_TOO_LARGE: 413,
+    ErrorCode.TOO_MANY_TOKENS: 413,
     ErrorCode.RATE_LIMITED: 429,
+    ErrorCode.HEADERS_TOO_LARGE: 431,
     ErrorCode.PREDICTION_FAILED: 500,
     ErrorCode.INTERNAL_ERROR: 500,
     ErrorCode.OVERLOADED: 503,
     ErrorCode.MODEL_NOT_LOADED: 503,
+    ErrorCode.SHUTTING_DOWN: 503,
 }
 _CODE_OF_STATUS = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED, 413: ErrorCode.PAYLOAD_TOO_LARGE}
+CLIENT_GONE_STATUS = 499  # nginx's "client closed request": counted in the metrics, never sent
 
 
 class ApiError(HTTPException):
@@ -44,6 +49,10 @@ class ApiError(HTTPException):
         self.code = code
         self.message = message
         self.details = details
+
+
+class ClientGone(Exception):
+    """The client closed its connection before its answer was ready; its work was cancelled and nothing is sent."""
 
 
 def retry_after(seconds: float) -> dict[str, str]:
@@ -66,11 +75,15 @@ def request_id_of(request: Request) -> UUID | None:
 
 
 def _describe_validation(error: RequestValidationError) -> str:
-    """Pydantic's errors as `location: message` lines, e.g. `body.options.batch_size: Input should be ...`."""
+    """The first few of pydantic's errors as `location: message`, e.g. `body.options.batch_size: Input should be
+    ...`, and how many more there are: an answer never grows with the request."""
+    problems = error.errors()
     parts = []
-    for item in error.errors():
+    for item in problems[:MAX_LISTED]:
         location = ".".join(str(part) for part in item.get("loc", ()))
         parts.append(f"{location}: {item.get('msg', 'invalid')}")
+    if len(problems) > MAX_LISTED:
+        parts.append(f"and {len(problems) - MAX_LISTED} more problems")
     return "; ".join(parts)
 
 

@@ -2,9 +2,13 @@
 
 The series (text format on `--metrics-port`):
 - `seqshard_http_requests_total{endpoint,method,status}`, `seqshard_http_request_duration_seconds{endpoint}`,
-  `seqshard_http_requests_in_flight`;
+  `seqshard_http_requests_in_flight`. `endpoint` is a route's path template (also when the request is refused
+  on its way there: 405, 408, 413), `(no route)` for other paths, `(http)` for what the HTTP layer refuses
+  before the application sees it (malformed, 408 on a slow head, 431); status 499 counts requests whose client
+  left first;
 - `seqshard_batch_sequences`, `seqshard_batch_tokens`, `seqshard_batch_duration_seconds` (per batch gathered from
-  the queue), `seqshard_queue_depth`,
+  the queue), `seqshard_queue_depth`, `seqshard_cancelled_sequences_total` (queued or computing sequences dropped
+  because every client of their batch left, or the server stopped),
   `seqshard_model_batches_total`, `seqshard_tokens_total`, `seqshard_computed_tokens_total` (padding included),
   `seqshard_sequences_total{task_type}`, `seqshard_model_load_seconds`, `seqshard_model_loaded`;
 - `process_cpu_seconds_total`, `process_resident_memory_bytes`, ... (prometheus_client's process collector);
@@ -106,6 +110,10 @@ class ServerMetrics:
             "seqshard_computed_tokens", "Tokens the model computed, padding included", registry=registry
         )
         self.sequences = Counter("seqshard_sequences", "Sequences predicted", ["task_type"], registry=registry)
+        self.cancelled_sequences = Counter(
+            "seqshard_cancelled_sequences", "Sequences not computed because nobody waited for them any more",
+            registry=registry,
+        )  # fmt: skip
         self.in_flight = Gauge(
             "seqshard_http_requests_in_flight", "HTTP requests received and not yet answered", registry=registry
         )
@@ -144,12 +152,13 @@ class ServerMetrics:
 
     def summary(self) -> dict[str, object]:
         """The figures of `GET /metrics`: prediction requests and latency, GPU, memory, host CPU/memory/disk/network."""
-        total = succeeded = 0
+        total = succeeded = cancelled = 0
         for metric in self.requests.collect():
             for sample in metric.samples:
                 if sample.name.endswith("_total") and sample.labels["endpoint"] in PREDICT_ENDPOINTS:
                     total += int(sample.value)
                     succeeded += int(sample.value) if sample.labels["status"].startswith("2") else 0
+                    cancelled += int(sample.value) if sample.labels["status"] == "499" else 0
         seconds = count = 0.0
         for metric in self.latency.collect():
             for sample in metric.samples:
@@ -163,7 +172,8 @@ class ServerMetrics:
             "model_metrics": {
                 "total_requests": total,
                 "successful_requests": succeeded,
-                "failed_requests": total - succeeded,
+                "failed_requests": total - succeeded - cancelled,
+                "cancelled_requests": cancelled,
                 "average_response_time": seconds / count if count else None,
                 "gpu_utilization": self.gpu_sampler.latest() if self.gpu_sampler is not None else None,
                 "memory_usage": self.memory_usage(),

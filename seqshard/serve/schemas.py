@@ -11,7 +11,8 @@ from enum import StrEnum
 from typing import Generic, Literal, TypeVar
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 
 class TaskType(StrEnum):
@@ -33,18 +34,22 @@ SEQSHARD_TASK = {
 
 
 class ErrorCode(StrEnum):
-    INVALID_REQUEST = "INVALID_REQUEST"  # 400: bad JSON, unknown task_type, too many sequences, bad options
+    INVALID_REQUEST = "INVALID_REQUEST"  # 400: bad JSON or HTTP, unknown task_type, too many sequences, bad options
     INVALID_SEQUENCE = "INVALID_SEQUENCE"  # 400: letters outside the molecule's alphabet, empty sequence
     SEQUENCE_TOO_LONG = "SEQUENCE_TOO_LONG"  # 400
     UNAUTHORIZED = "UNAUTHORIZED"  # 401: missing or wrong API key
     NOT_FOUND = "NOT_FOUND"  # 404
     METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"  # 405
+    REQUEST_TIMEOUT = "REQUEST_TIMEOUT"  # 408: the head or the body did not arrive in time
     PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"  # 413: body over the size cap, refused before parsing
+    TOO_MANY_TOKENS = "TOO_MANY_TOKENS"  # 413: more model tokens than one request may ask for
     RATE_LIMITED = "RATE_LIMITED"  # 429 with Retry-After
+    HEADERS_TOO_LARGE = "HEADERS_TOO_LARGE"  # 431: request head over the size cap, or too many headers
     PREDICTION_FAILED = "PREDICTION_FAILED"  # 500: this request's prediction failed; others of its batch did not
     INTERNAL_ERROR = "INTERNAL_ERROR"  # 500
     OVERLOADED = "OVERLOADED"  # 503 with Retry-After: the queue is full
     MODEL_NOT_LOADED = "MODEL_NOT_LOADED"  # 503: loading (with Retry-After), or the load failed
+    SHUTTING_DOWN = "SHUTTING_DOWN"  # 503: the server stopped before this request's answer was ready
 
 
 DataT = TypeVar("DataT")
@@ -74,11 +79,29 @@ class ErrorResponse(BaseModel):
 # --- requests ------------------------------------------------------------------------------------------------
 
 Molecule = Literal["dna", "rna", "protein"]
+MAX_LISTED = 5  # problems named in one error message; the rest are counted
 
 
-class PredictOptions(BaseModel):
+class StrictRequest(BaseModel):
+    """Unknown fields are refused in one error naming a few of them: with `extra="forbid"` alone pydantic would
+    report each one, and a body of 80,000 unknown keys would cost as much to describe as to send."""
+
     model_config = ConfigDict(extra="forbid")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _known_fields_only(cls, data: object) -> object:
+        if isinstance(data, dict) and len(data) > len(cls.model_fields):
+            unknown = [str(name) for name in data if name not in cls.model_fields]
+            if unknown:
+                more = f" and {len(unknown) - MAX_LISTED} more" if len(unknown) > MAX_LISTED else ""
+                raise PydanticCustomError(
+                    "extra_forbidden", "unknown fields {names}", {"names": ", ".join(unknown[:MAX_LISTED]) + more}
+                )
+        return data
+
+
+class PredictOptions(StrictRequest):
     return_confidence: bool = Field(True, description="classifiers: include `confidence`")
     batch_size: int | None = Field(
         None, ge=1, description="advisory only: the server gathers concurrent requests into batches by itself"
@@ -87,9 +110,8 @@ class PredictOptions(BaseModel):
     molecule: Molecule | None = Field(None, description="default: the server's --molecule")
 
 
-class PredictRequest(BaseModel):
+class PredictRequest(StrictRequest):
     model_config = ConfigDict(
-        extra="forbid",
         json_schema_extra={
             "examples": [
                 {"sequence": "TATAAAAGGCGCGCATCGATCGGCTAGCTAGGACT", "task_type": "embedding"},
@@ -99,13 +121,12 @@ class PredictRequest(BaseModel):
     )
 
     sequence: str
-    task_type: TaskType
+    task_type: TaskType = Field(TaskType.embedding, description="default: embedding, which every model does")
     options: PredictOptions = Field(default_factory=PredictOptions)
 
 
-class BatchPredictRequest(BaseModel):
+class BatchPredictRequest(StrictRequest):
     model_config = ConfigDict(
-        extra="forbid",
         json_schema_extra={
             "examples": [
                 {"sequences": ["TATAAAAGGCGCGC", "ACGTNNACGTAGGA"], "task_type": "embedding"},
@@ -119,7 +140,7 @@ class BatchPredictRequest(BaseModel):
     )
 
     sequences: list[str] = Field(min_length=1, description="at most --max-batch-sequences (default 100)")
-    task_type: TaskType
+    task_type: TaskType = Field(TaskType.embedding, description="default: embedding, which every model does")
     options: PredictOptions = Field(default_factory=PredictOptions)
 
 
@@ -208,9 +229,10 @@ class GpuFigures(BaseModel):
 
 
 class ModelMetrics(BaseModel):
-    total_requests: int = Field(description="prediction requests answered")
+    total_requests: int = Field(description="prediction requests received")
     successful_requests: int
-    failed_requests: int
+    failed_requests: int = Field(description="answered with an error")
+    cancelled_requests: int = Field(0, description="not answered: the client left first (status 499 in Prometheus)")
     average_response_time: float | None = Field(description="seconds, over prediction requests; null before any")
     gpu_utilization: list[GpuFigures] | None = Field(description="per GPU, from NVML; null without a GPU")
     memory_usage: MemoryUsage

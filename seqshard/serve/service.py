@@ -1,11 +1,17 @@
 """The served model: loading it, what it can do, checking requests, and running one batch of them.
 
-A batch runs through `seqshard.engine.chunks.score_records`, the code path of `seqshard embed` / `score` and of the
-workflow: the same tokenizer, windows (one `ModelFit`), token-budget batcher, model and task reductions, and the
-same output columns, turned into JSON by `seqshard.serve.columns`. Served and batch results are therefore the same
-numbers. Each sequence is checked by `seqshard.io.sequences`, the check the FASTA reader runs on every record, with
-the same policy options (`--allowed-ambiguity`, `--gaps`, `--internal-stops`): a protein ending in '*' is served
-as `seqshard embed` scores it, and a refused sequence gets the reason a FASTA record would.
+At admission (`admit`) a request's model tokens are bounded from its residues (`ModelFit.token_bound`); only
+when the bound is over `--max-request-tokens` are they counted exactly, by tokenizing the request in a thread of
+its own (the event loop never waits for it), and a request really over the cap is refused. Tokenizing every
+request at admission would cost a thread hand-off per request and keep requests from reaching the queue while
+the worker gathers a batch; the worker tokenizes its whole batch in one call instead. A batch runs through
+`seqshard.engine.chunks.score_encoded_records`, the code path of `seqshard embed` / `score` and of the workflow:
+the same tokenizer, windows (one `ModelFit`), token-budget batcher, model and task reductions, and the same output
+columns, turned into JSON by `seqshard.serve.columns`.
+Served and batch results are therefore the same numbers. Each sequence is checked by `seqshard.io.sequences`,
+the check the FASTA reader runs on every record, with the same policy options (`--allowed-ambiguity`, `--gaps`,
+`--internal-stops`): a protein ending in '*' is served as `seqshard embed` scores it, and a refused sequence
+gets the reason a FASTA record would.
 
 Task types map onto seqshard's tasks: `embedding` is `embed`; a classification head gives `promoter_prediction`
 (the DNABERT-2 fine-tune's own head) or `classification` (a `--head` directory); a regression head gives
@@ -14,14 +20,18 @@ Task types map onto seqshard's tasks: `embedding` is `embed`; a classification h
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, replace
 
 from seqshard import __version__
-from seqshard.engine.chunks import chunk_table, score_records
+from seqshard.engine.chunks import chunk_table, score_encoded_records
 from seqshard.engine.heads import head_digest, load_linear_head
+from seqshard.engine.runner import Runner
+from seqshard.engine.tasks import prepare_tasks
 from seqshard.engine.types import RunFigures, TaskSettings
 from seqshard.engine.windows import ModelFit
 from seqshard.io.fasta import SequenceRecord
@@ -62,6 +72,8 @@ class ModelService:
             allowed_ambiguity=settings.allowed_ambiguity, gaps=settings.gaps, internal_stops=settings.internal_stops,
             interface=SERVE,
         )  # fmt: skip
+        # Counting a large request's tokens takes up to a few hundred milliseconds: never on the event loop.
+        self.tokenizer_thread = ThreadPoolExecutor(1, thread_name_prefix="seqshard-tokenizer")
 
     # --- loading -------------------------------------------------------------------------------------------
 
@@ -127,12 +139,6 @@ class ModelService:
                 f"task_type {task_type.value!r} is not available on this server",
                 f"this checkpoint{' and head' if settings.head else ''} can do: {', '.join(self.tasks)}",
             )
-        if len(sequences) > settings.max_batch_sequences:
-            raise ApiError(
-                ErrorCode.INVALID_REQUEST,
-                f"{len(sequences)} sequences in one batch; at most {settings.max_batch_sequences}",
-                "send several batches (the server batches concurrent requests by itself)",
-            )
         if options.embedding_dimension is not None and options.embedding_dimension != loaded.hidden_size:
             raise ApiError(
                 ErrorCode.INVALID_REQUEST,
@@ -167,16 +173,40 @@ class ModelService:
             checked.append(result.sequence)
         return (task_type, molecule), checked
 
+    async def admit(self, key: Hashable, sequences: list[str]) -> None:
+        """TOO_MANY_TOKENS when the request's model tokens are more than one request may ask for: bounded from the
+        residues, counted exactly (in the tokenizer thread) only when the bound is over the cap."""
+        assert self.fit is not None
+        limit = self.settings.max_request_tokens
+        if sum(self.fit.token_bound(len(sequence)) for sequence in sequences) <= limit:
+            return
+        _, molecule = key  # type: ignore[misc]
+        tokenizer = self.require_ready().for_molecule(molecule).tokenizer
+        encoded = await asyncio.get_running_loop().run_in_executor(
+            self.tokenizer_thread, self.fit.encode, sequences, tokenizer
+        )
+        if encoded.n_model_tokens > limit:
+            raise ApiError(
+                ErrorCode.TOO_MANY_TOKENS,
+                f"this request asks for {encoded.n_model_tokens} model tokens; at most {limit} per request",
+                f"{len(sequences)} sequence(s) in {encoded.n_inputs} model input(s) ([CLS], [SEP] and window "
+                "overlaps counted): send fewer or shorter sequences per request",
+            )
+
     # --- the model worker ----------------------------------------------------------------------------------
 
-    def run_batch(self, key: Hashable, jobs: list[list[str]]) -> tuple[list[list[dict[str, object]]], int]:
-        """Predict every job's sequences in one pass of the batch code path; per job, one result per sequence.
+    def run_batch(
+        self, key: Hashable, jobs: list[list[str]], should_stop: Callable[[], bool]
+    ) -> tuple[list[list[dict[str, object]]], int]:
+        """Predict every job's sequences in one pass of the batch code path; per job, one result per sequence, and
+        the model tokens computed (padding excluded).
 
-        Runs in the model worker thread. Record ids name the sequence within its request, so an error raised
-        for one sequence (a window too long in tokens, say) names it when the job is run alone.
+        Runs in the model worker thread; `should_stop` is consulted before every model batch (RunCancelled).
+        Record ids name the sequence within its request, so an error raised for one sequence (a window too long
+        in tokens, say) names it when the job is run alone.
         """
         task_type, molecule = key  # type: ignore[misc]
-        loaded = self.require_ready()
+        loaded = self.require_ready().for_molecule(molecule)
         settings = self.tasks[task_type]
         records: list[SequenceRecord] = []
         for job in jobs:
@@ -184,10 +214,11 @@ class ModelService:
                 records.append(SequenceRecord(len(records), f"sequences[{index}]", sequence, 0))
         started = time.perf_counter()
         figures = RunFigures({}, self.device, self.dtype, self.settings.threads, self.settings.batch_tokens)
-        scored = score_records(
-            loaded, records, settings, molecule=molecule, batch_tokens=self.settings.batch_tokens, dtype=self.dtype,
-            figures=figures,
-        )  # fmt: skip
+        runner = Runner(loaded, figures, batch_tokens=self.settings.batch_tokens, dtype=self.dtype)
+        runner.should_stop = should_stop
+        assert self.fit is not None
+        encoded = self.fit.encode([record.sequence for record in records], loaded.tokenizer)
+        scored = score_encoded_records(runner, records, encoded, prepare_tasks(loaded, [settings]))
         predictions = predictions_from_table(settings.task, chunk_table(scored, settings, loaded.hidden_size, {}))
         results: list[list[dict[str, object]]] = []
         position = 0

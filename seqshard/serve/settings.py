@@ -44,15 +44,30 @@ class ServeSettings:
     max_sequence_length: int = 5120  # characters of one sequence
     rate_limit: int = 100  # requests per minute per client address; 0: unlimited
     max_body_bytes: int = 1024 * 1024  # refused before parsing beyond this
+    # Model tokens one request may ask for ([CLS]/[SEP] and window overlaps included), counted at admission:
+    # 16 batches of the default budget, every DNABERT-2 request within the other limits, not a LucaOne batch
+    # of 100 x 5,120 residues.
+    max_request_tokens: int = 262144
+    # What one connection may hold up (seqshard.serve.protocol): the request head's size and header count, and
+    # how long the head, the body and an idle connection may take.
+    max_header_bytes: int = 16 * 1024
+    max_headers: int = 100
+    header_timeout: float = 10.0  # from a request's first byte to the end of its head
+    body_timeout: float = 30.0  # from the end of the head to the end of the body
+    idle_timeout: float = 15.0  # a connection with no request in progress, new or kept alive
     api_key_file: Path | None = None  # when set, every endpoint but /health needs `Authorization: Bearer <key>`
-    graceful_timeout: float = 60.0  # seconds SIGTERM waits for requests in flight
+    graceful_timeout: float = 60.0  # seconds SIGTERM waits for requests in flight; then they get 503
 
     def __post_init__(self) -> None:
-        for name in ("batch_tokens", "max_queue", "max_batch_sequences", "max_sequence_length", "max_body_bytes"):
+        for name in ("batch_tokens", "max_queue", "max_batch_sequences", "max_sequence_length", "max_body_bytes",
+                     "max_request_tokens", "max_header_bytes", "max_headers"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.rate_limit < 0 or self.max_wait_ms < 0:
-            raise ValueError("--rate-limit and --max-wait-ms cannot be negative")
+        for name in ("header_timeout", "body_timeout", "idle_timeout"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.rate_limit < 0 or self.max_wait_ms < 0 or self.graceful_timeout < 0:
+            raise ValueError("--rate-limit, --max-wait-ms and --graceful-timeout cannot be negative")
 
     def api_key(self) -> str | None:
         """The key in `api_key_file` (surrounding whitespace removed); None when no file is set."""

@@ -16,10 +16,11 @@ E = TypeVar("E", bound=Envelope[Any])
 _DESCRIPTIONS = {
     400: "INVALID_REQUEST, INVALID_SEQUENCE or SEQUENCE_TOO_LONG",
     401: "UNAUTHORIZED: missing or wrong API key (servers started with --api-key-file)",
-    413: "PAYLOAD_TOO_LARGE: the body is over the size cap",
+    408: "REQUEST_TIMEOUT: the body did not arrive within --body-timeout",
+    413: "PAYLOAD_TOO_LARGE (the body is over the size cap) or TOO_MANY_TOKENS (over --max-request-tokens)",
     429: "RATE_LIMITED, with Retry-After",
     500: "PREDICTION_FAILED (this request only) or INTERNAL_ERROR",
-    503: "OVERLOADED (queue full, with Retry-After) or MODEL_NOT_LOADED",
+    503: "OVERLOADED (queue full, with Retry-After), MODEL_NOT_LOADED or SHUTTING_DOWN",
 }
 
 

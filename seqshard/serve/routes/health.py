@@ -11,6 +11,7 @@ from seqshard.serve.schemas import Health, HealthResponse
 router = APIRouter(tags=["status"])
 
 
+@router.head("/health", include_in_schema=False)  # load balancers that probe with HEAD: the same status, no body
 @router.get(
     "/health",
     response_model=HealthResponse,
