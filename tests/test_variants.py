@@ -548,3 +548,95 @@ def test_command_line_writes_rows_rejects_and_provenance(checkpoints, tmp_path):
     assert (tmp_path / "r.tsv").read_text() == "file\trecord\tvariant\treason\n"
     # With no flank an SNV scores the tokens holding the changed base: one character for LucaOne, here BPE tokens.
     assert (rows.column("n_ref_tokens").to_numpy() >= 1).all()
+
+
+# --- real files no one here wrote: bcftools' test VCFs and references (tests/data/bcftools/README.md) ----------
+
+BCFTOOLS = Path(__file__).parent / "data" / "bcftools"
+
+
+def variants_in(vcf: Path) -> list[tuple[int, int]]:
+    """(record, allele) of every variant of a VCF, counted with pysam: one per ALT, one for a record without ALT."""
+    with pysam.VariantFile(str(vcf)) as calls:
+        return [(n, a) for n, call in enumerate(calls, 1) for a in range(1, len(call.alts or (".",)) + 1)]
+
+
+def real(checkpoints, tmp_path, vcf: str, reference: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    for name in (vcf, reference):
+        (tmp_path / name).write_bytes((BCFTOOLS / name).read_bytes())
+    rows, rejects = score(checkpoints["dnabert2"], "dnabert2", tmp_path / vcf, tmp_path / reference,
+                          tmp_path / "out.parquet", VariantSettings())  # fmt: skip
+    every = variants_in(tmp_path / vcf)
+    assert len(rows) + len(rejects) == len(every)  # every variant accounted for, once
+    assert set(rows["record"]) | set(rejects["record"]) == {record for record, _ in every}
+    assert rows[["record", "allele"]].apply(tuple, axis=1).tolist() == sorted(
+        rows[["record", "allele"]].apply(tuple, axis=1).tolist()
+    )  # input order
+    return rows, rejects
+
+
+def test_bcftools_norm_vcf_runs_clean_with_each_refused_record_named(checkpoints, tmp_path):
+    rows, rejects = real(checkpoints, tmp_path, "norm.vcf", "norm.fa")
+    assert (len(rows), len(rejects)) == (34, 4)
+    assert rejects[["record", "variant"]].values.tolist() == [
+        [2, "2:1 . GGGCGTCTCATAGCTGGAGC...(192 bp)>ACGT"],
+        [9, "20:59 . AG>."],
+        [21, "4:25 . T>*"],
+        [22, "4:37 . C>I"],
+    ]
+    assert [reason.split(":")[0] for reason in rejects["reason"]] == [
+        "change of 191 bp to 3 bp is longer than max_variant_length (50 bp)",
+        "no ALT allele (ALT is '.')",
+        "ALT '*' (the site is deleted by an overlapping upstream deletion)",
+        "ALT I has 'I'",
+    ]
+    # 20:273 CA21>CA23 and 20:278 A17>A19 are one insertion of AA at the end of a poly-A run, written two ways:
+    # one unit, the same scores.
+    same = rows[rows["pos"].isin([273, 278]) & (rows["alt"].str.len() - rows["ref"].str.len() == 2)]
+    assert len(same) == 2 and same["llr"].nunique() == 1
+    assert np.isfinite(rows["llr"]).all() and (rows["embedding_cosine"] >= 0).all()
+
+
+def test_bcftools_consensus_reference_with_uneven_lines_is_one_line_naming_record_and_line(
+    checkpoints, tmp_path, capsys
+):
+    for name in ("consensus.vcf", "consensus.fa"):
+        (tmp_path / name).write_bytes((BCFTOOLS / name).read_bytes())
+    code = main(["variants", "--model", "dnabert2", "--checkpoint", str(checkpoints["dnabert2"]), "--vcf",
+                 str(tmp_path / "consensus.vcf"), "--reference", str(tmp_path / "consensus.fa"), "-o",
+                 str(tmp_path / "out.parquet"), "--device", "cpu", "--on-invalid", "skip"])  # fmt: skip
+    assert code == 1
+    (error,) = error_lines(capsys)
+    assert "consensus.fa: htslib cannot index it: the lines of record 1:2-501 differ in length (line 3)" in error
+
+
+def test_bcftools_consensus_vcf_on_its_rewrapped_reference_names_the_region_contig(checkpoints, tmp_path):
+    records = (BCFTOOLS / "consensus.fa").read_text().split(">")[1:]
+    rewrapped = "".join(f">{r.splitlines()[0]}\n{''.join(r.splitlines()[1:])}\n" for r in records)
+    (tmp_path / "consensus.vcf").write_bytes((BCFTOOLS / "consensus.vcf").read_bytes())
+    (tmp_path / "wrapped.fa").write_text(rewrapped)
+    rows, rejects = score(checkpoints["dnabert2"], "dnabert2", tmp_path / "consensus.vcf", tmp_path / "wrapped.fa",
+                          tmp_path / "out.parquet", VariantSettings())  # fmt: skip
+    assert len(rows) + len(rejects) == len(variants_in(tmp_path / "consensus.vcf")) == 14
+    assert rows["alt"].tolist() == ["aa", "t", "gacgtacgt", "c", "a"]  # lower case, as written; scored upper-cased
+    region = rejects[rejects["reason"].str.contains("which holds 1:2-501: a region of it")]
+    assert len(region) == 8 and set(region["variant"].str.split(":").str[0]) == {"1"}
+    assert rejects.loc[~rejects.index.isin(region.index), "reason"].tolist() == [
+        "symbolic ALT <DEL>: only alleles spelled out as bases can be scored"
+    ]
+
+
+def test_samtools_mpileup_vcf_on_its_reference_scores_every_base_allele_and_names_the_rest(checkpoints, tmp_path):
+    rows, rejects = real(checkpoints, tmp_path, "mpileup.vcf.gz", "mpileup.ref.fa")
+    assert (len(rows), len(rejects)) == (107, 4110)
+    reasons = rejects["reason"].str.replace(r"\d+", "N", regex=True).str.replace(r"has [ACGT] at", "has B at",
+                                                                                  regex=True)  # fmt: skip
+    assert reasons.value_counts().to_dict() == {
+        "symbolic ALT <X>: only alleles spelled out as bases can be scored": 4094,
+        "ALT X has 'X': not a DNA base (accepted: ACGNT)": 7,
+        "REF A does not match the reference, which has B at position N": 9,
+    }
+    # The file's first records say REF A where the reference has AAGCTTC: records 3 to 7 disagree with it.
+    mismatched = rejects[rejects["reason"].str.startswith("REF A does not match")]
+    assert sorted(set(mismatched["record"])) == [3, 4, 5, 6, 7]
+    assert rows["ref"].str.len().max() > 1 and (rows["alt"].str.len() != rows["ref"].str.len()).any()  # indels too

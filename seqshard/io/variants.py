@@ -359,36 +359,36 @@ class Reference:
         """Index next to the FASTA; where that cannot be written, in a temporary folder for this run (and say so)."""
         import pysam
 
-        try:
-            if not os.access(self.path.parent, os.W_OK):
-                raise PermissionError(f"{self.path.parent} is not writable")
+        writable = os.access(self.path.parent, os.W_OK)
+        if writable:
             for index in needed:
                 index.unlink(missing_ok=True)
-            pysam.faidx(str(self.path))
-            if not all(index.is_file() for index in needed):
-                raise OSError("samtools faidx wrote no index")
+            arguments: list[str] = []
+        else:
+            self._scratch = tempfile.TemporaryDirectory(prefix="seqshard-fai-")
+            fai, gzi = Path(self._scratch.name) / "reference.fai", Path(self._scratch.name) / "reference.gzi"
+            arguments = ["--fai-idx", str(fai)] + (["--gzi-idx", str(gzi)] if bgzf else [])
+            needed = [fai, gzi] if bgzf else [fai]
+        previous = pysam.set_verbosity(0)  # htslib's own message is replaced by ours, which says where and what
+        try:
+            pysam.faidx(str(self.path), *arguments)
+        except pysam.utils.SamtoolsError:
+            raise VariantFileError(f"{self.path}: htslib cannot index it: {_unindexable(self.path)}") from None
+        finally:
+            pysam.set_verbosity(previous)
+        if writable:
             log.info("%s: built its index %s", self.path, ", ".join(map(str, needed)))
             return pysam.FastaFile(str(self.path))
-        except (OSError, pysam.utils.SamtoolsError) as error:
-            self._scratch = tempfile.TemporaryDirectory(prefix="seqshard-fai-")
-            fai = Path(self._scratch.name) / "reference.fai"
-            gzi = Path(self._scratch.name) / "reference.gzi"
-            arguments = ["--fai-idx", str(fai)] + (["--gzi-idx", str(gzi)] if bgzf else [])
-            try:
-                pysam.faidx(str(self.path), *arguments)
-            except pysam.utils.SamtoolsError as failed:
-                raise VariantFileError(f"{self.path}: cannot index the reference: {failed}") from None
-            log.warning(
-                "%s: cannot write its index next to it (%s); built it in %s for this run only. Index it once where "
-                "it can be written (`samtools faidx %s`) to skip this",
-                self.path,
-                error,
-                self._scratch.name,
-                self.path.name,
-            )
-            return pysam.FastaFile(
-                str(self.path), filepath_index=str(fai), filepath_index_compressed=str(gzi) if bgzf else None
-            )
+        log.warning(
+            "%s: cannot write its index next to it (%s is not writable); built it in %s for this run only. Index it "
+            "once where it can be written (`samtools faidx %s`) to skip this",
+            self.path,
+            self.path.parent,
+            self._scratch.name,
+            self.path.name,
+        )
+        return pysam.FastaFile(str(self.path), filepath_index=str(needed[0]),
+                               filepath_index_compressed=str(needed[1]) if bgzf else None)  # fmt: skip
 
     def fetcher(self, contig: str) -> Callable[[int, int], str]:
         fasta = self._fasta
@@ -414,6 +414,31 @@ class Reference:
             )
         shown = ", ".join(names[:5]) + (f", ... ({len(names)} in all)" if len(names) > 5 else "")
         return f"contig {contig} is not in the reference {self.path.name} (it has {shown})"
+
+
+def _unindexable(path: Path) -> str:
+    """Why htslib could not index a FASTA: the first record whose lines differ in length (faidx needs every line
+    of a record but its last to have one length), or the file is not FASTA at all."""
+    lines = TextLines(path, VariantFileError)
+    record, width, short = None, None, None
+    for text in lines:
+        if text.startswith(">"):
+            record, width, short = text[1:].split(maxsplit=1)[0] if text[1:].strip() else "", None, None
+            continue
+        if record is None:
+            return f"line {lines.number} comes before any '>' header: not a FASTA file"
+        if not text:
+            continue
+        if short is not None or (width is not None and len(text) > width):
+            return (
+                f"the lines of record {record} differ in length (line {short or lines.number}), which faidx cannot "
+                "index; rewrap it to one line length (e.g. `seqtk seq -l 60 in.fa > out.fa`)"
+            )
+        if width is None:
+            width = len(text)
+        elif len(text) < width:
+            short = lines.number
+    return "samtools faidx failed on it; check that it is FASTA"
 
 
 def read_vcf(
