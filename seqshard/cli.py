@@ -14,6 +14,7 @@ from seqshard.runtime.logs import EXPECTED_ERRORS, log_failure, setup_logging
 
 if TYPE_CHECKING:
     from seqshard.engine.types import TaskSettings
+    from seqshard.io.variants import VariantSettings
 
 
 def create_parser() -> argparse.ArgumentParser:
@@ -133,9 +134,6 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, fitting: bool = True
 
 def add_variant_arguments(parser: argparse.ArgumentParser) -> None:
     """`seqshard variants`: the variant set, where the output goes, the model, and how variants are scored."""
-    from seqshard.io.variants import STRANDS, VariantSettings
-
-    default = VariantSettings()
     inputs = parser.add_mutually_exclusive_group(required=True)
     inputs.add_argument("--vcf", type=Path, help="DNA variants: VCF or BCF, plain or bgzipped (with --reference)")
     inputs.add_argument(
@@ -156,24 +154,45 @@ def add_variant_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--allowed-ambiguity", default="N", help="IUPAC ambiguity codes accepted in ALT alleles (default: N)"
     )
+    add_variant_scoring_arguments(parser)
+    parser.add_argument("--pooling", default="mean", choices=["mean", "max", "cls"], help="window embeddings")
+    parser.add_argument("--figures", type=Path, help="also write run figures (timings, tokens) as JSON here")
+
+
+def add_variant_scoring_arguments(parser: argparse.ArgumentParser) -> None:
+    """How variants are placed and scored (seqshard.io.variants.VariantSettings): shared by variants and serve."""
+    from seqshard.io.variants import STRANDS, VariantSettings
+
+    default = VariantSettings()
     parser.add_argument(
         "--variant-window", type=int, default=default.window,
-        help="reference bases of context around a DNA change, half on each side (clamped at contig ends)",
+        help="variant_effect: reference bases of context around a DNA change, half on each side (clamped at ends)",
     )  # fmt: skip
     parser.add_argument(
         "--variant-flank", type=int, default=default.flank,
-        help="bases each side of the change whose covering tokens the likelihood ratio scores",
+        help="variant_effect: bases each side of the change whose covering tokens the likelihood ratio scores",
     )  # fmt: skip
-    parser.add_argument("--strand", default=default.strand, choices=list(STRANDS), help="DNA: score both strands")
+    parser.add_argument(
+        "--strand", default=default.strand, choices=list(STRANDS), help="variant_effect, DNA: score both strands"
+    )
     parser.add_argument(
         "--max-variant-length", type=int, default=default.max_length,
-        help="longest REF or ALT change scored, after trimming shared bases (longer: a reject)",
+        help="variant_effect: longest REF or ALT change scored, after trimming shared bases (longer: refused)",
     )  # fmt: skip
-    parser.add_argument("--pooling", default="mean", choices=["mean", "max", "cls"], help="window embeddings")
     parser.add_argument(
-        "--wild-type-marginal", action="store_true", help="proteins: also the wild-type marginal (one unmasked pass)"
-    )
-    parser.add_argument("--figures", type=Path, help="also write run figures (timings, tokens) as JSON here")
+        "--wild-type-marginal", action="store_true",
+        help="variant_effect, proteins: also the wild-type marginal (one unmasked pass)",
+    )  # fmt: skip
+
+
+def variant_settings(args: argparse.Namespace) -> VariantSettings:
+    """The VariantSettings the variant arguments say (variants, serve)."""
+    from seqshard.io.variants import VariantSettings
+
+    return VariantSettings(
+        window=args.variant_window, flank=args.variant_flank, strand=args.strand, max_length=args.max_variant_length,
+        pooling=args.pooling, wild_type_marginal=args.wild_type_marginal,
+    )  # fmt: skip
 
 
 def add_policy_arguments(parser: argparse.ArgumentParser) -> None:
@@ -207,6 +226,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     add_policy_arguments(parser)
     parser.add_argument("--head", type=Path, help="linear head directory: classification or property_prediction")
     parser.add_argument("--pooling", default="mean", choices=["mean", "max", "cls"], help="embedding pooling")
+    add_variant_scoring_arguments(parser)
     parser.add_argument("--host", help=f"address to listen on (default: ${HOST_VARIABLE}, else 127.0.0.1)")
     parser.add_argument("--port", type=int, default=default["port"])
     parser.add_argument(
@@ -281,7 +301,8 @@ def run(args: argparse.Namespace) -> None:
             port=args.port, metrics_port=args.metrics_port or None, device=args.device, dtype=args.dtype,
             threads=args.threads, molecule=args.molecule, allowed_ambiguity=args.allowed_ambiguity, gaps=args.gaps,
             internal_stops=args.internal_stops,
-            shaping=task_settings(args), batch_tokens=args.batch_tokens, max_wait_ms=args.max_wait_ms,
+            shaping=task_settings(args), variants=variant_settings(args), batch_tokens=args.batch_tokens,
+            max_wait_ms=args.max_wait_ms,
             max_queue=args.max_queue, max_batch_sequences=args.max_batch_sequences,
             max_sequence_length=args.max_sequence_length, rate_limit=args.rate_limit,
             max_body_bytes=args.max_body_bytes, api_key_file=args.api_key_file,
@@ -320,7 +341,6 @@ def run_variants_command(args: argparse.Namespace) -> None:
     from seqshard.engine.variants import run_variants
     from seqshard.io.interface import CLI
     from seqshard.io.sequences import InputPolicy
-    from seqshard.io.variants import VariantSettings
     from seqshard.plan.variants import VariantSetInput
     from seqshard.runtime.storage import warm_up
 
@@ -331,10 +351,7 @@ def run_variants_command(args: argparse.Namespace) -> None:
     kind, variants, sequences = (
         ("vcf", args.vcf, args.reference) if args.vcf is not None else ("mutations", args.mutations, args.fasta)
     )
-    settings = VariantSettings(
-        window=args.variant_window, flank=args.variant_flank, strand=args.strand, max_length=args.max_variant_length,
-        pooling=args.pooling, wild_type_marginal=args.wild_type_marginal,
-    )  # fmt: skip
+    settings = variant_settings(args)
     policy = InputPolicy(allowed_ambiguity=args.allowed_ambiguity, on_invalid=args.on_invalid, interface=CLI)
     work = VariantWork(args.model, args.checkpoint, settings, policy)
     hardware = Hardware(args.device, args.dtype, threads=args.threads, batch_tokens=args.batch_tokens).resolved()
