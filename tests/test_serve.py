@@ -648,6 +648,7 @@ def test_lucaone_heads_served_equal_seqshard_score(
         assert_same_parquet(tmp_path / "embed.parquet", tmp_path / "served-embed.parquet")
 
 
+@pytest.mark.slow
 def test_variant_effect_served_equals_seqshard_variants(server_factory, checkpoints: dict[str, Path], tmp_path: Path):
     """A protein plus mutations, and a DNA window plus a variant, through /predict and /predict/batch: the same
     numbers as `seqshard variants` on the same inputs; a variant that cannot be scored is a 400 saying why."""

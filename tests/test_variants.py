@@ -640,3 +640,23 @@ def test_samtools_mpileup_vcf_on_its_reference_scores_every_base_allele_and_name
     mismatched = rejects[rejects["reason"].str.startswith("REF A does not match")]
     assert sorted(set(mismatched["record"])) == [3, 4, 5, 6, 7]
     assert rows["ref"].str.len().max() > 1 and (rows["alt"].str.len() != rows["ref"].str.len()).any()  # indels too
+
+
+def test_a_window_longer_than_the_model_takes_is_a_reject_and_the_others_are_scored(checkpoints, tmp_path):
+    """DNABERT-2 gives each N its own token: a window over a scaffold gap can exceed 512 tokens."""
+    contig = random_dna(400, 51) + "N" * 700 + random_dna(400, 52)
+    reference = write_fasta(tmp_path / "ref.fa", {"c": contig})
+    records = [("c", 200, "before_gap", contig[199], "ACGT".replace(contig[199], "")[0]),
+               ("c", 1500, "after_gap", contig[1499], "ACGT".replace(contig[1499], "")[0])]  # fmt: skip
+    vcf = write_vcf(tmp_path / "calls.vcf", {"c": contig}, records)
+    rows, rejects = score(checkpoints["dnabert2"], "dnabert2", vcf, reference, tmp_path / "out.parquet",
+                          VariantSettings(window=1200))  # fmt: skip
+    assert len(rows) == 0 and len(rejects) == 2  # both windows reach into the gap
+    assert rejects["reason"].str.contains(r"tokenizes to \d+ tokens, more than the model's 512").all()
+    rows, rejects = score(checkpoints["dnabert2"], "dnabert2", vcf, reference, tmp_path / "out2.parquet",
+                          VariantSettings(window=300))  # fmt: skip
+    assert list(rows["id"]) == ["before_gap", "after_gap"] and len(rejects) == 0
+    code = main(["variants", "--model", "dnabert2", "--checkpoint", str(checkpoints["dnabert2"]), "--vcf", str(vcf),
+                 "--reference", str(reference), "-o", str(tmp_path / "out3.parquet"), "--device", "cpu",
+                 "--variant-window", "1200"])  # fmt: skip
+    assert code == 1 and not (tmp_path / "out3.parquet").exists()

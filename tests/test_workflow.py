@@ -140,6 +140,7 @@ def test_demo_writes_every_task_with_one_row_per_valid_record_in_input_order(dem
     assert read_provenance(demo_run / "results/proteins/lucaone/embed.parquet")["molecule"] == "protein"
 
 
+@pytest.mark.slow
 def test_demo_scores_every_variant_of_its_variant_sets(demo_run):
     import pysam
 
@@ -339,6 +340,7 @@ def test_invalid_record_stops_the_run_naming_file_record_and_line(tmp_path):
     assert f"{bad}: record 'broken' (line 3): whitespace inside the sequence at line 4, column 3" in log
 
 
+@pytest.mark.slow
 def test_variant_sets_in_the_sheet_are_checked_before_any_job(tmp_path):
     vcf = tmp_path / "calls.vcf"
     vcf.write_text("##fileformat=VCFv4.2\n#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n")
@@ -357,6 +359,7 @@ def test_variant_sets_in_the_sheet_are_checked_before_any_job(tmp_path):
            "include variant_effect" in result.stdout + result.stderr  # fmt: skip
 
 
+@pytest.mark.slow
 def test_a_bad_variant_stops_the_pack_naming_file_record_and_reason(tmp_path):
     reference = tmp_path / "ref.fa"
     reference.write_text(">c\n" + "ACGT" * 50 + "\n")

@@ -300,15 +300,20 @@ def _score_dna(
     cumulative = np.concatenate([[0.0], np.cumsum(results.masked["mlm_score"])])
     position = inputs.position
     assert position is not None
-    row = np.where(inputs.valid[slot_input], position[slot_input], 0)
-    first = chunk.starts[row] + tokens[..., 0]
-    last = chunk.starts[row] + tokens[..., 1]
+    valid = inputs.valid[slot_input]
+    row = np.where(valid, position[slot_input], 0)
+    # A slot of a window too long to run reads nothing (its unit is failed above): an empty range at 0.
+    first = np.where(valid, chunk.starts[row] + tokens[..., 0], 0)
+    last = np.where(valid, chunk.starts[row] + tokens[..., 1], 0)
     log_likelihood = cumulative[before[last]] - cumulative[before[first]]
-    embed = results.windows["embed"][row]  # [n, strands, 2, H]
+    pooled = results.windows["embed"]
+    if len(pooled) == 0:  # every window of the chunk was too long to run: nothing to read, every unit failed
+        pooled = np.zeros((1, runner.loaded.hidden_size), dtype=np.float32)
+    embed = pooled[row]  # [n, strands, 2, H]
     owned_hidden = results.windows["owned_hidden"]
     change = np.zeros_like(embed)
     for slot in np.ndindex(n, n_strands, 2):
-        if not inputs.valid[slot_input[slot]] or owned_hidden[row[slot]] is None:
+        if not valid[slot] or owned_hidden[row[slot]] is None:
             continue
         own = before[first[slot]] - before[chunk.starts[row[slot]]]
         change[slot] = owned_hidden[row[slot]][own : own + before[last[slot]] - before[first[slot]]].mean(axis=0)
