@@ -157,6 +157,10 @@ def add_variant_arguments(parser: argparse.ArgumentParser) -> None:
     add_variant_scoring_arguments(parser)
     parser.add_argument("--pooling", default="mean", choices=["mean", "max", "cls"], help="window embeddings")
     parser.add_argument("--figures", type=Path, help="also write run figures (timings, tokens) as JSON here")
+    parser.add_argument(
+        "--cache", type=Path, help="result cache directory: reuse the scores of variants earlier runs scored alike"
+    )
+    parser.add_argument("--cache-max-gb", type=float, default=20.0, help="size cap of the result cache (GB)")
 
 
 def add_variant_scoring_arguments(parser: argparse.ArgumentParser) -> None:
@@ -342,6 +346,7 @@ def run_variants_command(args: argparse.Namespace) -> None:
     from seqshard.io.interface import CLI
     from seqshard.io.sequences import InputPolicy
     from seqshard.plan.variants import VariantSetInput
+    from seqshard.runtime.cache import ResultCache
     from seqshard.runtime.storage import warm_up
 
     if args.vcf is not None and args.reference is None:
@@ -359,7 +364,8 @@ def run_variants_command(args: argparse.Namespace) -> None:
         Path(variants), {VARIANT_TASK: args.output}, rejects=args.rejects or args.output.with_suffix(".rejects.tsv"),
         figures=args.figures, warmup=warm_up([variants, sequences, args.checkpoint]),
     )  # fmt: skip
-    run_variants(work, VariantSetInput("variants", kind, str(variants), str(sequences)), files, hardware)
+    cache = ResultCache(args.cache, int(args.cache_max_gb * 1e9)) if args.cache else None
+    run_variants(work, VariantSetInput("variants", kind, str(variants), str(sequences)), files, hardware, cache)
 
 
 def main(argv: list[str] | None = None) -> int:

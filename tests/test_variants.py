@@ -9,6 +9,7 @@ covering token alone and runs the model's masked-LM class forward on that single
 from __future__ import annotations
 
 import gzip
+import json
 import logging
 import subprocess
 from pathlib import Path
@@ -660,3 +661,30 @@ def test_a_window_longer_than_the_model_takes_is_a_reject_and_the_others_are_sco
                  "--reference", str(reference), "-o", str(tmp_path / "out3.parquet"), "--device", "cpu",
                  "--variant-window", "1200"])  # fmt: skip
     assert code == 1 and not (tmp_path / "out3.parquet").exists()
+
+
+def test_the_result_cache_scores_each_variant_once_across_runs(checkpoints, tmp_path):
+    """A grown VCF scores only its new variants; the rows are those a run without the cache writes."""
+    contigs, records = exactness_case(tmp_path)
+    reference = write_fasta(tmp_path / "ref.fa", contigs)
+    first = write_vcf(tmp_path / "first.vcf", contigs, records[:6])
+    grown = write_vcf(tmp_path / "grown.vcf", contigs, records)
+
+    def run(vcf: Path, out: str, cache: Path | None) -> tuple[pd.DataFrame, dict]:
+        figures = tmp_path / f"{out}.json"
+        arguments = ["variants", "--model", "dnabert2", "--checkpoint", str(checkpoints["dnabert2"]), "--vcf",
+                     str(vcf), "--reference", str(reference), "-o", str(tmp_path / out), "--device", "cpu",
+                     "--figures", str(figures), "--batch-tokens", "1536", "--variant-window", str(WINDOW),
+                     "--variant-flank", str(FLANK)]  # fmt: skip
+        assert main(arguments + (["--cache", str(cache)] if cache else [])) == 0
+        return pd.read_parquet(tmp_path / out), json.loads(figures.read_text())
+
+    cache = tmp_path / "cache"
+    _, cold = run(first, "first.parquet", cache)
+    cached, warm = run(grown, "grown.parquet", cache)
+    plain, _ = run(grown, "plain.parquet", None)
+    assert cold["n_cached"] == 0 and cold["n_records"] == cold["n_units"] == 8
+    assert warm["n_records"] == warm["n_units"] == 13 and warm["n_cached"] == 8  # only the 5 new units computed
+    pd.testing.assert_frame_equal(cached, plain, check_exact=False, atol=1e-6, rtol=0)
+    _, again = run(grown, "again.parquet", cache)
+    assert again["n_cached"] == 13 and again["n_computed_tokens"] == 0

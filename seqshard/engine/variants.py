@@ -55,13 +55,13 @@ from seqshard.plan.variants import (
     pack_variant_sets,
     read_variant_manifest,
 )
+from seqshard.runtime.cache import CacheHits, CacheWriter, ResultCache, cache_key
 from seqshard.runtime.devices import precision_provenance
 from seqshard.runtime.monitoring import GpuSampler
 
 log = logging.getLogger(__name__)
 
 CHUNK_UNITS = 2048  # variants scored together: their windows share batches (see iter_unit_chunks)
-MOLECULE = {"dna": "dna", "protein": "protein"}  # a unit kind -> the molecule its inputs are
 
 
 @dataclass
@@ -505,10 +505,88 @@ def variant_metadata(work: VariantWork, loaded: LoadedModel, molecule: str, prec
     }
 
 
-def score_variant_shard(work: VariantWork, files: RunFiles, hardware: Hardware | None = None) -> RunFigures:
+def variant_cache_key(work: VariantWork, loaded: LoadedModel, kind: str, precision: object) -> str:
+    """The result cache's key for a unit's scores: everything but the unit that shapes them (the window and length
+    settings are in the unit itself: a unit placed alike under other settings is the same unit)."""
+    settings = work.settings
+    return cache_key(
+        {
+            "task": VARIANT_TASK,
+            "kind": kind,
+            "architecture": work.architecture,
+            "checkpoint_digest": loaded.digest,
+            "max_tokens": loaded.max_tokens,
+            "flank": settings.flank,
+            "strand": settings.strand,
+            "pooling": settings.pooling,
+            "wild_type_marginal": settings.wild_type_marginal,
+            "dtype": precision.dtype,  # type: ignore[attr-defined]
+            "device_type": precision.device.split(":")[0],  # type: ignore[attr-defined]
+        }
+    )
+
+
+@dataclass
+class _ShardCache:
+    """The result cache as one shard's scoring uses it: the rows it already held for the shard's units (looked up
+    once), and the writer of the rows this job computes."""
+
+    hits: CacheHits
+    writer: CacheWriter
+    offset: int = 0  # units of the shard handled so far
+
+    @classmethod
+    def open(cls, cache: ResultCache, key: str, path: Path | str) -> _ShardCache:
+        digests = [unit.digest() for _, units in iter_unit_chunks(path, CHUNK_UNITS) for unit in units]
+        hits = cache.lookup(key, digests)
+        log.info("result cache: %d of %d variant units already scored", int(hits.found.sum()), len(digests))
+        return cls(hits, CacheWriter(cache, key))
+
+    def chunk(self, units: Sequence[Unit]) -> tuple[np.ndarray, pa.Table | None]:
+        """Which of the next `units` the cache holds, and their rows (in order)."""
+        found = self.hits.found[self.offset : self.offset + len(units)]
+        rows = None
+        if found.any():
+            assert self.hits.table is not None
+            before = int(self.hits.found[: self.offset].sum())
+            rows = self.hits.table.slice(before, int(found.sum()))
+        self.offset += len(units)
+        return found, rows
+
+
+def _chunk_table(kind: str, units: Sequence[Unit], runner: Runner, work: VariantWork, cached: tuple) -> pa.Table:
+    """A chunk's rows: computed for the units the cache lacks, taken from it for the others, in order; what was
+    computed (and not failed) is added to the cache's writer."""
+    found, rows, shard_cache, metadata = cached
+    fresh = np.flatnonzero(~found) if found is not None else np.arange(len(units))
+    scores = score_units(runner, [units[i] for i in fresh.tolist()], work) if len(fresh) else UnitScores({})
+    computed = scores_table(kind, scores, metadata) if len(fresh) else None
+    figures = runner.figures
+    figures.n_rejected += len(scores.failed)
+    figures.n_cached += len(units) - len(fresh)
+    if shard_cache is not None and computed is not None:
+        good = np.array([i for i in range(len(fresh)) if i not in scores.failed], dtype=np.int64)
+        shard_cache.writer.write([units[i].digest() for i in fresh[good].tolist()], computed.take(pa.array(good)))
+    if rows is None:
+        assert computed is not None
+        return computed
+    schema = variant_schema(kind, scored=True).with_metadata(provenance_metadata(metadata))
+    parts = [rows.cast(schema.remove_metadata()).replace_schema_metadata(schema.metadata)]
+    order = [np.flatnonzero(found)]
+    if computed is not None:
+        parts.append(computed)
+        order.append(fresh)
+    combined = pa.concat_tables(parts)
+    return combined.take(pa.array(np.argsort(np.concatenate(order), kind="stable")))
+
+
+def score_variant_shard(
+    work: VariantWork, files: RunFiles, hardware: Hardware | None = None, cache: ResultCache | None = None
+) -> RunFigures:
     """Score every unit of a shard `pack_variant_sets` wrote (`files.fasta`) into `files.outputs["variant_effect"]`:
     one row per unit, in order, with `failed` set for units the model could not score. Chunks of units (cut where
-    the REF window or wild type changes) go through the runner's masked and unmasked passes."""
+    the REF window or wild type changes) go through the runner's masked and unmasked passes. With a result `cache`,
+    units it holds for the same model and settings are not computed again, and the rest are added to it."""
     hardware = (hardware or Hardware()).resolved()
     precision = hardware.precision
     assert precision is not None
@@ -521,7 +599,7 @@ def score_variant_shard(work: VariantWork, files: RunFiles, hardware: Hardware |
     started = time.perf_counter()
     chunks = iter_unit_chunks(files.fasta, CHUNK_UNITS)
     kind, first = next(chunks, ("dna", []))
-    molecule = MOLECULE[kind]
+    molecule = kind  # the kind of a unit is the molecule of its model inputs: dna or protein
     loading = time.perf_counter()
     loaded = get_loader(work.architecture)(work.checkpoint, precision.device, torch.float32)
     figures.load_seconds = time.perf_counter() - loading
@@ -532,24 +610,33 @@ def score_variant_shard(work: VariantWork, files: RunFiles, hardware: Hardware |
     bound = loaded.for_molecule(molecule)
     runner = Runner(bound, figures, batch_tokens=hardware.batch_tokens, dtype=precision.dtype)
     metadata = variant_metadata(work, loaded, molecule, precision)
+    shard_cache = None
+    if cache is not None:
+        shard_cache = _ShardCache.open(cache, variant_cache_key(work, loaded, kind, precision), files.fasta)
     sampler = GpuSampler.for_device(figures.device)
-    with sampler, TableWriter(files.outputs[VARIANT_TASK]) as writer:
-        for units in itertools.chain([first], (units for _, units in chunks)) if first else ():
-            scores = score_units(runner, units, work)
-            writer.write(scores_table(kind, scores, metadata))
-            figures.n_records += len(units)
-            figures.n_rejected += len(scores.failed)
-        if writer.n_rows == 0:
-            writer.write(
-                variant_schema(kind, scored=True).empty_table().replace_schema_metadata(provenance_metadata(metadata))
-            )
+    try:
+        with sampler, TableWriter(files.outputs[VARIANT_TASK]) as writer:
+            for units in itertools.chain([first], (units for _, units in chunks)) if first else ():
+                found, rows = shard_cache.chunk(units) if shard_cache is not None else (None, None)
+                writer.write(_chunk_table(kind, units, runner, work, (found, rows, shard_cache, metadata)))
+                figures.n_records += len(units)
+            if writer.n_rows == 0:
+                empty = variant_schema(kind, scored=True).empty_table()
+                writer.write(empty.replace_schema_metadata(provenance_metadata(metadata)))
+        if shard_cache is not None:
+            shard_cache.writer.publish()
+    finally:
+        if shard_cache is not None:
+            shard_cache.writer.discard()
     figures.gpu = sampler.summary()
     figures.n_sequences = int(figures.extra.get("n_distinct_windows", 0))
     figures.run_seconds = time.perf_counter() - started - figures.load_seconds
     figures.ended_at = time.time()
     log.info(
-        "scored %d variant units: %d distinct windows, %d masked inputs, %d unmasked inputs; %.1f s of model compute",
+        "scored %d variant units (%d from the result cache): %d distinct windows, %d masked inputs, %d unmasked "
+        "inputs; %.1f s of model compute",
         figures.n_records,
+        figures.n_cached,
         figures.n_sequences,
         figures.extra.get("n_masked_inputs", 0),
         figures.extra.get("n_window_inputs", 0),
@@ -566,10 +653,12 @@ def run_variants(
     variant_set: VariantSetInput,
     files: RunFiles,
     hardware: Hardware | None = None,
+    cache: ResultCache | None = None,
 ) -> RunFigures:
     """A variant set scored into one Parquet (`files.outputs["variant_effect"]`) and its rejects (`files.rejects`):
-    the workflow's path in one process (pack, score the shards, merge). Every variant is read and checked before the
-    model loads, so a bad one under `on_invalid: error` stops the run in seconds."""
+    the workflow's path in one process (pack, score the shards, merge; `cache` as in `score_variant_shard`). Every
+    variant is read and checked before the model loads, so a bad one under `on_invalid: error` stops the run in
+    seconds."""
     hardware = (hardware or Hardware()).resolved()
     out = Path(files.outputs[VARIANT_TASK])
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -589,6 +678,7 @@ def run_variants(
                     labels=files.labels,
                 ),
                 hardware,
+                cache,
             )
         started = time.perf_counter()
         rejects = files.rejects or out.with_suffix(".rejects.tsv")
