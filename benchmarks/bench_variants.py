@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import lzma
+import os
 import shutil
 import sys
 import tempfile
@@ -172,6 +173,7 @@ def run(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
         "computed_tokens": figures.n_computed_tokens,
         "batches": figures.n_batches,
         "stage_seconds": {key: round(value, 2) for key, value in stages.items()},
+        "load_average_at_end": os.getloadavg(),
     }
 
 

@@ -5,6 +5,7 @@ from pathlib import Path
 from seqshard.engine.types import VARIANT_TASK, Hardware, RunFiles, VariantWork
 from seqshard.engine.variants import score_variant_shard
 from seqshard.io.variants import VariantSettings
+from seqshard.runtime.cache import ResultCache
 from seqshard.runtime.checkpoints import use_local_copy
 from seqshard.runtime.devices import check_run_precision
 from seqshard.runtime.gpus import gpus_for_job
@@ -41,4 +42,8 @@ with rule_script(snakemake.log[0]), recorded_job(snakemake.log[0], snakemake.thr
         },
         warmup=warm_up([snakemake.input.shard, work_settings["checkpoint"]], storage),
     )
-    score_variant_shard(work, files, hardware)
+    cache_settings = snakemake.config["result_cache"]
+    cache = None
+    if cache_settings["enabled"]:
+        cache = ResultCache(cache_settings["dir"], int(cache_settings["max_size_gb"] * 1e9))
+    score_variant_shard(work, files, hardware, cache)
