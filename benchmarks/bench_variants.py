@@ -108,6 +108,7 @@ def run(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
     from seqshard.models.dnabert2 import write_demo_checkpoint
     from seqshard.plan.variants import VariantSetInput
 
+    machine = machine_description()  # the load average now, before this run adds to it
     started = time.perf_counter()
     genome = read_genome(args.genome, work_dir / "genome.fa")
     calls = write_snvs(genome, args.n, args.seed, work_dir / "calls.vcf.gz")
@@ -142,7 +143,7 @@ def run(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
     }
     stages["other"] = max(0.0, wall - sum(stages.values()))
     return {
-        "machine": machine_description(),
+        "machine": machine,
         "torch": torch.__version__,
         "settings": {
             "n": args.n,
