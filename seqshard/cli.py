@@ -14,6 +14,7 @@ from seqshard.runtime.logs import EXPECTED_ERRORS, log_failure, setup_logging
 
 if TYPE_CHECKING:
     from seqshard.engine.types import TaskSettings
+    from seqshard.io.variants import VariantSettings
 
 
 def create_parser() -> argparse.ArgumentParser:
@@ -35,6 +36,12 @@ def create_parser() -> argparse.ArgumentParser:
     score.add_argument(
         "--head", help="linear head directory or s3://bucket/prefix for classify/regress (README, 'Heads')"
     )
+
+    variants = commands.add_parser(
+        "variants",
+        help="score variants: a VCF/BCF against its reference FASTA (DNA), or mutations against a protein FASTA",
+    )
+    add_variant_arguments(variants)
 
     upload = commands.add_parser(
         "upload", help="upload a checkpoint or head directory to s3://bucket/prefix, each file with its sha256"
@@ -101,17 +108,19 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-max-gb", type=float, default=20.0, help="size cap of the result cache (GB)")
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """The model and how sequences are fitted to it, device and speed: shared by embed, score and serve."""
+def add_model_arguments(parser: argparse.ArgumentParser, *, fitting: bool = True) -> None:
+    """The model and how sequences are fitted to it, device and speed: shared by embed, score and serve (and,
+    without the fitting of long sequences, variants)."""
     parser.add_argument("--model", default="dnabert2", choices=list(ARCHITECTURES), help="model architecture")
     parser.add_argument(
         "--checkpoint", required=True, help="checkpoint directory, s3://bucket/prefix or hub id (owner/name)"
     )
-    parser.add_argument("--molecule", default="dna", choices=["dna", "rna", "protein"])
-    parser.add_argument("--long-sequences", default="window", choices=["window", "truncate"])
-    parser.add_argument("--window-length", type=int, help="residues per window (default: the model's)")
-    parser.add_argument("--window-overlap", type=int, help="residues shared by neighbouring windows")
-    parser.add_argument("--max-tokens", type=int, help="longest model input in tokens (default: the checkpoint's)")
+    if fitting:
+        parser.add_argument("--molecule", default="dna", choices=["dna", "rna", "protein"])
+        parser.add_argument("--long-sequences", default="window", choices=["window", "truncate"])
+        parser.add_argument("--window-length", type=int, help="residues per window (default: the model's)")
+        parser.add_argument("--window-overlap", type=int, help="residues shared by neighbouring windows")
+        parser.add_argument("--max-tokens", type=int, help="longest model input in tokens (default: the checkpoint's)")
     parser.add_argument("--batch-tokens", type=int, default=16384, help="token budget per batch, padding included")
     parser.add_argument(
         "--device", default="auto", help="auto (CUDA when torch sees it, else the CPU), cpu, cuda or cuda:N"
@@ -121,6 +130,73 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="auto: fp32 on CPU; on GPU bf16 from compute capability 8.0, fp16 on 7.x, fp32 below",
     )  # fmt: skip
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
+
+
+def add_variant_arguments(parser: argparse.ArgumentParser) -> None:
+    """`seqshard variants`: the variant set, where the output goes, the model, and how variants are scored."""
+    inputs = parser.add_mutually_exclusive_group(required=True)
+    inputs.add_argument("--vcf", type=Path, help="DNA variants: VCF or BCF, plain or bgzipped (with --reference)")
+    inputs.add_argument(
+        "--mutations", type=Path, help="protein mutations: TSV with sequence_id and mutations (A24G:K30R; with --fasta)"
+    )
+    parser.add_argument("--reference", type=Path, help="the reference FASTA the VCF was called on (plain or bgzipped)")
+    parser.add_argument("--fasta", type=Path, help="the proteins the mutations refer to (FASTA)")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="output Parquet file")
+    add_model_arguments(parser, fitting=False)
+    parser.add_argument(
+        "--on-invalid", default="error", choices=["error", "skip"],
+        help="a variant that cannot be scored stops the run before any scoring (error, the default), or is listed "
+        "in the rejects table with its reason (skip)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--rejects", type=Path, help="rejects table (TSV) to write (default: beside the output, OUTPUT.rejects.tsv)"
+    )
+    parser.add_argument(
+        "--allowed-ambiguity", default="N", help="IUPAC ambiguity codes accepted in ALT alleles (default: N)"
+    )
+    add_variant_scoring_arguments(parser)
+    parser.add_argument("--pooling", default="mean", choices=["mean", "max", "cls"], help="window embeddings")
+    parser.add_argument("--figures", type=Path, help="also write run figures (timings, tokens) as JSON here")
+    parser.add_argument(
+        "--cache", type=Path, help="result cache directory: reuse the scores of variants earlier runs scored alike"
+    )
+    parser.add_argument("--cache-max-gb", type=float, default=20.0, help="size cap of the result cache (GB)")
+
+
+def add_variant_scoring_arguments(parser: argparse.ArgumentParser) -> None:
+    """How variants are placed and scored (seqshard.io.variants.VariantSettings): shared by variants and serve."""
+    from seqshard.io.variants import STRANDS, VariantSettings
+
+    default = VariantSettings()
+    parser.add_argument(
+        "--variant-window", type=int, default=default.window,
+        help="variant_effect: reference bases of context around a DNA change, half on each side (clamped at ends)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--variant-flank", type=int, default=default.flank,
+        help="variant_effect: bases each side of the change whose covering tokens the likelihood ratio scores",
+    )  # fmt: skip
+    parser.add_argument(
+        "--strand", default=default.strand, choices=list(STRANDS), help="variant_effect, DNA: score both strands"
+    )
+    parser.add_argument(
+        "--max-variant-length", type=int, default=default.max_length,
+        help="variant_effect: longest REF or ALT change scored, after trimming shared bases (longer: refused)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--wild-type-marginal", action="store_true",
+        help="variant_effect, proteins: also the wild-type marginal (one unmasked pass)",
+    )  # fmt: skip
+
+
+def variant_settings(args: argparse.Namespace) -> VariantSettings:
+    """The VariantSettings the variant arguments say (variants, serve)."""
+    from seqshard.io.variants import VariantSettings
+
+    return VariantSettings(
+        window=args.variant_window, flank=args.variant_flank, strand=args.strand, max_length=args.max_variant_length,
+        pooling=args.pooling, wild_type_marginal=args.wild_type_marginal,
+    )  # fmt: skip
 
 
 def add_policy_arguments(parser: argparse.ArgumentParser) -> None:
@@ -154,6 +230,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     add_policy_arguments(parser)
     parser.add_argument("--head", type=Path, help="linear head directory: classification or property_prediction")
     parser.add_argument("--pooling", default="mean", choices=["mean", "max", "cls"], help="embedding pooling")
+    add_variant_scoring_arguments(parser)
     parser.add_argument("--host", help=f"address to listen on (default: ${HOST_VARIABLE}, else 127.0.0.1)")
     parser.add_argument("--port", type=int, default=default["port"])
     parser.add_argument(
@@ -237,6 +314,8 @@ def run(args: argparse.Namespace) -> None:
         )  # fmt: skip
         cache = ResultCache(args.cache, int(args.cache_max_gb * 1e9)) if args.cache else None
         run_tasks(work, files, hardware, cache)
+    elif args.command == "variants":
+        run_variants_command(args)
     elif args.command == "serve":
         from seqshard.serve.app import run_server
         from seqshard.serve.settings import ServeSettings
@@ -247,7 +326,8 @@ def run(args: argparse.Namespace) -> None:
             port=args.port, metrics_port=args.metrics_port or None, device=args.device, dtype=args.dtype,
             threads=args.threads, molecule=args.molecule, allowed_ambiguity=args.allowed_ambiguity, gaps=args.gaps,
             internal_stops=args.internal_stops,
-            shaping=task_settings(args), batch_tokens=args.batch_tokens, max_wait_ms=args.max_wait_ms,
+            shaping=task_settings(args), variants=variant_settings(args), batch_tokens=args.batch_tokens,
+            max_wait_ms=args.max_wait_ms,
             max_queue=args.max_queue, max_batch_sequences=args.max_batch_sequences,
             max_sequence_length=args.max_sequence_length, rate_limit=args.rate_limit,
             max_body_bytes=args.max_body_bytes, max_request_tokens=args.max_request_tokens,
@@ -280,6 +360,35 @@ def run(args: argparse.Namespace) -> None:
 
         path = write_demo(args.kind, args.output)
         logging.getLogger("seqshard").info("wrote random-weight demo checkpoint to %s", path)
+
+
+def run_variants_command(args: argparse.Namespace) -> None:
+    """`seqshard variants`: one variant set through the workflow's pack, score and merge, in this process."""
+    from seqshard.engine.types import VARIANT_TASK, Hardware, RunFiles, VariantWork
+    from seqshard.engine.variants import run_variants
+    from seqshard.io.interface import CLI
+    from seqshard.io.sequences import InputPolicy
+    from seqshard.plan.variants import VariantSetInput
+    from seqshard.runtime.cache import ResultCache
+    from seqshard.runtime.storage import warm_up
+
+    if args.vcf is not None and args.reference is None:
+        raise ValueError("--vcf needs --reference: the FASTA the variants were called on")
+    if args.mutations is not None and args.fasta is None:
+        raise ValueError("--mutations needs --fasta: the proteins the mutations refer to")
+    kind, variants, sequences = (
+        ("vcf", args.vcf, args.reference) if args.vcf is not None else ("mutations", args.mutations, args.fasta)
+    )
+    settings = variant_settings(args)
+    policy = InputPolicy(allowed_ambiguity=args.allowed_ambiguity, on_invalid=args.on_invalid, interface=CLI)
+    work = VariantWork(args.model, args.checkpoint, settings, policy)
+    hardware = Hardware(args.device, args.dtype, threads=args.threads, batch_tokens=args.batch_tokens).resolved()
+    files = RunFiles(
+        Path(variants), {VARIANT_TASK: args.output}, rejects=args.rejects or args.output.with_suffix(".rejects.tsv"),
+        figures=args.figures, warmup=warm_up([variants, sequences, args.checkpoint]),
+    )  # fmt: skip
+    cache = ResultCache(args.cache, int(args.cache_max_gb * 1e9)) if args.cache else None
+    run_variants(work, VariantSetInput("variants", kind, str(variants), str(sequences)), files, hardware, cache)
 
 
 def main(argv: list[str] | None = None) -> int:

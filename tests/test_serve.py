@@ -624,7 +624,7 @@ def test_lucaone_heads_served_equal_seqshard_score(
     server = server_factory("--model", "lucaone", "--checkpoint", str(checkpoints["lucaone"]), "--head",
                             str(checkpoints[head]), "--molecule", "protein")  # fmt: skip
     with SeqshardClient(server.url) as client:
-        assert client.model_info()["tasks"] == ["embedding", task_type]
+        assert client.model_info()["tasks"] == ["embedding", task_type, "variant_effect"]  # it has a masked-LM head
         one = client.predict(PROTEIN[1], task_type)
         dna = client.predict("ACGTTGCA", "embedding", molecule="dna")  # LucaOne takes DNA too, per request
     assert dna["dimension"] == 64
@@ -646,6 +646,62 @@ def test_lucaone_heads_served_equal_seqshard_score(
         seqshard("embed", str(fasta), "-o", str(tmp_path / "embed.parquet"), *common)
         seqshard("predict", "--url", server.url, str(fasta), "-o", str(tmp_path / "served-embed.parquet"))
         assert_same_parquet(tmp_path / "embed.parquet", tmp_path / "served-embed.parquet")
+
+
+@pytest.mark.slow
+def test_variant_effect_served_equals_seqshard_variants(server_factory, checkpoints: dict[str, Path], tmp_path: Path):
+    """A protein plus mutations, and a DNA window plus a variant, through /predict and /predict/batch: the same
+    numbers as `seqshard variants` on the same inputs; a variant that cannot be scored is a 400 saying why."""
+    import pandas as pd
+
+    reference = random_sequences("ACGT", [700], seed=21)[0]
+    (tmp_path / "ref.fa").write_text(f">c\n{reference}\n")
+    variants = [(50, reference[49], "ACGT".replace(reference[49], "")[0]), (300, reference[299:303], reference[299]),
+                (650, reference[649], reference[649] + "GGA")]  # fmt: skip
+    (tmp_path / "calls.vcf").write_text(
+        "##fileformat=VCFv4.2\n##contig=<ID=c,length=700>\n#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n"
+        + "".join(f"c\t{p}\t.\t{r}\t{a}\t.\t.\t.\n" for p, r, a in variants)
+    )
+    protein = PROTEIN[1]
+    mutations = [f"{protein[4]}5A", f"{protein[9]}10W:{protein[19]}20G"]
+    (tmp_path / "p.fa").write_text(f">p\n{protein}\n")
+    (tmp_path / "m.tsv").write_text("sequence_id\tmutations\n" + "".join(f"p\t{m}\n" for m in mutations))
+    common = ["--model", "lucaone", "--checkpoint", str(checkpoints["lucaone"]), "--variant-window", "128"]
+    seqshard("variants", *common, "--vcf", str(tmp_path / "calls.vcf"), "--reference", str(tmp_path / "ref.fa"),
+             "-o", str(tmp_path / "dna.parquet"))  # fmt: skip
+    seqshard("variants", *common, "--wild-type-marginal", "--mutations", str(tmp_path / "m.tsv"), "--fasta",
+             str(tmp_path / "p.fa"), "-o", str(tmp_path / "protein.parquet"))  # fmt: skip
+    server = server_factory(*common, "--wild-type-marginal", "--molecule", "protein")
+    batch_dna, batch_protein = pd.read_parquet(tmp_path / "dna.parquet"), pd.read_parquet(tmp_path / "protein.parquet")
+    with SeqshardClient(server.url) as client:
+        assert "variant_effect" in client.model_info()["tasks"]
+        served = [client.predict(protein, "variant_effect", variant=m)["variant_effect"] for m in mutations]
+        texts = [f"{p}:{r}>{a}" for p, r, a in variants]
+    for row, answer in zip(batch_protein.itertuples(), served, strict=True):
+        for name in ("masked_marginal", "wild_type_marginal", "embedding_cosine", "embedding_l2", "change_l2"):
+            assert answer[name] == pytest.approx(getattr(row, name), abs=1e-5)
+    body = {"sequences": [reference] * 3, "task_type": "variant_effect", "options": {"molecule": "dna"},
+            "variants": texts}  # fmt: skip
+    response = httpx.post(f"{server.url}/predict/batch", json=body, timeout=120)
+    assert response.status_code == 200, response.text
+    answers = [item["variant_effect"] for item in response.json()["data"]["predictions"]]
+    for row, answer in zip(batch_dna.itertuples(), answers, strict=True):
+        assert (answer["window_start"], answer["window_end"]) == (row.window_start, row.window_end)
+        for name in ("llr", "llr_forward", "llr_reverse", "embedding_cosine", "change_cosine", "change_l2"):
+            assert answer[name] == pytest.approx(getattr(row, name), abs=1e-5)
+        assert (answer["n_ref_tokens"], answer["n_alt_tokens"]) == (row.n_ref_tokens, row.n_alt_tokens)
+    wrong = "ACGT".replace(reference[49], "")[1]
+    response = httpx.post(f"{server.url}/predict", json={"sequence": reference, "task_type": "variant_effect",
+                          "options": {"molecule": "dna", "variant": f"50:{wrong}>{reference[49]}"}})  # fmt: skip
+    assert_error(response, 400, "INVALID_REQUEST", "cannot be scored", "does not match the reference")
+    response = httpx.post(f"{server.url}/predict", json={"sequence": protein, "task_type": "variant_effect",
+                          "options": {"variant": "Z5A"}})  # fmt: skip
+    assert_error(response, 400, "INVALID_REQUEST", "wild-type letter Z does not match the sequence")
+    response = httpx.post(f"{server.url}/predict", json={"sequence": protein, "task_type": "variant_effect"})
+    assert_error(response, 400, "INVALID_REQUEST", "variant_effect needs a variant")
+    response = httpx.post(f"{server.url}/predict/batch", json={"sequences": [protein], "task_type": "embedding",
+                          "variants": ["K5A"]})  # fmt: skip
+    assert_error(response, 400, "INVALID_REQUEST", "`variants` is for task_type variant_effect only")
 
 
 def test_predict_command_refuses_a_faulty_fasta_in_one_line(main_server: Server, checkpoints: dict[str, Path],

@@ -91,12 +91,14 @@ def demo_run(tmp_path_factory):
 
 
 def shipped_outputs(workdir):
+    """(sample, molecule, fasta, model, task) of every sequence task's output (variant sets: see below)."""
     config = yaml.safe_load((workdir / "config/config.yaml").read_text())
     sheet = pd.read_csv(workdir / "config/samples.tsv", sep="\t").set_index("sample")
     for model, settings in config["models"].items():
         for sample in settings["samples"]:
             for task in settings["tasks"]:
-                yield sample, sheet.loc[sample, "molecule"], sheet.loc[sample, "fasta"], model, task
+                if task != "variant_effect":
+                    yield sample, sheet.loc[sample, "molecule"], sheet.loc[sample, "fasta"], model, task
 
 
 def test_demo_writes_every_task_with_one_row_per_valid_record_in_input_order(demo_run):
@@ -138,14 +140,43 @@ def test_demo_writes_every_task_with_one_row_per_valid_record_in_input_order(dem
     assert read_provenance(demo_run / "results/proteins/lucaone/embed.parquet")["molecule"] == "protein"
 
 
+@pytest.mark.slow
+def test_demo_scores_every_variant_of_its_variant_sets(demo_run):
+    import pysam
+
+    with pysam.VariantFile(str(demo_run / "resources/demo/variants/calls.vcf.gz")) as calls:
+        variants = [(n, a) for n, call in enumerate(calls, 1) for a, _ in enumerate(call.alts or (".",), 1)]
+    rows = pd.read_parquet(demo_run / "results/calls/dnabert2_variants/variant_effect.parquet")
+    rejects = pd.read_csv(demo_run / "results/calls/dnabert2_variants/variant_effect.rejects.tsv", sep="\t")
+    assert len(rows) + len(rejects) == len(variants) == 34
+    assert list(zip(rows["record"], rows["allele"], strict=True)) == [v for v in variants if v[0] not in
+                                                                      set(rejects["record"])]  # fmt: skip
+    assert [reason.split(" ")[0] for reason in rejects["reason"]] == ["REF", "symbolic", "ALT"]
+    assert np.isfinite(rows[["llr", "llr_forward", "llr_reverse", "embedding_l2", "change_l2"]]).all().all()
+    provenance = read_provenance(demo_run / "results/calls/dnabert2_variants/variant_effect.parquet")
+    assert provenance["model"] == "dnabert2_variants" and provenance["variant_window"] == "256"
+    assert provenance["n_shards"] == "2"  # max_variants: 16 cut the 31 distinct variants in two
+    mutants = pd.read_parquet(demo_run / "results/mutants/lucaone_mutants/variant_effect.parquet")
+    refused = pd.read_csv(demo_run / "results/mutants/lucaone_mutants/variant_effect.rejects.tsv", sep="\t")
+    table = pd.read_csv(demo_run / "resources/demo/variants/mutations.tsv", sep="\t")
+    assert len(mutants) + len(refused) == len(table) and list(refused["record"]) == [11, 12]
+    assert mutants["wild_type_marginal"].notna().all() and read_provenance(
+        demo_run / "results/mutants/lucaone_mutants/variant_effect.parquet")["molecule"] == "protein"  # fmt: skip
+
+
 def n_shards(workdir, model):
     return len(pd.read_csv(workdir / "results/packs" / model / "manifest.tsv", sep="\t"))
+
+
+def n_variant_shards(workdir, model):
+    return len(pd.read_csv(workdir / "results/variant_packs" / model / "manifest.tsv", sep="\t"))
 
 
 def test_resource_report_covers_every_job(demo_run):
     usage = pd.read_csv(demo_run / "results/report/resource_usage.tsv", sep="\t")
     config = yaml.safe_load((demo_run / "config/config.yaml").read_text())
-    models = config["models"]
+    variant_models = [m for m, s in config["models"].items() if s["tasks"] == ["variant_effect"]]
+    models = {m: s for m, s in config["models"].items() if m not in variant_models}
     # One inference job per shard and forward pass: embed and classify of a model share one (lucaone).
     passes = {model: len({"mlm" if t == "mlm_score" else "hidden" for t in s["tasks"]}) for model, s in models.items()}
     counts = usage["rule"].value_counts().to_dict()
@@ -153,6 +184,9 @@ def test_resource_report_covers_every_job(demo_run):
         "infer_shard": sum(n_shards(demo_run, model) * passes[model] for model in models),
         "merge": len(models),
         "pack": len(models),
+        "score_variant_shard": sum(n_variant_shards(demo_run, model) for model in variant_models),
+        "merge_variants": len(variant_models),
+        "pack_variants": len(variant_models),
     }
     inference = usage[usage["rule"] == "infer_shard"]
     assert set(inference["model"]) == set(models)
@@ -269,6 +303,18 @@ def test_config_change_reruns_only_the_affected_model(demo_run):
     )
     assert {w["model"] for rule, w in jobs if rule == "infer_shard"} == {"dnabert2"}
 
+    # The flank shapes a variant entry's scores, not how its variants are read and placed: scoring and merge only.
+    changed = yaml.safe_load((demo_run / shipped).read_text())
+    changed["models"]["dnabert2_variants"]["variant_flank"] = 2
+    (demo_run / "changed.yaml").write_text(yaml.safe_dump(changed))
+    result = snakemake(demo_run, "-n", config="changed.yaml")
+    assert result.returncode == 0, result.stderr
+    rules = sorted(rule for rule, _ in planned_jobs(result.stdout))
+    assert rules == sorted(
+        ["all", "merge_variants_dnabert2_variants", "resource_report"]
+        + ["score_variant_shard"] * n_variant_shards(demo_run, "dnabert2_variants")
+    )
+
     # Adding embed to lucaone_pll adds its `hidden` pass; the `mlm` pass it already ran is needed again by the merge
     # (per-shard scores are temporary), and comes back from the result cache without computing anything.
     changed = yaml.safe_load((demo_run / shipped).read_text())
@@ -292,6 +338,42 @@ def test_invalid_record_stops_the_run_naming_file_record_and_line(tmp_path):
     assert result.returncode != 0
     log = (tmp_path / "logs/pack/dnabert2.log").read_text()
     assert f"{bad}: record 'broken' (line 3): whitespace inside the sequence at line 4, column 3" in log
+
+
+@pytest.mark.slow
+def test_variant_sets_in_the_sheet_are_checked_before_any_job(tmp_path):
+    vcf = tmp_path / "calls.vcf"
+    vcf.write_text("##fileformat=VCFv4.2\n#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n")
+    sheet = "sample\tfasta\tmolecule\tvcf\tmutations\nsnps\t{fasta}\t{molecule}\t{vcf}\t\n"
+    (tmp_path / "samples.tsv").write_text(sheet.format(fasta=DEMO / "proteins.fa", molecule="protein", vcf=vcf))
+    model = {"architecture": "lucaone", "checkpoint": "x/y", "tasks": ["variant_effect"]}
+    write_config(tmp_path, models={"m": model})
+    result = snakemake(tmp_path, "-n")
+    assert result.returncode != 0
+    assert "samples.tsv, line 2, column molecule: 'dna' was expected" in result.stdout + result.stderr
+    (tmp_path / "samples.tsv").write_text(sheet.format(fasta=DEMO / "sample_a.fa", molecule="dna", vcf=vcf))
+    write_config(tmp_path, models={"m": {**model, "tasks": ["embed"], "samples": ["snps"]}})
+    result = snakemake(tmp_path, "-n")
+    assert result.returncode != 0
+    assert "models.m runs on variant sets ['snps'] (samples with a vcf or mutations column) but its tasks do not " \
+           "include variant_effect" in result.stdout + result.stderr  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_bad_variant_stops_the_pack_naming_file_record_and_reason(tmp_path):
+    reference = tmp_path / "ref.fa"
+    reference.write_text(">c\n" + "ACGT" * 50 + "\n")
+    vcf = tmp_path / "calls.vcf"
+    vcf.write_text("##fileformat=VCFv4.2\n#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n"
+                   "c\t5\tok\tA\tG\t.\t.\t.\nc\t6\tbad\tA\tG\t.\t.\t.\n")  # fmt: skip
+    (tmp_path / "samples.tsv").write_text(f"sample\tfasta\tmolecule\tvcf\nsnps\t{reference}\tdna\t{vcf}\n")
+    model = {"architecture": "dnabert2", "checkpoint": "x/y", "tasks": ["variant_effect"]}
+    write_config(tmp_path, on_invalid="error", models={"m": model})
+    result = snakemake(tmp_path, "results/variant_packs/m/manifest.tsv")
+    assert result.returncode != 0
+    last = (tmp_path / "logs/pack_variants/m.log").read_text().rstrip("\n").splitlines()[-1]
+    assert f"{vcf}: record 2 (c:6 bad A>G): REF A does not match the reference, which has C at position 6" in last
+    assert "`on_invalid: skip` in the config" in last and "Traceback" not in result.stderr
 
 
 def test_sample_model_mismatch_fails_before_any_job(tmp_path):

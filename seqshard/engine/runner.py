@@ -63,9 +63,10 @@ class ModelInputs:
         return cls(chunk, np.arange(chunk.n_inputs))
 
     @classmethod
-    def masked_copies(cls, chunk: EncodedChunk) -> ModelInputs:
-        """One input per owned token of every window, that token masked."""
-        positions = np.flatnonzero(chunk.owned)
+    def masked_copies(cls, chunk: EncodedChunk, positions: np.ndarray | None = None) -> ModelInputs:
+        """One input per chosen token, that token masked: `positions` (flat indices into `chunk.ids`, increasing),
+        by default every owned token of every window (mlm_score; variant effects choose theirs)."""
+        positions = np.flatnonzero(chunk.owned) if positions is None else np.asarray(positions, dtype=np.int64)
         base = np.searchsorted(chunk.starts, positions, side="right") - 1
         return cls(chunk, base, positions - chunk.starts[base])
 
@@ -163,7 +164,9 @@ class Prefetcher:
 
 
 BatchOutputs = dict[str, torch.Tensor]
-# What a pass computes from one batch: (last hidden state [B, W, H], batch) -> named per-row tensors.
+# What a pass computes from one batch: (last hidden state [B, W, H], batch) -> named per-row tensors. Two kinds are
+# ragged, one array per input in an object array: `per_token` ([B, W, ...], the owned rows kept on the host) and
+# names starting with `owned_` (the owned tokens' rows only, [owned tokens of the batch, ...], selected on the device).
 Reduce = Callable[[torch.Tensor, HostBatch], BatchOutputs]
 
 
@@ -382,5 +385,10 @@ class Runner:
                 target = outputs[name]
                 for row, index in enumerate(batch.indices.tolist()):
                     target[index] = values[row][owned[row]]
+            elif name.startswith("owned_"):  # [owned tokens of the batch, ...], row after row: split by row
+                counts = batch.owned.numpy().sum(axis=1)
+                target = outputs[name]
+                for index, part in zip(batch.indices.tolist(), np.split(values, np.cumsum(counts)[:-1]), strict=True):
+                    target[index] = part
             else:
                 outputs[name][batch.indices] = values

@@ -102,7 +102,9 @@ def _hidden_reduce(tasks: Sequence[PassTask]) -> Reduce:
     return reduce
 
 
-def _mlm_reduce(head: torch.nn.Module) -> Reduce:
+def mlm_reduce(head: torch.nn.Module) -> Reduce:
+    """log P(true token) at each input's masked position, from the masked-LM head (float64)."""
+
     def reduce(hidden: torch.Tensor, batch: HostBatch) -> BatchOutputs:
         assert batch.masked is not None and batch.true_ids is not None
         non_blocking = hidden.device.type == "cuda"
@@ -193,7 +195,7 @@ def score_encoded(
         inputs = ModelInputs.masked_copies(chunk)
         scores = {"mlm_score": np.zeros(len(inputs), dtype=np.float64)}
         runner.failed = {}
-        runner.run(inputs, _mlm_reduce(head), scores)
+        runner.run(inputs, mlm_reduce(head), scores)
         failed_inputs.update({int(inputs.base[i]): reason for i, reason in runner.failed.items()})
         columns["mlm_score"] = _mlm_columns(inputs, scores["mlm_score"])
     failed_records = {int(chunk.record[index]): reason for index, reason in failed_inputs.items()}

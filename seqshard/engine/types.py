@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from seqshard.io.sequences import DEFAULT_POLICY, InputPolicy
+from seqshard.io.variants import VariantSettings
 from seqshard.runtime.monitoring import usable_cpus
 
 if TYPE_CHECKING:
@@ -32,6 +33,9 @@ PASSES: dict[str, tuple[str, ...]] = {"hidden": ("embed", "classify", "regress")
 # depend on: pooling means nothing to mlm_score, so changing it must not rerun or invalidate mlm_score results.
 INPUT_SETTINGS = ("long_sequences", "window_length", "window_overlap", "max_tokens")
 TASK_SETTINGS = {"embed": ("pooling", "per_token"), "classify": ("head",), "regress": ("head",), "mlm_score": ()}
+# Variant effects (seqshard.engine.variants): scores of variants against their reference windows or wild types, run
+# on variant sets (a VCF + reference, or mutations + protein FASTA) rather than on sequences, with its own passes.
+VARIANT_TASK = "variant_effect"
 POOLINGS = ("mean", "cls", "max")
 LONG_SEQUENCE_MODES = ("truncate", "window")
 # Records per chunk on the CPU (see seqshard.engine.driver.chunk_limits).
@@ -96,6 +100,29 @@ class Work:
         share it, so a job can find its siblings' figures (seqshard.runtime.devices.check_run_precision)."""
         settings = {"architecture": self.architecture, "checkpoint": self.checkpoint, "dtype": dtype,
                     "tasks": [asdict(s) for s in self.tasks]}  # fmt: skip
+        return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class VariantWork:
+    """What a variant run computes: a model and how variants are placed and scored (`settings`). `provenance` adds
+    keys to the output's provenance (the workflow names the model entry there)."""
+
+    architecture: str
+    checkpoint: str
+    settings: VariantSettings = field(default_factory=VariantSettings)
+    policy: InputPolicy = DEFAULT_POLICY
+    provenance: Mapping[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "checkpoint", str(self.checkpoint))
+        if self.settings.pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {self.settings.pooling!r}; expected one of {POOLINGS}")
+
+    def run_key(self, dtype: str) -> str:
+        """As `Work.run_key`: the digest the shards of one run share."""
+        settings = {"architecture": self.architecture, "checkpoint": self.checkpoint, "dtype": dtype,
+                    "task": VARIANT_TASK, "settings": asdict(self.settings)}  # fmt: skip
         return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

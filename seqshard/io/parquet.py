@@ -56,6 +56,63 @@ def task_schema(task: str, hidden_size: int = 0, labels: Sequence[str] = (), per
     return pa.schema(fields)
 
 
+# variant_effect: the columns that name a variant (as its input file does), then its scores. A DNA score is given
+# averaged over the strands scored and for each strand (the reverse strand's are null with `strand: forward`).
+VARIANT_FIELDS: dict[str, list[pa.Field]] = {
+    "dna": [
+        pa.field("record", pa.int64(), nullable=False),  # 1-based data record of the VCF
+        pa.field("allele", pa.int32(), nullable=False),  # 1-based ALT of a multi-allelic record
+        pa.field("chrom", pa.string(), nullable=False),
+        pa.field("pos", pa.int64(), nullable=False),  # VCF POS, 1-based
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("ref", pa.string(), nullable=False),
+        pa.field("alt", pa.string(), nullable=False),
+        pa.field("window_start", pa.int64(), nullable=False),  # the REF window on the reference, 0-based
+        pa.field("window_end", pa.int64(), nullable=False),  # exclusive
+    ],
+    "protein": [
+        pa.field("record", pa.int64(), nullable=False),  # 1-based data row of the mutation table
+        pa.field("sequence_id", pa.string(), nullable=False),
+        pa.field("mutations", pa.string(), nullable=False),
+        pa.field("length", pa.int32(), nullable=False),  # residues of the wild type
+    ],
+}
+DNA_SCORES = ("llr", "embedding_cosine", "embedding_l2", "change_cosine", "change_l2")
+PROTEIN_SCORES = (
+    "masked_marginal",
+    "wild_type_marginal",
+    "embedding_cosine",
+    "embedding_l2",
+    "change_cosine",
+    "change_l2",
+)
+VARIANT_SCORE_FIELDS: dict[str, list[pa.Field]] = {
+    "dna": [
+        *(
+            pa.field(f"{name}{strand}", pa.float64(), nullable=strand == "_reverse")
+            for name in DNA_SCORES
+            for strand in ("", "_forward", "_reverse")
+        ),
+        pa.field("n_ref_tokens", pa.int32(), nullable=False),  # tokens scored in the forward REF window
+        pa.field("n_alt_tokens", pa.int32(), nullable=False),  # and in the forward ALT window
+    ],
+    "protein": [
+        *(pa.field(name, pa.float64(), nullable=name == "wild_type_marginal") for name in PROTEIN_SCORES),
+        pa.field("n_mutations", pa.int32(), nullable=False),
+    ],
+}
+
+
+def variant_schema(kind: str, *, scored: bool = False) -> pa.Schema:
+    """`variant_effect`'s output for DNA (`dna`) or protein (`protein`) variants; with `scored`, a scored shard's
+    columns instead: the scores plus `failed` (why a unit could not be scored; null when it was)."""
+    if kind not in VARIANT_FIELDS:
+        raise ValueError(f"unknown variant kind {kind!r}; expected one of {sorted(VARIANT_FIELDS)}")
+    if scored:
+        return pa.schema([*VARIANT_SCORE_FIELDS[kind], pa.field("failed", pa.string())])
+    return pa.schema([*VARIANT_FIELDS[kind], *VARIANT_SCORE_FIELDS[kind]])
+
+
 def embedding_schema(hidden_size: int) -> pa.Schema:
     """Schema of task `embed`: one pooled vector per sequence."""
     return task_schema("embed", hidden_size)

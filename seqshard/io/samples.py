@@ -18,6 +18,9 @@ import yaml
 from seqshard.io.textfiles import TextFileError, TextLines
 
 REQUIRED_COLUMNS = ("sample", "fasta", "molecule")
+# Optional: a sample with one of these is a variant set (a VCF against the reference in `fasta`, or a mutation
+# table against the proteins in `fasta`), scored by the variant_effect task.
+VARIANT_COLUMNS = ("vcf", "mutations")
 
 
 class SampleSheetError(TextFileError):
@@ -79,7 +82,9 @@ def load_sample_sheet(path: Path | str, schema: Path | str | None = None, *, che
             )
         first_line[name] = number
         if check_files:
-            _check_fasta(row["fasta"], f"{path}, line {number}, column fasta")
+            for column in ("fasta", *VARIANT_COLUMNS):
+                if row.get(column):
+                    _check_file(row[column], f"{path}, line {number}, column {column}")
     return pd.DataFrame(rows, columns=header, dtype=str).set_index("sample", drop=False)
 
 
@@ -109,12 +114,13 @@ def _validator(schema: Path | str | None) -> jsonschema.protocols.Validator | No
     return jsonschema.validators.validator_for(document)(document)
 
 
-def _check_fasta(value: str, where: str) -> None:
+def _check_file(value: str, where: str) -> None:
     if "://" in value:
         return  # a storage URL: the storage provider fetches it
     fasta = Path(value)
     if fasta.is_dir():
-        raise SampleSheetError(f"{where}: {value} is a directory, not a FASTA file")
+        kind = "a FASTA file" if where.endswith("column fasta") else "a file"
+        raise SampleSheetError(f"{where}: {value} is a directory, not {kind}")
     if not fasta.exists():
         raise SampleSheetError(
             f"{where}: {value}: no such file (relative paths are read from the working directory, {Path.cwd()})"

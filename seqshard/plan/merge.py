@@ -23,7 +23,7 @@ from seqshard.plan.packing import REJECTS_HEADER, read_pack_samples
 log = logging.getLogger(__name__)
 
 
-class _RowGroupCache:
+class RowGroupCache:
     """Decoded row groups of the scored shards of one task, least recently used dropped beyond a byte budget."""
 
     def __init__(self, files: Mapping[str, Path], budget_bytes: int = 16 * 2**20) -> None:
@@ -112,7 +112,7 @@ def _per_sample(record_map: pq.ParquetFile, failed: Mapping[str, Mapping[int, st
     return {sample: (len(shards), unscored.get(sample, 0)) for sample, shards in used.items()}
 
 
-def _append(writer: TableWriter, scored: _RowGroupCache, schema: pa.Schema, rows: pa.Table,
+def _append(writer: TableWriter, scored: RowGroupCache, schema: pa.Schema, rows: pa.Table,
             metadata: Mapping[bytes, bytes]) -> None:  # fmt: skip
     """Append records (rows of the record map) to a sample's file: their sequences' values, their own ids."""
     if rows.num_rows == 0:
@@ -170,8 +170,7 @@ def merge_model(
             rows = _inference_rejects(Path(directory), pack_dir / "shards" / f"{shard}.fa")
             failed.setdefault(shard, {}).update(rows)
     caches = {
-        task: _RowGroupCache({shard: Path(d) / f"{task}.parquet" for shard, d in scored[task].items()})
-        for task in tasks
+        task: RowGroupCache({shard: Path(d) / f"{task}.parquet" for shard, d in scored[task].items()}) for task in tasks
     }
     provenance = {task: cache.provenance() for task, cache in caches.items()}
     record_map = pq.ParquetFile(pack_dir / "records.parquet")

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 EXAMPLES = {"dna": "TATAAAAGGCGCGCATCGATCGGCTAGCTAGGACT", "rna": "UAUAAAAGGCGCGCAUCGAUCGG",
             "protein": "MKTAYIAKQRQISFVKSHFSRQ"}  # fmt: skip
+VARIANT_EXAMPLES = {"dna": "12:C>A", "protein": "M1A"}  # in the example sequences above
 
 
 def _sequence_pattern(service: ModelService, molecules: list[str]) -> str:
@@ -59,7 +60,7 @@ def describe_this_server(schema: dict[str, Any], service: ModelService, settings
     if loaded is None:  # still loading: the general document
         return schema
     molecules = sorted(loaded.molecules)
-    tasks = [task.value for task in service.tasks]
+    tasks = [task.value for task in service.task_types()]
     components["TaskType"]["enum"] = tasks
     options = components["PredictOptions"]["properties"]
     options["molecule"]["anyOf"][0]["enum"] = molecules
@@ -75,6 +76,13 @@ def describe_this_server(schema: dict[str, Any], service: ModelService, settings
     default, others = settings.molecule, [m for m in molecules if m != settings.molecule]
     single, several = [], []
     for task in tasks:
+        if task == "variant_effect":  # a sequence and a variant in it: its first residue changed
+            if default not in VARIANT_EXAMPLES:
+                continue
+            variant = VARIANT_EXAMPLES[default]
+            single.append({"sequence": EXAMPLES[default], "task_type": task, "options": {"variant": variant}})
+            several.append({"sequences": [EXAMPLES[default]], "task_type": task, "variants": [variant]})
+            continue
         single.append({"sequence": EXAMPLES[default], "task_type": task})
         several.append({"sequences": [EXAMPLES[default], EXAMPLES[default][::-1]], "task_type": task})
     if others:

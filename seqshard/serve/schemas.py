@@ -22,6 +22,7 @@ class TaskType(StrEnum):
     promoter_prediction = "promoter_prediction"  # DNABERT-2 fine-tune's own classification head
     classification = "classification"  # a linear classification head (--head)
     property_prediction = "property_prediction"  # a linear regression head (--head)
+    variant_effect = "variant_effect"  # a variant's scores: a DNA window plus a variant, or a protein plus mutations
 
 
 # The seqshard task (and Parquet schema) behind each task type.
@@ -30,6 +31,7 @@ SEQSHARD_TASK = {
     TaskType.promoter_prediction: "classify",
     TaskType.classification: "classify",
     TaskType.property_prediction: "regress",
+    TaskType.variant_effect: "variant_effect",
 }
 
 
@@ -108,6 +110,13 @@ class PredictOptions(StrictRequest):
     )
     embedding_dimension: int | None = Field(None, ge=1, description="if given, must equal the model's")
     molecule: Molecule | None = Field(None, description="default: the server's --molecule")
+    variant: str | None = Field(
+        None,
+        max_length=10000,
+        description="variant_effect: DNA, `POS:REF>ALT` with POS 1-based in the sequence (the reference window) and "
+        "VCF-style alleles (an indel with its anchor base, e.g. `101:AT>A`); protein, mutations `A24G:K30R` "
+        "(1-based). In /predict/batch it applies to every sequence unless `variants` gives one per sequence",
+    )
 
 
 class PredictRequest(StrictRequest):
@@ -142,6 +151,9 @@ class BatchPredictRequest(StrictRequest):
     sequences: list[str] = Field(min_length=1, description="at most --max-batch-sequences (default 100)")
     task_type: TaskType = Field(TaskType.embedding, description="default: embedding, which every model does")
     options: PredictOptions = Field(default_factory=PredictOptions)
+    variants: list[str] | None = Field(
+        None, description="variant_effect: one variant per sequence, in the form of options.variant"
+    )
 
 
 # --- response data -------------------------------------------------------------------------------------------
@@ -158,9 +170,9 @@ class ClassDetails(BaseModel):
 class Prediction(BaseModel):
     task_type: TaskType
     sequence_length: int
-    n_tokens: int = Field(description="model tokens, [CLS] and [SEP] counted once")
-    n_windows: int = Field(description="model inputs the sequence was cut into")
-    truncated: bool
+    n_tokens: int | None = Field(None, description="model tokens, [CLS] and [SEP] counted once (not variant_effect)")
+    n_windows: int | None = Field(None, description="model inputs the sequence was cut into (not variant_effect)")
+    truncated: bool | None = Field(None, description="cut to max_tokens (not variant_effect)")
     processing_time: float = Field(description="seconds from this request's arrival in the queue to its result")
     prediction: float | None = Field(None, description="classifiers: probability of the positive or top class")
     confidence: float | None = Field(None, description="classifiers: probability of the predicted class")
@@ -168,6 +180,13 @@ class Prediction(BaseModel):
     embedding: list[float] | None = None
     dimension: int | None = None
     values: dict[str, float] | None = Field(None, description="property_prediction: one value per target")
+    variant_effect: dict[str, float | int | None] | None = Field(
+        None,
+        description="variant_effect: the scores of the variant, named as the Parquet columns of `seqshard variants` "
+        "(DNA: llr, embedding_cosine, embedding_l2, change_cosine, change_l2, each also _forward and _reverse, "
+        "n_ref_tokens, n_alt_tokens, window_start, window_end; protein: masked_marginal, wild_type_marginal, "
+        "embedding_cosine, embedding_l2, change_cosine, change_l2, n_mutations)",
+    )
 
 
 class BatchItem(Prediction):

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from seqshard.engine.types import TaskSettings
+from seqshard.io.variants import VariantSettings
 
 # Inside a container the server must listen on every interface to be reachable through a published port; the
 # images set this variable. Everywhere else the default stays loopback-only.
@@ -37,6 +38,7 @@ class ServeSettings:
     internal_stops: str = "reject"  # a protein's '*' before its end: refused, or read as X
     # How sequences are fitted to the model and pooled: the settings that shape the numbers, as in `seqshard embed`.
     shaping: TaskSettings = field(default_factory=TaskSettings)
+    variants: VariantSettings = field(default_factory=VariantSettings)  # variant_effect: windows, flank, strands
     batch_tokens: int = 16384  # token budget of one model batch, padding included
     max_wait_ms: float = 5.0  # how long the first waiting request waits for company before its batch runs
     max_queue: int = 1024  # sequences waiting or computing; beyond it requests get 503 OVERLOADED

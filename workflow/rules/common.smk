@@ -7,8 +7,10 @@ from seqshard.runtime.checkpoints import inference_memory_mb, is_local
 from seqshard.demo import DEMOS
 from seqshard.models import ARCHITECTURES
 from seqshard.engine.types import INPUT_SETTINGS, PASSES, TASK_SETTINGS, TASKS, pass_of
+from seqshard.engine.types import VARIANT_TASK
 from seqshard.plan.packing import read_pack_manifest
-from seqshard.io.samples import load_sample_sheet
+from seqshard.plan.variants import read_variant_manifest
+from seqshard.io.samples import VARIANT_COLUMNS, load_sample_sheet
 
 validate(config, "../schemas/config.schema.yaml")
 
@@ -20,10 +22,27 @@ samples = load_sample_sheet(
 )
 
 
-def samples_of(model):
-    """The samples a model runs on, checked against the molecules its architecture accepts."""
+def variant_kind(sample):
+    """`vcf` or `mutations` for a variant set (a sample with that column filled), None for a sequence sample."""
+    return next((c for c in VARIANT_COLUMNS if samples.loc[sample].get(c)), None)
+
+
+def sequence_tasks(model):
+    return [t for t in config["models"][model]["tasks"] if t != VARIANT_TASK]
+
+
+def entry_samples(model):
+    """(sequence samples, variant sets) a model entry runs on: its `samples`, or every sample its tasks apply to,
+    checked against the molecules its architecture accepts."""
     settings = config["models"][model]
-    names = settings["samples"] or list(samples.index)
+    wants_sequences = bool(sequence_tasks(model))
+    wants_variants = VARIANT_TASK in settings["tasks"]
+    listed = settings["samples"]
+    names = listed or [
+        s
+        for s in samples.index
+        if (wants_variants if variant_kind(s) else wants_sequences)
+    ]
     unknown = sorted(set(names) - set(samples.index))
     if unknown:
         raise ValueError(
@@ -40,26 +59,68 @@ def samples_of(model):
             f"models.{model} ({settings['architecture']}) accepts {sorted(accepted)} but would run on "
             f"{', '.join(wrong)}; list the samples it should run on under models.{model}.samples"
         )
-    return names
+    sequences = [s for s in names if not variant_kind(s)]
+    variant_sets = [s for s in names if variant_kind(s)]
+    if variant_sets and not wants_variants:
+        raise ValueError(
+            f"models.{model} runs on variant sets {variant_sets} (samples with a vcf or mutations column) but its "
+            f"tasks do not include {VARIANT_TASK}; add it, or leave those samples out of models.{model}.samples"
+        )
+    if sequences and listed and not wants_sequences:
+        raise ValueError(
+            f"models.{model} lists sequence samples {sequences} but its only task is {VARIANT_TASK}, which runs on "
+            "variant sets (samples with a vcf or mutations column)"
+        )
+    if wants_variants and not variant_sets:
+        raise ValueError(
+            f"models.{model} asks for {VARIANT_TASK} but runs on no variant set; give a sample a vcf (with its "
+            "reference as fasta) or a mutations table (with its proteins as fasta) in the sample sheet"
+        )
+    if wants_sequences and not sequences:
+        raise ValueError(
+            f"models.{model} asks for {', '.join(sequence_tasks(model))} but runs on no sequence sample"
+        )
+    return sequences, variant_sets
+
+
+def samples_of(model):
+    """The sequence samples a model entry's sequence tasks run on."""
+    return entry_samples(model)[0]
+
+
+def variant_sets_of(model):
+    """The variant sets a model entry's variant_effect runs on."""
+    return entry_samples(model)[1]
 
 
 def runs():
-    """(sample, model, task) for every merged output the config asks for."""
+    """(sample, model, task) for every merged output of a sequence task the config asks for."""
     return [
         (sample, model, task)
-        for model, settings in config["models"].items()
+        for model in config["models"]
         for sample in samples_of(model)
-        for task in settings["tasks"]
+        for task in sequence_tasks(model)
     ]
 
 
 RUNS = (
     runs()
 )  # computed at parse time so that a sample/model mismatch stops before any job starts
+# Model entries with sequence tasks (pack, infer, merge) and with variant_effect (pack_variants, score, merge).
+SEQUENCE_MODELS = [model for model in config["models"] if sequence_tasks(model)]
+VARIANT_MODELS = [
+    model
+    for model in config["models"]
+    if VARIANT_TASK in config["models"][model]["tasks"]
+]
+for _model in VARIANT_MODELS:
+    variant_sets_of(_model)  # a model/variant-set mismatch stops here too
 # Each merge's summary stands for every file that merge writes (per sample and task, and the rejects): Snakemake
 # reruns a merge whose outputs are missing or older, and asking for 10,000 samples' files one by one would make
 # planning quadratic in them.
-FINAL_OUTPUTS = [f"results/packs/{model}/merged.tsv" for model in config["models"]]
+FINAL_OUTPUTS = [f"results/packs/{model}/merged.tsv" for model in SEQUENCE_MODELS] + [
+    f"results/variant_packs/{model}/merged.tsv" for model in VARIANT_MODELS
+]
 
 
 wildcard_constraints:
@@ -106,9 +167,7 @@ def pack_samples_param(model):
 def merged_keys(model):
     """(sample, task) of every merged file of a model entry, in the order of merged_outputs."""
     return [
-        [sample, task]
-        for sample in samples_of(model)
-        for task in config["models"][model]["tasks"]
+        [sample, task] for sample in samples_of(model) for task in sequence_tasks(model)
     ]
 
 
@@ -281,13 +340,110 @@ def report_what_ran():
 def get_report_inputs(wildcards):
     """Every figure and benchmark file the resource report reads, known once every model entry is packed."""
     figures, benchmarks = [], []
-    for model in config["models"]:
+    for model in SEQUENCE_MODELS:
         benchmarks += [f"benchmarks/pack/{model}.tsv", f"benchmarks/merge/{model}.tsv"]
         for pass_ in passes_of(model):
             for shard in shard_names(model):
                 figures.append(f"results/packs/{model}/figures/{pass_}/{shard}.json")
                 benchmarks.append(f"benchmarks/infer_shard/{model}/{pass_}/{shard}.tsv")
+    for model in VARIANT_MODELS:
+        benchmarks += [
+            f"benchmarks/pack_variants/{model}.tsv",
+            f"benchmarks/merge_variants/{model}.tsv",
+        ]
+        for shard in variant_shard_names(model):
+            figures.append(f"results/variant_packs/{model}/figures/{shard}.json")
+            benchmarks.append(f"benchmarks/score_variant_shard/{model}/{shard}.tsv")
     return {"figures": figures, "benchmarks": benchmarks, "results": FINAL_OUTPUTS}
+
+
+# Variant sets (variant_effect): one pack per model entry (its sets' distinct variants cut into shards), one scoring
+# job per shard, one merge writing every set's file. The same shape as the sequence path, so planning stays linear.
+
+
+def variant_pack_inputs(model):
+    """The variant files and the FASTA files they refer to, of every variant set of the entry."""
+    sets = variant_sets_of(model)
+    return {
+        "variants": [samples.loc[s, variant_kind(s)] for s in sets],
+        "sequences": [samples.loc[s, "fasta"] for s in sets],
+    }
+
+
+def variant_sets_param(model):
+    """(name, kind, variants, sequences) of the entry's variant sets, in sheet order."""
+    return [
+        [s, variant_kind(s), samples.loc[s, variant_kind(s)], samples.loc[s, "fasta"]]
+        for s in variant_sets_of(model)
+    ]
+
+
+def variant_settings(model):
+    """How the entry places and scores variants (seqshard.io.variants.VariantSettings), from its config."""
+    settings = config["models"][model]
+    return {
+        "window": settings["variant_window"],
+        "flank": settings["variant_flank"],
+        "strand": settings["strand"],
+        "max_length": settings["max_variant_length"],
+        "pooling": settings["pooling"],
+        "wild_type_marginal": settings["wild_type_marginal"],
+    }
+
+
+def get_variant_work(wildcards):
+    """Everything that shapes a variant shard's numbers: a change reruns the entry's scoring jobs."""
+    settings = config["models"][wildcards.model]
+    return {
+        "architecture": settings["architecture"],
+        "checkpoint": settings["checkpoint"],
+        "dtype": settings["dtype"],
+        "settings": variant_settings(wildcards.model),
+    }
+
+
+def variant_pack_checkpoint(model):
+    return getattr(checkpoints, f"pack_variants_{model}").get()
+
+
+def variant_shard_names(model):
+    manifest = variant_pack_checkpoint(model).output.manifest
+    return [
+        shard.name for shard in read_variant_manifest(local_checkpoint_output(manifest))
+    ]
+
+
+def variant_merge_inputs(model):
+    """The merge of an entry's variant sets reads its pack and every scored shard (known once packed)."""
+
+    def inputs(wildcards):
+        pack = variant_pack_checkpoint(model).output
+        scores = expand(
+            "results/variant_packs/{model}/scores/{shard}.parquet",
+            model=model,
+            shard=variant_shard_names(model),
+        )
+        return {
+            "manifest": pack.manifest,
+            "sets": pack.sets,
+            "maps": pack.maps,
+            "scores": scores,
+        }
+
+    return inputs
+
+
+def variant_outputs(model):
+    return [
+        f"results/{s}/{model}/variant_effect.parquet" for s in variant_sets_of(model)
+    ]
+
+
+def variant_rejects(model):
+    return [
+        f"results/{s}/{model}/variant_effect.rejects.tsv"
+        for s in variant_sets_of(model)
+    ]
 
 
 # Executor resources. A rule's GPUs are asked for once, with the standard resources in a profile or on the

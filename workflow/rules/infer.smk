@@ -45,3 +45,34 @@ rule infer_shard:
         allowed_ambiguity=config["allowed_ambiguity"],
     script:
         "../../scripts/infer_shard.py"
+
+
+rule score_variant_shard:
+    input:
+        shard="results/variant_packs/{model}/shards/{shard}.parquet",
+        manifest="results/variant_packs/{model}/manifest.tsv",
+        checkpoint=get_checkpoint_dir,
+    output:
+        scores=temp("results/variant_packs/{model}/scores/{shard}.parquet"),
+        figures="results/variant_packs/{model}/figures/{shard}.json",
+    log:
+        "logs/score_variant_shard/{model}/{shard}.log",
+    benchmark:
+        "benchmarks/score_variant_shard/{model}/{shard}.tsv"
+    conda:
+        "../../envs/seqshard.yaml"
+    container:
+        get_container
+    threads: 2
+    resources:
+        gpu=gpu_count,
+        gpu_model=gpu_model,
+        gpu_manufacturer=gpu_manufacturer,
+        nvidia_gpu=nvidia_gpu,
+        mem_mb=infer_mem_mb,
+        googlebatch_memory=googlebatch_memory,
+        runtime=infer_runtime,
+    params:
+        work=get_variant_work,
+    script:
+        "../../scripts/score_variant_shard.py"

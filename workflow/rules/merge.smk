@@ -1,5 +1,5 @@
 # One merge per model entry: every sample's file for every task, rows in the sample's input order.
-for model in config["models"]:
+for model in SEQUENCE_MODELS:
 
     rule:
         name:
@@ -43,7 +43,60 @@ for model in config["models"]:
             outputs=merged_keys(model),
             samples=samples_of(model),
             owned_samples=owned_samples(model),
-            passes={task: pass_of(task) for task in config["models"][model]["tasks"]},
+            passes={task: pass_of(task) for task in sequence_tasks(model)},
             on_invalid=config["on_invalid"],
         script:
             "../../scripts/merge_model.py"
+
+
+# One merge per model entry with variant_effect: each variant set's file, rows in the set's input order, and its
+# rejects (variants refused when read, or that the model could not score).
+for model in VARIANT_MODELS:
+
+    rule:
+        name:
+            f"merge_variants_{model}"
+        input:
+            unpack(variant_merge_inputs(model)),
+        output:
+            summary=f"results/variant_packs/{model}/merged.tsv",
+            merged=[
+                report(
+                    path,
+                    caption="../report/variant_effect.rst",
+                    category="Results",
+                    subcategory=model,
+                    labels={
+                        "sample": sample,
+                        "model": model,
+                        "task": "variant_effect",
+                    },
+                )
+                for path, sample in zip(
+                    variant_outputs(model), variant_sets_of(model), strict=True
+                )
+            ],
+            rejects=[
+                report(
+                    path,
+                    caption="../report/variant_rejects.rst",
+                    category="Input validation",
+                    labels={"sample": sample, "model": model},
+                )
+                for path, sample in zip(
+                    variant_rejects(model), variant_sets_of(model), strict=True
+                )
+            ],
+        log:
+            f"logs/merge_variants/{model}.log",
+        benchmark:
+            f"benchmarks/merge_variants/{model}.tsv"
+        conda:
+            "../../envs/seqshard.yaml"
+        threads: 1
+        params:
+            model=model,
+            sets=variant_sets_of(model),
+            on_invalid=config["on_invalid"],
+        script:
+            "../../scripts/merge_variants.py"

@@ -94,7 +94,9 @@ async def predict_batch(body: BatchPredictRequest, request: Request, service: Se
     """Up to --max-batch-sequences sequences; predictions come back in input order, each with its sequence.
     `options.batch_size` is advisory: the server forms its own batches from all concurrent requests."""
     started = time.perf_counter()
-    key, sequences = service.check_request(body.sequences, body.task_type, body.options, single=False)
+    key, sequences = service.check_request(
+        body.sequences, body.task_type, body.options, single=False, variants=body.variants
+    )
     results = await _predict(request, service, key, sequences, body.options)
     items = [
         BatchItem.model_validate({**result, "sequence": sequence})
