@@ -270,6 +270,7 @@ def embed_in_image(engine, ref: str, inputs: Path, checkpoint: str, out_dir: Pat
 # --- the image -----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_image_has_few_layers_no_weights_and_is_offline(built: images.BuildResult) -> None:
     image = built.image
     assert image.layers <= 10
@@ -284,6 +285,7 @@ def test_image_has_few_layers_no_weights_and_is_offline(built: images.BuildResul
     assert image.driver_requirement == "none: CPU-only torch, no GPU use"
 
 
+@pytest.mark.slow
 def test_image_runs_as_non_root_without_compilers_pip_or_ca_extras(engine, built: images.BuildResult) -> None:
     uid = images.run_in_image(engine, IMAGE, ["-u"], entrypoint="id").strip()
     assert uid.isdigit() and int(uid) != 0
@@ -301,6 +303,7 @@ def test_image_runs_as_non_root_without_compilers_pip_or_ca_extras(engine, built
     assert extras.strip() == ""
 
 
+@pytest.mark.slow
 def test_smoke_reports_what_torch_sees(engine, built: images.BuildResult) -> None:
     import torch
 
@@ -350,6 +353,7 @@ def test_pinned_image_requirements_satisfy_the_package() -> None:
     assert not missing, f"{lock} lacks {missing}; run python -m seqshard.images lock"
 
 
+@pytest.mark.slow
 def test_embed_in_image_equals_host(
     engine, built: images.BuildResult, demo_inputs: Path, host_embeddings: Path, tmp_path: Path
 ) -> None:
@@ -357,6 +361,7 @@ def test_embed_in_image_equals_host(
     assert_same_embeddings(host_embeddings, output)
 
 
+@pytest.mark.slow
 def test_checkpoint_baked_in_as_last_layer(
     engine, built: images.BuildResult, demo_inputs: Path, host_embeddings: Path, tmp_path: Path
 ) -> None:
@@ -373,6 +378,7 @@ def test_checkpoint_baked_in_as_last_layer(
     assert_same_embeddings(host_embeddings, output)
 
 
+@pytest.mark.slow
 def test_lucaone_image_shares_the_base(engine, built: images.BuildResult, tmp_path: Path) -> None:
     tag = "localhost/seqshard-test/lucaone:test"
     context = images.write_model_context(REPO, "lucaone", tmp_path / "context")
@@ -536,6 +542,7 @@ def test_apptainer_definitions_mirror_the_dockerfiles() -> None:
 # --- the image serves the model over HTTP (seqshard.images up / status / down) ----------------------------------
 
 
+@pytest.mark.slow
 def test_image_serves_health_and_predict_to_a_host_client(
     engine, built: images.BuildResult, demo_inputs: Path, host_embeddings: Path, tmp_path: Path, caplog
 ) -> None:
