@@ -577,7 +577,7 @@ def test_sigterm_finishes_requests_in_flight(server_factory, checkpoints: dict[s
     assert "Finished server process" in server.log_text()
 
 
-def test_bad_flags_are_one_line_errors(tmp_path: Path, checkpoints: dict[str, Path]) -> None:
+def test_bad_flags_are_one_line_errors(tmp_path: Path) -> None:
     empty_key = tmp_path / "empty"
     empty_key.write_text("\n")
     for args, message in (
