@@ -176,7 +176,7 @@ def require_chromium() -> None:
 
     if chromium_path() is not None:
         return
-    reason = "chromium is not installed (Debian: apt-get install chromium; .ci/run installs it)"
+    reason = "chromium is not installed: run tests/setup-system as root (Debian: apt-get install chromium)"
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(reason)
     pytest.skip(reason)

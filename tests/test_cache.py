@@ -11,13 +11,12 @@ import pytest
 
 from seqshard.engine.driver import run_tasks
 from seqshard.engine.types import RunFiles, TaskSettings, Work
-from seqshard.models.dnabert2 import write_demo_checkpoint
 from seqshard.runtime.cache import ResultCache, cache_key
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return write_demo_checkpoint(tmp_path_factory.mktemp("ckpt") / "dnabert2-demo")
+def checkpoint(dnabert2_demo_checkpoint):
+    return dnabert2_demo_checkpoint
 
 
 def write_fasta(path, items):

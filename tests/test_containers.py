@@ -3,8 +3,8 @@ Docker SDK talking to podman's Docker-compatible service), `seqshard embed` runs
 runs with `snakemake --sdm apptainer` so every inference job executes in the image.
 
 Nothing is mocked except apptainer itself, which Debian 12 cannot install: tests/apptainer/apptainer is a stand-in
-that runs the images under podman (see its header). The machine needs podman, runc and debootstrap; as root with
-apt the fixtures install them. Under CI=true a missing tool fails the tests instead of skipping them.
+that runs the images under podman (see its header). The machine needs podman, runc and debootstrap, which
+tests/setup-system installs. Under CI=true a missing tool fails the tests instead of skipping them.
 
 The Debian base image, podman's storage and its build cache live in SEQSHARD_TEST_CONTAINER_CACHE (default
 /var/tmp/seqshard-test-base), so a rerun on the same machine skips debootstrap and reuses unchanged layers. A cold
@@ -36,6 +36,7 @@ CACHE = Path(os.environ.get("SEQSHARD_TEST_CONTAINER_CACHE", "/var/tmp/seqshard-
 DEBIAN_IMAGE = "localhost/seqshard-test/debian:bookworm"
 BASE_TAG = "localhost/seqshard-test/base:test"
 IMAGE = "localhost/seqshard-test/dnabert2:test"
+# What tests/setup-system installs for these tests (named in the message when a tool is missing).
 APT_PACKAGES = [
     "podman",
     "buildah",
@@ -80,22 +81,12 @@ def run(*command: str, **kwargs) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="session")
 def container_tools() -> None:
-    """podman, runc and debootstrap, installed with apt when missing and allowed (root)."""
+    """podman, runc and debootstrap, which tests/setup-system installs (with the rest of APT_PACKAGES)."""
     missing = [tool for tool in REQUIRED_TOOLS if shutil.which(tool) is None]
-    if missing and os.geteuid() == 0 and shutil.which("apt-get"):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], check=False, env=env, capture_output=True)
-        installed = subprocess.run(
-            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *APT_PACKAGES],
-            env=env,
-            capture_output=True,
-            text=True,
-        )
-        if installed.returncode != 0:
-            unavailable(f"apt-get install {' '.join(APT_PACKAGES)} failed:\n{installed.stderr[-2000:]}")
-        missing = [tool for tool in REQUIRED_TOOLS if shutil.which(tool) is None]
     if missing:
-        unavailable(f"missing {', '.join(missing)} (apt-get install {' '.join(APT_PACKAGES)})")
+        unavailable(
+            f"missing {', '.join(missing)}: run tests/setup-system as root (apt-get install {' '.join(APT_PACKAGES)})"
+        )
     try:
         import docker  # noqa: F401
     except ImportError:
@@ -279,6 +270,7 @@ def embed_in_image(engine, ref: str, inputs: Path, checkpoint: str, out_dir: Pat
 # --- the image -----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_image_has_few_layers_no_weights_and_is_offline(built: images.BuildResult) -> None:
     image = built.image
     assert image.layers <= 10
@@ -293,6 +285,7 @@ def test_image_has_few_layers_no_weights_and_is_offline(built: images.BuildResul
     assert image.driver_requirement == "none: CPU-only torch, no GPU use"
 
 
+@pytest.mark.slow
 def test_image_runs_as_non_root_without_compilers_pip_or_ca_extras(engine, built: images.BuildResult) -> None:
     uid = images.run_in_image(engine, IMAGE, ["-u"], entrypoint="id").strip()
     assert uid.isdigit() and int(uid) != 0
@@ -310,6 +303,7 @@ def test_image_runs_as_non_root_without_compilers_pip_or_ca_extras(engine, built
     assert extras.strip() == ""
 
 
+@pytest.mark.slow
 def test_smoke_reports_what_torch_sees(engine, built: images.BuildResult) -> None:
     import torch
 
@@ -359,6 +353,7 @@ def test_pinned_image_requirements_satisfy_the_package() -> None:
     assert not missing, f"{lock} lacks {missing}; run python -m seqshard.images lock"
 
 
+@pytest.mark.slow
 def test_embed_in_image_equals_host(
     engine, built: images.BuildResult, demo_inputs: Path, host_embeddings: Path, tmp_path: Path
 ) -> None:
@@ -366,6 +361,7 @@ def test_embed_in_image_equals_host(
     assert_same_embeddings(host_embeddings, output)
 
 
+@pytest.mark.slow
 def test_checkpoint_baked_in_as_last_layer(
     engine, built: images.BuildResult, demo_inputs: Path, host_embeddings: Path, tmp_path: Path
 ) -> None:
@@ -382,6 +378,7 @@ def test_checkpoint_baked_in_as_last_layer(
     assert_same_embeddings(host_embeddings, output)
 
 
+@pytest.mark.slow
 def test_lucaone_image_shares_the_base(engine, built: images.BuildResult, tmp_path: Path) -> None:
     tag = "localhost/seqshard-test/lucaone:test"
     context = images.write_model_context(REPO, "lucaone", tmp_path / "context")
@@ -545,6 +542,7 @@ def test_apptainer_definitions_mirror_the_dockerfiles() -> None:
 # --- the image serves the model over HTTP (seqshard.images up / status / down) ----------------------------------
 
 
+@pytest.mark.slow
 def test_image_serves_health_and_predict_to_a_host_client(
     engine, built: images.BuildResult, demo_inputs: Path, host_embeddings: Path, tmp_path: Path, caplog
 ) -> None:

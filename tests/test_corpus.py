@@ -362,6 +362,7 @@ def workflow_run(request, corpus, checkpoints, tmp_path_factory):
     return mode, workdir, result, logs
 
 
+@pytest.mark.workflow
 def test_workflow_output_a_user_sees_has_no_traceback(workflow_run):
     mode, _, result, logs = workflow_run
     assert result.returncode != 0  # some cases are meant to fail, in both modes
@@ -370,6 +371,7 @@ def test_workflow_output_a_user_sees_has_no_traceback(workflow_run):
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda case: case.file)
+@pytest.mark.workflow
 def test_workflow(case, workflow_run, corpus):
     mode, workdir, result, logs = workflow_run
     path = corpus[case.file]

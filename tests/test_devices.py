@@ -25,7 +25,7 @@ from seqshard.engine.driver import run_tasks
 from seqshard.engine.types import Hardware, RunFigures, RunFiles, TaskSettings, Work
 from seqshard.io.fasta import read_valid_records
 from seqshard.io.parquet import read_provenance
-from seqshard.models.dnabert2 import load_dnabert2, write_demo_checkpoint
+from seqshard.models.dnabert2 import load_dnabert2
 from seqshard.runtime.devices import (
     MIN_DRIVER_FOR_CUDA,
     Precision,
@@ -42,8 +42,8 @@ NVIDIA_VERSION = "NVRM version: NVIDIA UNIX x86_64 Kernel Module  {}  Sat Aug 19
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_demo_checkpoint(tmp_path_factory.mktemp("ckpt") / "dnabert2-demo")
+def checkpoint(dnabert2_demo_checkpoint: Path) -> Path:
+    return dnabert2_demo_checkpoint
 
 
 @pytest.fixture(scope="module")

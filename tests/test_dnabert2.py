@@ -36,8 +36,8 @@ SEQUENCES = [
 
 
 @pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_demo_checkpoint(tmp_path_factory.mktemp("dnabert2") / "demo")
+def demo_dir(dnabert2_demo_checkpoint: Path) -> Path:
+    return dnabert2_demo_checkpoint
 
 
 @pytest.fixture(scope="module")

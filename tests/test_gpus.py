@@ -39,6 +39,8 @@ except RuntimeError as error:
     sys.exit(3)
 """
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+# Made by tests/setup-system (USERS there), never by the tests.
+TEST_USERS = ("ssgpua", "ssgpub")
 
 
 class Holder:
@@ -229,23 +231,28 @@ def test_waiting_job_starts_within_a_poll_of_the_release(tmp_path: Path, holders
 
 @pytest.fixture(scope="session")
 def two_users() -> list[pwd.struct_passwd]:
-    """Two Unix users made with useradd for this session (and removed after it); their jobs run via setpriv."""
-    missing = [tool for tool in ("useradd", "userdel", "setpriv") if shutil.which(tool) is None]
-    if os.geteuid() != 0 or missing:
-        reason = f"two-user tests need root and {', '.join(missing) or 'useradd, userdel, setpriv'}"
+    """The two Unix users tests/setup-system creates (TEST_USERS); their jobs run as them via setpriv, as root."""
+    missing = [name for name in TEST_USERS if not user_exists(name)]
+    reason = None
+    if missing:
+        reason = (
+            f"two-user tests need the users {', '.join(missing)}: run tests/setup-system as root, which creates them"
+        )
+    elif os.geteuid() != 0 or shutil.which("setpriv") is None:
+        reason = "two-user tests need root and setpriv to run jobs as another user"
+    if reason is not None:
         if IN_CI:
             pytest.fail(reason)
         pytest.skip(reason)
-    names = [f"ssgpu{os.getpid()}{suffix}" for suffix in "ab"]
-    created = []
+    return [pwd.getpwnam(name) for name in TEST_USERS]
+
+
+def user_exists(name: str) -> bool:
     try:
-        for name in names:
-            subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", name], check=True)
-            created.append(name)
-        yield [pwd.getpwnam(name) for name in names]
-    finally:
-        for name in created:
-            subprocess.run(["userdel", name], check=False, capture_output=True)
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
 
 
 @pytest.fixture

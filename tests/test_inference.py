@@ -22,12 +22,12 @@ from seqshard.engine.types import Hardware, RunFigures, RunFiles, TaskSettings, 
 from seqshard.engine.windows import ModelFit
 from seqshard.io.parquet import read_provenance
 from seqshard.io.sequences import InputPolicy
-from seqshard.models.dnabert2 import load_dnabert2, write_demo_checkpoint
+from seqshard.models.dnabert2 import load_dnabert2
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return write_demo_checkpoint(tmp_path_factory.mktemp("ckpt") / "dnabert2-demo")
+def checkpoint(dnabert2_demo_checkpoint):
+    return dnabert2_demo_checkpoint
 
 
 @pytest.fixture(scope="module")

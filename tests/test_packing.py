@@ -2,8 +2,6 @@
 each sample's input order, duplicates (within and across samples) with identical values, nothing lost."""
 
 import gzip
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -11,18 +9,18 @@ import pyarrow.parquet as pq
 import pytest
 from Bio import SeqIO
 
+from seqshard.cli import main
 from seqshard.engine.driver import run_tasks
 from seqshard.engine.types import RunFiles, TaskSettings, Work
 from seqshard.io.parquet import read_provenance
 from seqshard.io.sequences import InputPolicy
-from seqshard.models.dnabert2 import write_demo_checkpoint
 from seqshard.plan.merge import merge_model
 from seqshard.plan.packing import SampleErrors, SampleInput, pack_samples, read_pack_manifest
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return write_demo_checkpoint(tmp_path_factory.mktemp("ckpt") / "dnabert2-demo")
+def checkpoint(dnabert2_demo_checkpoint):
+    return dnabert2_demo_checkpoint
 
 
 def random_dna(rng, n):
@@ -101,10 +99,10 @@ def test_scored_shards_gather_back_into_each_sample_in_input_order(samples, chec
     assert all(path.read_text() == "file\trecord_id\tline\treason\n" for path in own.values())
 
     for sample in samples:
-        # The same sample scored on its own by the command line: same ids, same numbers, same order.
+        # The same sample scored on its own by the command line (its entry point, in this process: a new
+        # interpreter per sample would cost seconds of imports): same ids, same numbers, same order.
         alone = tmp_path / f"{sample.name}.parquet"
-        subprocess.run([sys.executable, "-m", "seqshard", "embed", "--checkpoint", str(checkpoint), sample.fasta,
-                        "-o", str(alone)], check=True, capture_output=True)  # fmt: skip
+        assert main(["embed", "--checkpoint", str(checkpoint), sample.fasta, "-o", str(alone)]) == 0
         merged = pd.read_parquet(outputs[(sample.name, "embed")])
         expected = pd.read_parquet(alone)
         assert list(merged["id"]) == list(expected["id"])

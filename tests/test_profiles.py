@@ -30,8 +30,6 @@ GPU_TAGS = ("gpu", "gpu_model", "gpu_manufacturer", "nvidia_gpu")
 # the demo checkpoints are not built yet: memory is 4000 MB plus twice the weights, and there are none yet.
 FIRST_ATTEMPT = {"mem_mb": "4000", "runtime": "60", "googlebatch_memory": "3815"}
 
-pytestmark = pytest.mark.workflow
-
 
 def snakemake(workdir: Path, *args: str) -> str:
     command = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(workdir), *args]
@@ -96,12 +94,14 @@ def sharded_demo(tmp_path_factory) -> Path:
     return workdir
 
 
+@pytest.mark.workflow
 def test_local_profile_plans_cpu_inference(sharded_demo: Path) -> None:
     tags = inference_tags(snakemake(sharded_demo, "--profile", str(PROFILES / "local"), "--dry-run"))
     assert not set(GPU_TAGS) & set(tags)
     assert {key: tags[key] for key in FIRST_ATTEMPT} == FIRST_ATTEMPT
 
 
+@pytest.mark.workflow
 def test_local_gpus_are_counted_per_job(sharded_demo: Path) -> None:
     output = snakemake(
         sharded_demo, "--profile", str(PROFILES / "local"), "--resources", "gpu=2",
@@ -112,6 +112,7 @@ def test_local_gpus_are_counted_per_job(sharded_demo: Path) -> None:
     assert "gpu_model" not in tags
 
 
+@pytest.mark.workflow
 def test_slurm_profile_asks_one_gpu_per_inference_job(sharded_demo: Path) -> None:
     tags = inference_tags(snakemake(sharded_demo, "--profile", str(PROFILES / "slurm"), "--dry-run"))
     assert tags["gpu"] == "1" and "gpu_model" not in tags
@@ -119,6 +120,7 @@ def test_slurm_profile_asks_one_gpu_per_inference_job(sharded_demo: Path) -> Non
     assert sbatch_gpu_flags(gpu=1) == " --gpus=1"
 
 
+@pytest.mark.workflow
 def test_one_gpu_request_becomes_every_executors_tag(sharded_demo: Path) -> None:
     slurm = str(PROFILES / "slurm")
     several = "infer_shard:gpu=2", "infer_shard:gpu_model=a100"
@@ -140,6 +142,7 @@ def test_one_gpu_request_becomes_every_executors_tag(sharded_demo: Path) -> None
         ("googlebatch", {"nvidia_gpu": "1", "googlebatch_machine_type": "n1-standard-8"}),
     ],
 )
+@pytest.mark.workflow
 def test_cloud_profile_plans_the_demo_and_tags_gpus(
     profile: str, expected: dict[str, str], sharded_demo: Path, tmp_path: Path
 ) -> None:
@@ -166,6 +169,7 @@ def test_cloud_profile_plans_the_demo_and_tags_gpus(
     assert {key: tags[key] for key in FIRST_ATTEMPT} == FIRST_ATTEMPT
 
 
+@pytest.mark.workflow
 def test_inference_memory_follows_the_checkpoint_size(sharded_demo: Path, tmp_path: Path) -> None:
     workdir = tmp_path / "demo"
     shutil.copytree(sharded_demo, workdir, symlinks=True)

@@ -16,6 +16,8 @@ from seqshard.reports.synthetic import write_synthetic_run
 SCREENSHOTS = Path(__file__).resolve().parent / "output"
 N_JOBS = 10_000
 
+pytestmark = pytest.mark.slow  # a browser
+
 
 @pytest.fixture(scope="module")
 def big_report(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -96,6 +96,7 @@ def test_not_a_text_sheet_and_remote_inputs(workdir):
     assert len(load_sample_sheet(remote, SCHEMA, check_files=False)) == 2  # inputs in remote storage
 
 
+@pytest.mark.workflow
 def test_the_workflow_stops_before_any_job_with_the_one_line_reason(workdir):
     sheet(workdir, "sample\tfasta\tmolecule\ns1\tb.fa\tdna \n")
     config = {"samples": "samples.tsv", "models": {"m": {"architecture": "dnabert2", "checkpoint": "x/y"}}}

@@ -222,6 +222,7 @@ def assert_error(response: httpx.Response, status: int, code: str, *fragments: s
 # --- the endpoints -------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_health_needs_no_key_and_describes_the_server(main_server: Server) -> None:
     response = httpx.get(f"{main_server.url}/health")
     assert response.status_code == 200
@@ -237,6 +238,7 @@ def test_health_needs_no_key_and_describes_the_server(main_server: Server) -> No
     assert data["memory_usage"]["process_rss_bytes"] > 50e6
 
 
+@pytest.mark.slow
 def test_every_other_endpoint_needs_the_key(main_server: Server) -> None:
     requests = [("GET", "/model/info", None), ("GET", "/metrics", None),
                 ("POST", "/predict", {"sequence": "ACGT", "task_type": "embedding"}),
@@ -252,6 +254,7 @@ def test_every_other_endpoint_needs_the_key(main_server: Server) -> None:
         assert response.status_code == 200, response.text
 
 
+@pytest.mark.slow
 def test_model_info_lists_what_the_checkpoint_can_do(client: SeqshardClient, checkpoints: dict[str, Path]) -> None:
     from seqshard.runtime.checkpoints import file_digest, weights_files
 
@@ -266,6 +269,7 @@ def test_model_info_lists_what_the_checkpoint_can_do(client: SeqshardClient, che
     assert set(info["output_format"]) == {"embedding", "promoter_prediction"}
 
 
+@pytest.mark.slow
 def test_predict_each_task_type(client: SeqshardClient) -> None:
     embedded = client.predict(DNA[3], "embedding", embedding_dimension=64)
     assert embedded["task_type"] == "embedding" and embedded["dimension"] == len(embedded["embedding"]) == 64
@@ -290,6 +294,7 @@ def test_predict_each_task_type(client: SeqshardClient) -> None:
     assert lower["embedding"] == pytest.approx(embedded["embedding"], abs=1e-5)
 
 
+@pytest.mark.slow
 def test_metrics_json_counts_prediction_requests(client: SeqshardClient, main_server: Server) -> None:
     before = client.metrics()["model_metrics"]
     client.predict("ACGTACGT", "embedding")
@@ -311,6 +316,7 @@ def test_metrics_json_counts_prediction_requests(client: SeqshardClient, main_se
     assert ok + batch_ok == client.metrics()["model_metrics"]["successful_requests"]
 
 
+@pytest.mark.slow
 def test_prometheus_exposition_counts_requests_batches_and_process(client: SeqshardClient, main_server: Server) -> None:
     client.predict_batch(DNA[:4], "embedding")
     text = httpx.get(main_server.metrics_url).text
@@ -334,6 +340,7 @@ def test_prometheus_exposition_counts_requests_batches_and_process(client: Seqsh
 # --- every error code ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_invalid_requests(main_server: Server) -> None:
     bad_json = httpx.post(f"{main_server.url}/predict", content=b'{"sequence": "ACG',
                           headers=JSON_AUTH)  # fmt: skip
@@ -358,6 +365,7 @@ def test_invalid_requests(main_server: Server) -> None:
     assert_error(form, 400, "INVALID_REQUEST", "Content-Type: application/json")
 
 
+@pytest.mark.slow
 def test_invalid_sequences_name_sequence_position_and_letter(main_server: Server) -> None:
     assert_error(post(main_server, "/predict", {"sequence": "ACGTACGZTT", "task_type": "embedding"}), 400,
                  "INVALID_SEQUENCE", "the sequence", "'Z' at position 8", "dna alphabet", "ACGT + N")  # fmt: skip
@@ -370,12 +378,14 @@ def test_invalid_sequences_name_sequence_position_and_letter(main_server: Server
     assert_error(post(main_server, "/predict", {"sequence": "ACGR", "task_type": "embedding"}), 400, "INVALID_SEQUENCE")
 
 
+@pytest.mark.slow
 def test_sequence_too_long(main_server: Server) -> None:
     assert post(main_server, "/predict", {"sequence": "A" * 5120, "task_type": "embedding"}).status_code == 200
     assert_error(post(main_server, "/predict", {"sequence": "A" * 5121, "task_type": "embedding"}), 400,
                  "SEQUENCE_TOO_LONG", "5121 characters", "at most 5120")  # fmt: skip
 
 
+@pytest.mark.slow
 def test_body_over_the_cap_is_refused_before_parsing(main_server: Server) -> None:
     # Not even JSON: the refusal comes from the size alone, before anything reads the body.
     huge = b"x" * 200_001
@@ -394,11 +404,13 @@ def test_body_over_the_cap_is_refused_before_parsing(main_server: Server) -> Non
     assert post(main_server, "/predict/batch", ok).status_code == 200
 
 
+@pytest.mark.slow
 def test_not_found_and_method_not_allowed_use_the_envelope(main_server: Server) -> None:
     assert_error(httpx.get(f"{main_server.url}/nowhere"), 404, "NOT_FOUND")
     assert_error(httpx.delete(f"{main_server.url}/predict"), 405, "METHOD_NOT_ALLOWED")
 
 
+@pytest.mark.slow
 def test_rate_limit_per_client_with_retry_after(server_factory, checkpoints: dict[str, Path]) -> None:
     server = server_factory("--checkpoint", str(checkpoints["promoter"]), "--rate-limit", "3")
     body = {"sequence": "ACGTACGT", "task_type": "embedding"}
@@ -414,6 +426,7 @@ def test_rate_limit_per_client_with_retry_after(server_factory, checkpoints: dic
     assert raised.value.code == "RATE_LIMITED" and raised.value.status == 429
 
 
+@pytest.mark.slow
 def test_overloaded_queue_answers_503_and_the_client_retries(server_factory, checkpoints: dict[str, Path]) -> None:
     """With a long wait for company the first request sits in the queue; the next one finds it full."""
     server = server_factory("--checkpoint", str(checkpoints["promoter"]), "--max-queue", "6", "--max-wait-ms", "2000")
@@ -437,6 +450,7 @@ def test_overloaded_queue_answers_503_and_the_client_retries(server_factory, che
     assert server.prometheus_value("seqshard_http_requests_total", endpoint="/predict/batch", status="503") >= 2
 
 
+@pytest.mark.slow
 def test_a_failing_request_fails_alone_in_its_batch(server_factory, checkpoints: dict[str, Path]) -> None:
     """A real resource failure: the running server's address space is capped at 1 GiB above what it uses, and a
     200,000 bp run of N (200,002 DNABERT-2 tokens, one per N, taken whole with max_tokens raised) needs a 3.3 GB
@@ -461,6 +475,7 @@ def test_a_failing_request_fails_alone_in_its_batch(server_factory, checkpoints:
     assert server.prometheus_value("seqshard_http_requests_total", endpoint="/predict", status="500") == 1
 
 
+@pytest.mark.slow
 def test_model_not_loaded_while_loading(server_factory, checkpoints: dict[str, Path], tmp_path: Path) -> None:
     """A checkpoint whose tokenizer_config.json is a FIFO: the load blocks on it (like a checkpoint still
     arriving over a slow filesystem) until the test writes it, so the loading state lasts as long as needed."""
@@ -483,6 +498,7 @@ def test_model_not_loaded_while_loading(server_factory, checkpoints: dict[str, P
     assert httpx.post(f"{server.url}/predict", json={"sequence": "ACGT", "task_type": "embedding"}).status_code == 200
 
 
+@pytest.mark.slow
 def test_unloadable_checkpoint_is_unhealthy_and_internal_errors_use_the_envelope(
     server_factory, tmp_path: Path
 ) -> None:
@@ -509,6 +525,7 @@ def test_unloadable_checkpoint_is_unhealthy_and_internal_errors_use_the_envelope
 # --- concurrency and shutdown --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_health_answers_while_a_long_batch_computes(server_factory, checkpoints: dict[str, Path]) -> None:
     server = server_factory("--model", "lucaone", "--checkpoint", str(checkpoints["lucaone"]), "--molecule",
                             "protein", "--batch-tokens", "4096")  # fmt: skip
@@ -536,6 +553,7 @@ def test_health_answers_while_a_long_batch_computes(server_factory, checkpoints:
     assert result["r"].status_code == 200 and len(result["r"].json()["data"]["predictions"]) == len(long_batch)
 
 
+@pytest.mark.slow
 def test_sigterm_finishes_requests_in_flight(server_factory, checkpoints: dict[str, Path]) -> None:
     server = server_factory("--checkpoint", str(checkpoints["promoter"]), "--max-wait-ms", "1500")
     result: dict[str, httpx.Response] = {}
@@ -559,7 +577,7 @@ def test_sigterm_finishes_requests_in_flight(server_factory, checkpoints: dict[s
     assert "Finished server process" in server.log_text()
 
 
-def test_bad_flags_are_one_line_errors(tmp_path: Path, checkpoints: dict[str, Path]) -> None:
+def test_bad_flags_are_one_line_errors(tmp_path: Path) -> None:
     empty_key = tmp_path / "empty"
     empty_key.write_text("\n")
     for args, message in (
@@ -587,6 +605,7 @@ def assert_same_parquet(batch: Path, served: Path) -> None:
             assert actual == expected, name
 
 
+@pytest.mark.slow
 def test_served_embeddings_and_promoter_probabilities_equal_the_batch_commands(
     main_server: Server, checkpoints: dict[str, Path], tmp_path: Path, client: SeqshardClient
 ) -> None:
@@ -618,6 +637,7 @@ def test_served_embeddings_and_promoter_probabilities_equal_the_batch_commands(
 
 @pytest.mark.parametrize(("head", "task_type", "task"), [("location", "classification", "classify"),
                                                           ("stability", "property_prediction", "regress")])  # fmt: skip
+@pytest.mark.slow
 def test_lucaone_heads_served_equal_seqshard_score(
     server_factory, checkpoints: dict[str, Path], tmp_path: Path, head: str, task_type: str, task: str
 ) -> None:
@@ -704,6 +724,7 @@ def test_variant_effect_served_equals_seqshard_variants(server_factory, checkpoi
     assert_error(response, 400, "INVALID_REQUEST", "`variants` is for task_type variant_effect only")
 
 
+@pytest.mark.slow
 def test_predict_command_refuses_a_faulty_fasta_in_one_line(main_server: Server, checkpoints: dict[str, Path],
                                                             tmp_path: Path) -> None:  # fmt: skip
     fasta = write_fasta(tmp_path / "bad.fa", ["ACGT", "ACXGT"])
@@ -720,6 +741,7 @@ def test_predict_command_refuses_a_faulty_fasta_in_one_line(main_server: Server,
 # --- the OpenAPI document, fuzzed -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_schemathesis_finds_no_server_error_and_no_schema_mismatch(main_server: Server, tmp_path: Path) -> None:
     schemathesis = Path(sys.executable).parent / "schemathesis"
     if not schemathesis.exists():
@@ -744,7 +766,7 @@ def test_schemathesis_finds_no_server_error_and_no_schema_mismatch(main_server: 
 def prometheus_tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
-        unavailable(f"{name} is not installed (apt-get install --no-install-recommends prometheus; .ci/run does)")
+        unavailable(f"{name} is not installed: run tests/setup-system as root (Debian's prometheus package)")
     return path  # type: ignore[return-value]
 
 
@@ -763,6 +785,7 @@ def test_promtool_checks_the_shipped_config_and_rules() -> None:
     assert "histogram_quantile(0.95" in alerts["SeqshardSlowPredictions"]
 
 
+@pytest.mark.slow
 def test_prometheus_scrapes_a_running_server_with_the_shipped_config(
     main_server: Server, client: SeqshardClient, tmp_path: Path
 ) -> None:
@@ -812,6 +835,7 @@ def test_prometheus_scrapes_a_running_server_with_the_shipped_config(
         process.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_dashboard_and_compose_refer_to_what_the_server_exports(main_server: Server) -> None:
     from seqshard.serve.metrics import GpuCollector
 
@@ -917,6 +941,7 @@ def embed_one(checkpoint: Path, molecule: str, sequence: str, folder: Path) -> t
     return pq.read_table(out).to_pylist()[0], ""
 
 
+@pytest.mark.slow
 def test_every_corpus_record_gets_the_same_outcome_from_predict_and_from_embed(
     lucaone_server: Server, checkpoints: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -948,6 +973,7 @@ def test_every_corpus_record_gets_the_same_outcome_from_predict_and_from_embed(
     assert outcomes["row"] >= 25 and outcomes["reason"] >= 12, outcomes
 
 
+@pytest.mark.slow
 def test_a_protein_ending_in_a_stop_is_served_as_embed_scores_it(
     lucaone_server: Server, checkpoints: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -966,6 +992,7 @@ def test_a_protein_ending_in_a_stop_is_served_as_embed_scores_it(
                  "`--internal-stops unknown` when starting `seqshard serve`")  # fmt: skip
 
 
+@pytest.mark.slow
 def test_serve_takes_the_input_policy_flags(server_factory, checkpoints: dict[str, Path]) -> None:
     """`--gaps remove` and `--internal-stops unknown` mean what they mean for `seqshard embed`."""
     server = server_factory("--model", "lucaone", "--checkpoint", str(checkpoints["lucaone"]), "--gaps", "remove",

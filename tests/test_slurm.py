@@ -1,14 +1,14 @@
 """The demo workflow on a real Slurm cluster through profiles/slurm: GPU requests, results, memory escalation.
 
-A session fixture installs Slurm 22.05 and munge with apt when missing and starts a one-node cluster with
-stand-in GPUs (tests/slurm/cluster.py). One workflow run serves every check: the real workflow through
+A session fixture starts a one-node cluster with stand-in GPUs (tests/slurm/cluster.py) from Slurm 22.05 and
+munge, which tests/setup-system installs. One workflow run serves every check: the real workflow through
 profiles/slurm, with a first-attempt inference memory too small for torch given the way the README tells users
 to set their own (`--set-resources infer_shard:mem_mb=...` with the attempt in it), so each inference job is
 killed by Slurm for memory once and resubmitted with twice the memory. A
 local run of the same configuration, started alongside, is the reference for the numbers; it asks for GPUs too,
 so that seqshard's local GPU pool is exercised through the workflow as well.
 
-Without apt as root the module skips locally and fails under CI=true.
+Without them the module skips locally, naming tests/setup-system, and fails under CI=true.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ import yaml
 from slurm.cluster import (
     SlurmCluster,
     SlurmUnavailable,
+    check_slurm_installed,
     cluster_is_up,
-    install_slurm,
     one_test_cluster_at_a_time,
     scontrol_job,
 )
@@ -64,11 +64,11 @@ pytestmark = pytest.mark.workflow
 @pytest.fixture(scope="session")
 def slurm_cluster(tmp_path_factory):
     try:
-        install_slurm()
+        check_slurm_installed()
     except SlurmUnavailable as error:
         if IN_CI:
-            pytest.fail(f"CI=true and Slurm cannot be installed: {error}")
-        pytest.skip(f"Slurm cannot be installed here: {error}")
+            pytest.fail(f"CI=true and {error}")
+        pytest.skip(str(error))
     with one_test_cluster_at_a_time():
         if cluster_is_up():
             # A cluster started outside the tests (e.g. by hand while developing): use it, start and stop nothing.

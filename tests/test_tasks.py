@@ -17,10 +17,10 @@ from seqshard.models.dnabert2 import load_dnabert2, load_dnabert2_masked_lm, wri
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
+def checkpoints(tmp_path_factory, dnabert2_demo_checkpoint):
     root = tmp_path_factory.mktemp("ckpts")
     return {
-        "mlm": write_demo_checkpoint(root / "mlm"),
+        "mlm": dnabert2_demo_checkpoint,
         "classify": write_demo_checkpoint(root / "promoter", labels=["non_promoter", "promoter"], seed=1),
         "regress": write_demo_checkpoint(root / "regress", regression=True, seed=2),
     }

