@@ -301,7 +301,11 @@ def test_sample_model_mismatch_fails_before_any_job(tmp_path):
     write_config(tmp_path)
     result = snakemake(tmp_path, "-n")
     assert result.returncode != 0
-    assert "models.dnabert2 (dnabert2) accepts ['dna'] but would run on prot (protein)" in result.stdout + result.stderr
+    # One line and nothing after it: no `File ... common.smk` frames (issue 26).
+    assert (result.stdout + result.stderr).splitlines() == [
+        "seqshard: models.dnabert2 (dnabert2) accepts ['dna'] but would run on prot (protein); list the samples it "
+        "should run on under models.dnabert2.samples"
+    ]
     assert not (tmp_path / "results").exists()
 
 

@@ -8,16 +8,29 @@ from seqshard.demo import DEMOS
 from seqshard.models import ARCHITECTURES
 from seqshard.engine.types import INPUT_SETTINGS, PASSES, TASK_SETTINGS, TASKS, pass_of
 from seqshard.plan.packing import read_pack_manifest
-from seqshard.io.samples import load_sample_sheet
+from seqshard.io.samples import SampleSheetError, load_sample_sheet
 
 validate(config, "../schemas/config.schema.yaml")
 
+
+def stop_before_any_job(reason):
+    """End parsing with the reason on one line and nothing after it. Snakemake prints an exception raised while
+    parsing with the frames of common.smk and of the package below it; SystemExit ends the run after its cleanup
+    (every error is an Exception to Snakemake's handlers) and the log line is all the user sees.
+    """
+    logger.error(f"seqshard: {reason}")
+    raise SystemExit(1)
+
+
 # Inputs in remote storage (--default-storage-provider) are not on this disk to check.
-samples = load_sample_sheet(
-    config["samples"],
-    workflow.source_path("../schemas/samples.schema.yaml"),
-    check_files=workflow.storage_settings.default_storage_provider is None,
-)
+try:
+    samples = load_sample_sheet(
+        config["samples"],
+        workflow.source_path("../schemas/samples.schema.yaml"),
+        check_files=workflow.storage_settings.default_storage_provider is None,
+    )
+except SampleSheetError as error:
+    stop_before_any_job(error)
 
 
 def samples_of(model):
@@ -53,13 +66,22 @@ def runs():
     ]
 
 
-RUNS = (
-    runs()
-)  # computed at parse time so that a sample/model mismatch stops before any job starts
+# Computed at parse time so that a sample/model mismatch stops before any job starts.
+try:
+    RUNS = runs()
+except ValueError as error:
+    stop_before_any_job(error)
 # Each merge's summary stands for every file that merge writes (per sample and task, and the rejects): Snakemake
 # reruns a merge whose outputs are missing or older, and asking for 10,000 samples' files one by one would make
 # planning quadratic in them.
 FINAL_OUTPUTS = [f"results/packs/{model}/merged.tsv" for model in config["models"]]
+# With `on_invalid: skip`, each entry's check that every sample was read (see rule check_samples; with `error` an
+# unreadable sample stops the pack). Apart from FINAL_OUTPUTS, so that the resource report does not wait on it.
+SAMPLE_CHECKS = (
+    [f"results/packs/{model}/checked.txt" for model in config["models"]]
+    if config["on_invalid"] == "skip"
+    else []
+)
 
 
 wildcard_constraints:
