@@ -19,4 +19,5 @@ with rule_script(snakemake.log[0]), recorded_job(snakemake.log[0], snakemake.thr
         timeline_out=snakemake.output.timeline,
         throughput_out=snakemake.output.throughput,
         warnings_out=snakemake.output.warnings,
+        pack_samples=dict(zip(snakemake.params.models, snakemake.input.pack_samples, strict=True)),
     )

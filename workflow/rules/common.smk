@@ -270,6 +270,11 @@ def report_what_ran():
     from seqshard.reports import settings_from_config, write_resource_report
 
     figures = sorted(Path("results/packs").glob("*/figures/*/*.json"))
+    pack_samples = {
+        path.parent.name: path
+        for path in sorted(Path("results/packs").glob("*/samples.tsv"))
+        if path.parent.name in config["models"]
+    }
     benchmarks = sorted(Path("benchmarks").glob("**/*.tsv"))
     if not figures and not benchmarks:
         return
@@ -289,6 +294,7 @@ def report_what_ran():
             timeline_out=out / "timeline.png",
             throughput_out=out / "throughput.tsv",
             warnings_out=out / "warnings.tsv",
+            pack_samples=pack_samples,
         )
     # The run failed already; a report that cannot be made must not hide why.
     except Exception as error:
@@ -301,15 +307,22 @@ def report_what_ran():
 
 
 def get_report_inputs(wildcards):
-    """Every figure and benchmark file the resource report reads, known once every model entry is packed."""
+    """Every figure and benchmark file the resource report reads, known once every model entry is packed, and
+    each pack's samples.tsv (a sample it could not read is a warning)."""
     figures, benchmarks = [], []
+    pack_samples = [pack_checkpoint(model).output.samples for model in config["models"]]
     for model in config["models"]:
         benchmarks += [f"benchmarks/pack/{model}.tsv", f"benchmarks/merge/{model}.tsv"]
         for pass_ in passes_of(model):
             for shard in shard_names(model):
                 figures.append(f"results/packs/{model}/figures/{pass_}/{shard}.json")
                 benchmarks.append(f"benchmarks/infer_shard/{model}/{pass_}/{shard}.tsv")
-    return {"figures": figures, "benchmarks": benchmarks, "results": FINAL_OUTPUTS}
+    return {
+        "figures": figures,
+        "benchmarks": benchmarks,
+        "results": FINAL_OUTPUTS,
+        "pack_samples": pack_samples,
+    }
 
 
 # Executor resources. A rule's GPUs are asked for once, with the standard resources in a profile or on the
