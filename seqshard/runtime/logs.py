@@ -48,8 +48,10 @@ def one_line(error: BaseException) -> str:
 def reasons(error: BaseException) -> list[str]:
     """The lines an expected error is told in: one per fault when it lists several (a `lines` attribute: say, one
     per sample that cannot be read), else its message on one line."""
-    lines = [" ".join(line.split()) for line in getattr(error, "lines", None) or [] if line.strip()]
-    return lines or [one_line(error)]
+    lines = [
+        " | ".join(part.strip() for part in line.splitlines() if part.strip()) for line in getattr(error, "lines", ())
+    ]
+    return [line for line in lines if line] or [one_line(error)]
 
 
 def log_failure(error: BaseException) -> list[str]:
