@@ -55,7 +55,6 @@ rule resource_report:
     params:
         benchmark_root="benchmarks",
         log_root="logs",
-        models=list(config["models"]),
         settings=get_report_settings(),
     script:
         "../../scripts/resource_report.py"
