@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from seqshard.plan.merge import merge_model, write_merge_summary
+from seqshard.plan.merge import merge_model, unreadable_samples, write_merge_summary
 from seqshard.runtime.jobs import recorded_job
 from seqshard.runtime.logs import rule_script
 
@@ -23,4 +23,6 @@ with rule_script(snakemake.log[0]), recorded_job(snakemake.log[0], snakemake.thr
         on_invalid=params.on_invalid,
         sample_rejects=dict(zip(params.owned_samples, snakemake.output.sample_rejects, strict=True)),
     )
-    write_merge_summary(snakemake.output.summary, outputs, written)
+    write_merge_summary(
+        snakemake.output.summary, outputs, written, unreadable_samples(Path(snakemake.input.manifest).parent)
+    )

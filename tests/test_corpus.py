@@ -21,6 +21,7 @@ import random
 import re
 import subprocess
 import sys
+import tarfile
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -72,6 +73,7 @@ CASES = [
     Case("cr_only_mac.fa", rows=3, source="classic Mac OS tools"),
     Case("mixed_line_endings.fa", rows=3, source="files joined across systems"),
     Case("utf8_bom.fa", rows=3, source="Windows Notepad"),
+    Case("dos_end_of_file.fa", rows=3, source="DOS and old Windows tools: a final Ctrl-Z (0x1A)"),
     Case("long_header.fa", rows=2, source="pipelines packing metadata into headers"),
     Case("one_line_50kb.fa", rows=1, source="a chromosome on one line"),
     Case("long_n_run.fa", rows=2, source="hard-masked genomes, scaffolds with gaps"),
@@ -107,7 +109,8 @@ CASES = [
     Case("genbank_numbered.fa", rows=1, source="a GenBank ORIGIN block pasted", rejects=(
         ("from_genbank", 1, r"whitespace inside the sequence at line 2, column 1; digits in a sequence line"),)),
     Case("semicolon_comment.fa", rows=1, source="1980s-style FASTA comments", rejects=(
-        ("old_style", 1, r"character ';' at line 2, column 1"),)),
+        ("old_style", 1, r"character ';' at line 2, column 1 is not in the dna alphabet .*; ';' starts a comment "
+                         r"line in the old FASTA format, which is not read here: remove the comment lines"),)),
     Case("internal_stop.faa", "protein", rows=1, source="pseudogenes, frame shifts", rejects=(
         ("pseudogene", 1, r"internal stop '\*' at line 2, column 31 \(only one terminal '\*' is stripped\); set"),)),
     Case("aligned_protein.faa", "protein", rows=1, source="protein alignments", rejects=(
@@ -148,6 +151,8 @@ CASES = [
     Case("zstd.fa.zst", source="zstd archives",
          error=r"not text: the file is zstd-compressed data, which is not supported"),
     Case("zip_archive.fa.zip", source="a browser's download", error=r"not text: the file is a zip archive; unzip it"),
+    Case("tar_archive.fa.gz", source="tar czf x.fa.gz seqs.fa",
+         error=r"not text: the file is a tar archive, gzip-compressed; unpack it first \(tar -xf .*\)"),
 ]
 # fmt: on
 BY_FILE = {case.file: case for case in CASES}
@@ -175,6 +180,8 @@ def build(name: str) -> bytes:
         return b"".join(line + (b"\r\n", b"\n", b"\r")[i % 3] for i, line in enumerate(lines[:-1]))
     if name == "utf8_bom.fa":
         return b"\xef\xbb\xbf" + plain
+    if name == "dos_end_of_file.fa":
+        return plain.replace(b"\n", b"\r\n") + b"\x1a"
     if name == "long_header.fa":
         return b">huge " + b"key=value;" * 2000 + b"\n" + b"ACGT" * 30 + b"\n>next\nACGTACGT\n"
     if name == "one_line_50kb.fa":
@@ -228,6 +235,13 @@ def build(name: str) -> bytes:
         buffer = io.BytesIO()
         with zipfile.ZipFile(buffer, "w") as archive:
             archive.writestr("plain.fa", plain)
+        return buffer.getvalue()
+    if name == "tar_archive.fa.gz":
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+            member = tarfile.TarInfo("seqs.fa")
+            member.size = len(plain)
+            archive.addfile(member, io.BytesIO(plain))
         return buffer.getvalue()
     raise KeyError(name)
 

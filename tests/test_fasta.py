@@ -157,6 +157,23 @@ def test_byte_order_mark_and_line_endings_are_accepted_and_counted(tmp_path, cap
     assert "2 line(s) ended in a lone carriage return" in notes
 
 
+def test_a_final_dos_end_of_file_mark_is_read_as_the_end_and_counted(tmp_path, caplog):
+    """Before issue 26 the Ctrl-Z that DOS tools end a file with refused the last record (character '\\x1a')."""
+    path = tmp_path / "dos.fa"
+    path.write_bytes(b">a\r\nACGT\r\n>b\r\nGGCC\r\n\x1a")
+    records, report = read_valid_records(path, "dna")
+    assert [(r.id, r.sequence) for r in records] == [("a", "ACGT"), ("b", "GGCC")]
+    assert (report.end_of_file_mark, report.crlf_lines, report.rejected) == (True, 4, [])
+    log_report(report)
+    notes = [r.getMessage() for r in caplog.records]
+    assert f"{path}: ends with a DOS end-of-file mark (Ctrl-Z, byte 0x1a); read as the end of the text" in notes
+    # Anywhere but at the end it is a character of the sequence, and refused as one.
+    path.write_bytes(b">a\nAC\x1aGT\n>b\nGGCC\n")
+    _, report = read_valid_records(path, "dna", SKIP)
+    assert not report.end_of_file_mark
+    assert report.rejected[0].reason.startswith("character '\\x1a' at line 2, column 3 is not in the dna alphabet")
+
+
 def test_one_terminal_stop_is_stripped_and_counted(tmp_path):
     path = write(tmp_path, ">p1 prodigal\nMKT\nAL*\n>p2\nMKV\n>p3\nMK**\n")
     records, report = read_valid_records(path, "protein", SKIP)
@@ -189,6 +206,12 @@ def test_gaps_follow_the_declared_policy(tmp_path):
     ]
 
 
+COMMENT_HINT = (
+    "';' starts a comment line in the old FASTA format, which is not read here: remove the comment lines "
+    "(grep -v '^;' in.fa > out.fa)"
+)
+
+
 @pytest.mark.parametrize(
     ("molecule", "sequence", "hint"),
     [
@@ -200,6 +223,9 @@ def test_gaps_follow_the_declared_policy(tmp_path):
         ("dna", "ACXXT", "X marks masked bases in some tools (RepeatMasker -x); mask with N instead"),
         ("dna", "ATG*", "'*' is a stop in translated sequences: for proteins set `molecule='protein'`"),
         ("dna", "1 acgt", "digits in a sequence line: a GenBank or EMBL sequence block? Convert it to FASTA"),
+        # A comment line of the old FASTA format, with protein-only letters and digits that would mislead.
+        ("dna", ";Made in 1985 with FASTP\nACGT", COMMENT_HINT),
+        ("protein", "MKV\n;comment", COMMENT_HINT),
     ],
 )
 def test_faults_come_with_a_hint(tmp_path, molecule, sequence, hint):

@@ -15,6 +15,10 @@ with rule_script(sys.argv[1]):
         raise FileNotFoundError("resources/checkpoints/x: no config.json;\\nsee the README, 'Checkpoints'")
     if sys.argv[2] == "bug":
         {}["missing key"]
+    if sys.argv[2] == "several":
+        error = ValueError("sample a: a.fa: truncated\\nsample b: b.fa: empty file")
+        error.lines = ["sample a: a.fa: truncated", "sample b: b.fa: empty file"]
+        raise error
 """
 
 
@@ -55,3 +59,14 @@ def test_the_reason_gets_a_line_of_its_own_after_a_message_still_missing_its_new
     result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, env=env)
     lines = result.stderr.splitlines()
     assert lines[0] == "    output: results/x" and lines[1].startswith("seqshard: resources/checkpoints/x: no")
+
+
+def test_an_error_listing_several_faults_tells_each_on_its_own_line(tmp_path):
+    """One line per unreadable sample (check_samples, a pack's SampleErrors): each its own `seqshard:` line on the
+    terminal and its own ERROR line in the log, the last fault last."""
+    result, log = run_script(tmp_path, "several")
+    assert result.returncode == 1
+    assert result.stderr == "\nseqshard: sample a: a.fa: truncated\nseqshard: sample b: b.fa: empty file\n"
+    errors = [line.split(" ERROR seqshard: ")[1] for line in log.splitlines() if " ERROR " in line]
+    assert errors == ["sample a: a.fa: truncated", "sample b: b.fa: empty file"]
+    assert "Traceback" not in log

@@ -459,3 +459,30 @@ def test_report_escapes_names_taken_from_paths(tmp_path: Path) -> None:
 
     text = page.read_text(encoding="utf-8")
     assert "<b>model" not in text and "&lt;b&gt;model&amp;1" in text
+
+
+def test_a_sample_a_pack_could_not_read_is_a_warning_of_its_own(tmp_path: Path) -> None:
+    root = tmp_path / "benchmarks"
+    benchmark = write_benchmark(root, "pack/dnabert2.tsv", [{"s": 4.0, "cpu_time": 3.6}])
+    samples = tmp_path / "packs" / "dnabert2" / "samples.tsv"
+    samples.parent.mkdir(parents=True)
+    samples.write_text(
+        "sample\tfasta\tmolecule\tn_records\tn_valid\tn_rejected\tcrlf_lines\tstatus\terror\n"
+        "a\ta.fa\tdna\t3\t3\t0\t0\tok\t\n"
+        "b\tb.fa.gz\tdna\t26\t0\t0\t0\tunreadable\ttruncated gzip file: it ends at byte 3000\n"
+        "c\tc.fa\tdna\t5\t5\t0\t0\tok\t\n"
+    )
+    page, out = tmp_path / "usage.html", tmp_path / "warnings.tsv"
+
+    write_resource_report(root, [benchmark], [], tmp_path / "usage.tsv", page, warnings_out=out,
+                          pack_samples={"dnabert2": samples})  # fmt: skip
+
+    warnings = pd.read_csv(out, sep="\t")
+    assert warnings[["rule", "kind", "jobs", "of_jobs", "unit", "worst_jobs"]].values.tolist() == [
+        ["pack", "unreadable_sample", 1, 3, "samples", "b"]
+    ]
+    assert warnings.loc[0, "warning"] == "sample b of models.dnabert2 could not be read"
+    detail = "b.fa.gz: truncated gzip file: it ends at byte 3000; its results are empty, the entry's other 2 sample(s)"
+    assert warnings.loc[0, "detail"] == detail + " were merged"
+    text = page.read_text(encoding="utf-8")
+    assert "<strong>pack: sample b of models.dnabert2 could not be read</strong> in 1 of 3 samples (" in text

@@ -2,8 +2,10 @@
 
 import bz2
 import gzip
+import io
 import lzma
 import struct
+import tarfile
 import zlib
 
 import pytest
@@ -168,3 +170,58 @@ def test_missing_directory_and_empty(tmp_path):
     (tmp_path / "empty.fa").write_bytes(b"")
     with pytest.raises(TextFileError, match=r"empty file \(0 bytes\)"):
         lines_of(tmp_path / "empty.fa")
+
+
+def tar_of(text: bytes, mode: str) -> bytes:
+    """`tar c[zjJ]f` of one member, seqs.fa, holding `text`."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode=mode) as archive:
+        member = tarfile.TarInfo("seqs.fa")
+        member.size = len(text)
+        archive.addfile(member, io.BytesIO(text))
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("mode", "kind"), [("w", ""), ("w:gz", ", gzip-compressed"), ("w:bz2", ", bzip2-compressed"),
+                       ("w:xz", ", xz-compressed")],
+)  # fmt: skip
+def test_a_tar_archive_is_named_as_such_plain_or_compressed(tmp_path, mode, kind):
+    """Before issue 26, `tar czf x.fa.gz seqs.fa` was taken for UTF-16 text (the NUL bytes of its header)."""
+    path = tmp_path / "x.fa.gz"
+    path.write_bytes(tar_of(TEXT[:2000], mode))
+    with pytest.raises(TextFileError) as raised:
+        lines_of(path)
+    assert str(raised.value) == (
+        f"{path}: not text: the file is a tar archive{kind}; unpack it first (tar -xf {path}) and give the FASTA "
+        "file it holds"
+    )
+
+
+@pytest.mark.parametrize(
+    "ending",
+    [b"\x1a", b"\n\x1a", b"\n\x1a\n", b"\n\x1a\r\n\r\n", b"\x1a\n"],
+    ids=["after_the_last_letter", "own_line", "own_line_newline", "own_line_crlf_blank", "letter_then_newline"],
+)
+@pytest.mark.parametrize("pack", [lambda text: text, gzip.compress], ids=["plain", "gzip"])
+def test_a_final_ctrl_z_ends_the_text_and_is_counted(tmp_path, ending, pack):
+    path = tmp_path / "dos.fa"
+    path.write_bytes(pack(b">a\nACGT\n>b\nGGCC" + ending))
+    lines, reader = lines_of(path)
+    assert lines == [">a", "ACGT", ">b", "GGCC"]
+    assert reader.end_of_file_mark and reader.number == 4
+
+
+def test_a_ctrl_z_at_a_read_boundary_or_before_more_text_is_judged_by_what_follows(tmp_path):
+    # The mark is the last byte of the first read and a line break the whole second: it still ends the text.
+    head = b">a\n" + b"A" * (BLOCK_BYTES - 5) + b"\n"
+    path = tmp_path / "boundary.fa"
+    path.write_bytes(head + b"\x1a\n")
+    assert len(head) + 1 == BLOCK_BYTES
+    lines, reader = lines_of(path)
+    assert [len(line) for line in lines] == [2, BLOCK_BYTES - 5] and reader.end_of_file_mark
+    # Followed by more text, in the same read or the next one, it is an ordinary character of its line.
+    for data in (b">a\nAC\x1a\n>b\nGT\n", head + b"\x1a\n>b\nGT\n"):
+        path.write_bytes(data)
+        lines, reader = lines_of(path)
+        assert "\x1a" in lines[-3] and lines[-2:] == [">b", "GT"] and not reader.end_of_file_mark

@@ -299,8 +299,9 @@ def test_config_change_reruns_only_the_affected_model(demo_run):
     jobs = planned_jobs(result.stdout)
     rules = sorted(rule for rule, _ in jobs)
     assert rules == sorted(
-        ["all", "merge_dnabert2", "resource_report"] + ["infer_shard"] * n_shards(demo_run, "dnabert2")
+        ["all", "merge_dnabert2", "check_samples", "resource_report"] + ["infer_shard"] * n_shards(demo_run, "dnabert2")
     )
+    assert {w["model"] for rule, w in jobs if rule == "check_samples"} == {"dnabert2"}
     assert {w["model"] for rule, w in jobs if rule == "infer_shard"} == {"dnabert2"}
 
     # The flank shapes a variant entry's scores, not how its variants are read and placed: scoring and merge only.
@@ -383,7 +384,11 @@ def test_sample_model_mismatch_fails_before_any_job(tmp_path):
     write_config(tmp_path)
     result = snakemake(tmp_path, "-n")
     assert result.returncode != 0
-    assert "models.dnabert2 (dnabert2) accepts ['dna'] but would run on prot (protein)" in result.stdout + result.stderr
+    # One line and nothing after it: no `File ... common.smk` frames (issue 26).
+    assert (result.stdout + result.stderr).splitlines() == [
+        "seqshard: models.dnabert2 (dnabert2) accepts ['dna'] but would run on prot (protein); list the samples it "
+        "should run on under models.dnabert2.samples"
+    ]
     assert not (tmp_path / "results").exists()
 
 
@@ -471,3 +476,119 @@ def test_keep_going_finishes_the_other_models_and_reports_what_ran(tmp_path):
     usage = pd.read_csv(tmp_path / "results/report/resource_usage.tsv", sep="\t")
     assert set(usage.loc[usage["rule"] == "infer_shard", "model"]) == {"only_good"}
     assert "merge" in set(usage["rule"]) and "reports on the jobs that ran" in result.stderr
+
+
+def truncated_gzip(path: Path) -> Path:
+    """A gzip FASTA cut at byte 3000, as an interrupted download leaves it: records can be read before the cut."""
+    import gzip
+    import random
+
+    rng = random.Random(26)
+    text = "".join(f">t{i}\n{''.join(rng.choice('ACGT') for _ in range(300))}\n" for i in range(200))
+    path.write_bytes(gzip.compress(text.encode())[:3000])
+    return path
+
+
+def isolation_run_config(workdir: Path, on_invalid: str) -> Path:
+    """dnabert2 on two demo samples and an unreadable one (a truncated gzip) in one entry; one LucaOne entry on a DNA
+    and a protein sample."""
+    bad = truncated_gzip(workdir / "bad.fa.gz")
+    write_sheet(workdir, [("good_b", str(DEMO / "sample_b.fa.gz"), "dna"), ("bad", str(bad), "dna"),
+                          ("promoters", str(DEMO / "promoters.fa"), "dna"),
+                          ("proteins", str(DEMO / "proteins.fa"), "protein")])  # fmt: skip
+    write_config(
+        workdir,
+        on_invalid=on_invalid,
+        shards={"target_tokens": 8000},
+        models={
+            "dnabert2": {"architecture": "dnabert2", "checkpoint": "resources/checkpoints/dnabert2-demo",
+                         "samples": ["good_b", "bad", "promoters"]},
+            "lucaone_mixed": {"architecture": "lucaone", "checkpoint": "resources/checkpoints/lucaone-demo",
+                              "samples": ["promoters", "proteins"]},
+        },
+    )  # fmt: skip
+    return bad
+
+
+def test_under_skip_an_unreadable_sample_fails_alone_and_a_fixed_file_reruns_only_its_entry(tmp_path):
+    """Issue 26: with `on_invalid: skip`, one unreadable file among a model entry's samples no longer stops the
+    entry: the readable samples are packed, scored and merged, the bad one gets empty files that say so, its own
+    line on the terminal, in its rejects and in the resource report, and the run ends non-zero. One LucaOne entry
+    on DNA and protein merges both (before, the merge refused shards of two molecules)."""
+    bad = isolation_run_config(tmp_path, "skip")
+    result = snakemake(tmp_path, "--keep-going")
+    assert result.returncode != 0
+    assert "Traceback" not in result.stdout + result.stderr
+    told = [line for line in result.stderr.splitlines() if line.startswith("seqshard: ")]
+    assert len(told) == 1 and re.fullmatch(
+        rf"seqshard: sample bad \({re.escape(str(bad))}\): truncated gzip file: it ends at byte 3000 .*; its "
+        r"results are empty \(models\.dnabert2: the entry's other 2 sample\(s\) were merged\)",
+        told[0],
+    ), told
+    assert "Error in rule check_samples" in result.stderr
+    for sample, rows in (("good_b", DEMO_SAMPLES["sample_b"]), ("promoters", DEMO_SAMPLES["promoters"])):
+        merged = tmp_path / "results" / sample / "dnabert2" / "embed.parquet"
+        assert len(pd.read_parquet(merged)) == rows and read_provenance(merged)["status"] == "ok"
+    empty = tmp_path / "results/bad/dnabert2/embed.parquet"
+    provenance = read_provenance(empty)
+    assert pq.read_table(empty).num_rows == 0 and provenance["status"] == "unreadable"
+    assert provenance["error"].startswith(f"{bad}: truncated gzip file: it ends at byte 3000")
+    rejects = pd.read_csv(tmp_path / "results/bad/rejects.tsv", sep="\t", dtype=str, keep_default_na=False)
+    assert rejects[["file", "record_id", "line"]].values.tolist() == [[str(bad), "", "0"]]
+    summary = pd.read_csv(tmp_path / "results/packs/dnabert2/merged.tsv", sep="\t")
+    assert summary[["sample", "rows", "status"]].values.tolist() == [
+        ["good_b", 60, "ok"], ["bad", 0, "unreadable"], ["promoters", 16, "ok"]
+    ]  # fmt: skip
+    assert not (tmp_path / "results/packs/dnabert2/checked.txt").exists()
+    assert (tmp_path / "results/packs/lucaone_mixed/checked.txt").exists()
+    warnings = pd.read_csv(tmp_path / "results/report/warnings.tsv", sep="\t")
+    unreadable = warnings[warnings["kind"] == "unreadable_sample"]
+    assert unreadable[["rule", "jobs", "of_jobs", "unit", "warning"]].values.tolist() == [
+        ["pack", 1, 3, "samples", "sample bad of models.dnabert2 could not be read"]
+    ]
+    # One LucaOne entry, two molecules: each sample merged with its own molecule.
+    for sample, molecule, rows in (("promoters", "dna", 16), ("proteins", "protein", 30)):
+        merged = tmp_path / "results" / sample / "lucaone_mixed" / "embed.parquet"
+        assert len(pd.read_parquet(merged)) == rows and read_provenance(merged)["molecule"] == molecule
+    assert set(pd.read_csv(tmp_path / "results/packs/lucaone_mixed/manifest.tsv", sep="\t")["molecule"]) == {
+        "dna", "protein"
+    }  # fmt: skip
+
+    # Run again unchanged: only the check, which fails again. Fix the file: only the entries that read it rerun.
+    assert [rule for rule, _ in planned_jobs(snakemake(tmp_path, "-n").stdout)] == ["check_samples", "all"]
+    bad.write_bytes((DEMO / "promoters.fa").read_bytes().replace(b">", b">fixed_"))
+    result = snakemake(tmp_path, "-n")  # (the inference jobs are known once the pack has run)
+    rules = {rule for rule, _ in planned_jobs(result.stdout)}
+    assert rules == {"pack_dnabert2", "merge_dnabert2", "check_samples", "resource_report", "all"}
+    untouched = {path: path.stat().st_mtime_ns for path in (tmp_path / "results").glob("*/lucaone_mixed/*")}
+    result = snakemake(tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert {path: path.stat().st_mtime_ns for path in untouched} == untouched
+    fixed = tmp_path / "results/bad/dnabert2/embed.parquet"
+    assert len(pd.read_parquet(fixed)) == 16 and read_provenance(fixed)["status"] == "ok"
+    assert (tmp_path / "results/packs/dnabert2/checked.txt").exists()
+
+
+def test_under_error_an_unreadable_sample_stops_its_entry_naming_the_samples_held_back(tmp_path):
+    bad = isolation_run_config(tmp_path, "error")
+    result = snakemake(tmp_path, "--keep-going")
+    assert result.returncode != 0
+    told = [line for line in result.stderr.splitlines() if line.startswith("seqshard: ")]
+    held_back = (
+        "seqshard: held back: the 2 other sample(s) of this model entry, packed with it: good_b, promoters; fix the "
+        "file(s) named, or set `on_invalid: skip` in the config so that a bad record or file stops only itself"
+    )
+    assert (
+        len(told) == 2
+        and told[0].startswith(f"seqshard: sample bad: {bad}: truncated gzip file")
+        and told[1] == held_back
+    )
+    log = (tmp_path / "logs/pack/dnabert2.log").read_text().splitlines()
+    assert log[-1].endswith("ERROR " + held_back) and "Traceback" not in "\n".join(log)
+    assert (
+        not (tmp_path / "results/good_b/dnabert2").exists()
+        and not (tmp_path / "results/packs/dnabert2/checked.txt").exists()
+    )
+    # The other entry (promoters and proteins through LucaOne) finished; no check job runs under `error`.
+    assert len(pd.read_parquet(tmp_path / "results/proteins/lucaone_mixed/embed.parquet")) == 30
+    assert not (tmp_path / "logs/check_samples").exists()

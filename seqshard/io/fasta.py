@@ -91,6 +91,7 @@ class ValidationReport:
     crlf_lines: int = 0  # Windows line endings
     cr_lines: int = 0  # classic Mac line endings (a lone carriage return)
     byte_order_mark: bool = False
+    end_of_file_mark: bool = False  # a final Ctrl-Z (DOS end of file), not read as part of the text
     n_terminal_stops: int = 0  # valid protein records whose one terminal '*' was stripped
     n_internal_stops: int = 0  # valid protein records with internal '*' read as X (internal_stops: unknown)
     n_gapped: int = 0  # valid records whose gaps were removed (gaps: remove)
@@ -182,6 +183,7 @@ def iter_valid_records(
         report.n_valid += 1
     report.compression = lines.compression
     report.crlf_lines, report.cr_lines, report.byte_order_mark = lines.crlf, lines.cr, lines.byte_order_mark
+    report.end_of_file_mark = lines.end_of_file_mark
     if report.n_records == 0:
         raise FastaFormatError(f"{path}: no FASTA records found (no line starts with '>')")
     if faults and policy.on_invalid == "error":
@@ -224,6 +226,7 @@ def log_report(report: ValidationReport) -> None:
         log.info("%s: read through %s decompression", report.path, report.compression)
     notes = [
         (report.byte_order_mark, "starts with a UTF-8 byte-order mark; skipped"),
+        (report.end_of_file_mark, "ends with a DOS end-of-file mark (Ctrl-Z, byte 0x1a); read as the end of the text"),
         (report.crlf_lines, f"{report.crlf_lines} line(s) had Windows (CRLF) line endings; read as plain newlines"),
         (report.cr_lines, f"{report.cr_lines} line(s) ended in a lone carriage return (classic Mac); read as newlines"),
         (report.n_terminal_stops, f"{report.n_terminal_stops} protein record(s) ended in '*'; that stop was stripped"),

@@ -73,7 +73,7 @@ def load_sample_sheet(path: Path | str, schema: Path | str | None = None, *, che
             error = jsonschema.exceptions.best_match(validator.iter_errors(row))
             if error is not None:
                 column = str(error.path[0]) if error.path else "?"
-                raise SampleSheetError(f"{path}, line {number}, column {column}: {error.message}")
+                raise SampleSheetError(f"{path}, line {number}, column {column}: {error.message}{_case_hint(error)}")
         name = row["sample"]
         if name in first_line:
             raise SampleSheetError(
@@ -114,6 +114,15 @@ def _validator(schema: Path | str | None) -> jsonschema.protocols.Validator | No
     return jsonschema.validators.validator_for(document)(document)
 
 
+def _case_hint(error: jsonschema.exceptions.ValidationError) -> str:
+    """For a choice written in another case (`DNA`), the spelling accepted."""
+    if error.validator == "enum" and isinstance(error.instance, str):
+        for choice in error.validator_value:
+            if isinstance(choice, str) and choice.lower() == error.instance.lower():
+                return f"; write {choice!r}"
+    return ""
+
+
 def _check_file(value: str, where: str) -> None:
     if "://" in value:
         return  # a storage URL: the storage provider fetches it
@@ -121,6 +130,11 @@ def _check_file(value: str, where: str) -> None:
     if fasta.is_dir():
         kind = "a FASTA file" if where.endswith("column fasta") else "a file"
         raise SampleSheetError(f"{where}: {value} is a directory, not {kind}")
+    if fasta.is_symlink() and not fasta.exists():
+        raise SampleSheetError(
+            f"{where}: {value} is a symbolic link to {fasta.readlink()}, which does not exist (a moved or deleted "
+            "file, or a link made relative to another folder)"
+        )
     if not fasta.exists():
         raise SampleSheetError(
             f"{where}: {value}: no such file (relative paths are read from the working directory, {Path.cwd()})"

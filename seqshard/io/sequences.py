@@ -40,6 +40,8 @@ STOP = "*"
 # Amino-acid letters that are no nucleotide or IUPAC code (X aside: some tools mask bases with it).
 PROTEIN_ONLY = frozenset("EFIJLOPQZ")
 WHITESPACE = " \t\r\v\f"
+# Lines starting with ';' were comments in the original (Pearson) FASTA format; today's readers take them as sequence.
+COMMENT = ";"
 
 
 @dataclass(frozen=True)
@@ -177,7 +179,12 @@ class SequenceChecker:
                 f"character {_braces(repr(char))} {{where}} is not in the {self.molecule} alphabet "
                 f"(accepted: {accepted_letters(self.molecule, self.letters)}, case-insensitive)"
             )
-        if any(c.isdigit() for c in sequence):
+        if char == COMMENT:
+            hint = (
+                "';' starts a comment line in the old FASTA format, which is not read here: remove the comment "
+                "lines (grep -v '^;' in.fa > out.fa)"
+            )
+        elif any(c.isdigit() for c in sequence):
             hint = "digits in a sequence line: a GenBank or EMBL sequence block? Convert it to FASTA"
         elif char in WHITESPACE:
             return reason

@@ -5,13 +5,14 @@ can be said exactly: compression is recognised by its magic bytes, not the file 
 followed by junk is an error naming the byte offset; text that is not UTF-8 (Latin-1, UTF-16, binary data) is
 refused naming the line, the column and the byte offset in the file (in the decompressed data for a compressed
 file). What is accepted but unusual is counted, never hidden: a UTF-8 byte-order mark, Windows (CRLF) and
-classic Mac (lone CR) line endings.
+classic Mac (lone CR) line endings, and a DOS end-of-file mark (Ctrl-Z) ending the text.
 """
 
 from __future__ import annotations
 
 import bz2
 import lzma
+import re
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +35,12 @@ NOT_TEXT: dict[bytes, str] = {
     b"%PDF": "a PDF document",
     b"\x89PNG": "a PNG image",
 }
+# A tar archive (POSIX ustar or GNU) says so at byte 257 of its first header; its first bytes are a member's name.
+TAR_MAGIC_OFFSET = 257
+TAR_MAGIC = b"ustar"
+# DOS and CP/M tools end a text file with Ctrl-Z (0x1A); a final one, followed by nothing but line breaks, ends the
+# text. Anywhere else it is an ordinary character (and no sequence letter).
+END_OF_FILE_MARK = re.compile(rb"\x1a[\r\n]*\Z")
 
 
 class TextFileError(ValueError):
@@ -153,6 +160,7 @@ class TextLines:
         self.crlf = 0
         self.cr = 0
         self.byte_order_mark = False
+        self.end_of_file_mark = False
 
     def __iter__(self) -> Iterator[str]:
         if self.path.is_dir():
@@ -196,13 +204,26 @@ class TextLines:
                 continue
             complete = b"".join([*pending, block[: cut + 1]])
             pending = [block[cut + 1 :]]
+            if pending == [b""] and (mark := END_OF_FILE_MARK.search(complete)):
+                # The line holding a Ctrl-Z that may end the text waits until it is known whether anything follows.
+                start = max(complete.rfind(b"\n", 0, mark.start()), complete.rfind(b"\r", 0, mark.start())) + 1
+                complete, pending = complete[:start], [complete[start:]]
             yield from self._split(complete, offset)
             offset += len(complete)
         rest = b"".join(pending)
+        if mark := END_OF_FILE_MARK.search(rest):
+            self.end_of_file_mark = True
+            rest = rest[: mark.start()]
         if rest:
             yield from self._split(rest, offset)
 
     def _check_start(self, block: bytes) -> bytes:
+        if block[TAR_MAGIC_OFFSET : TAR_MAGIC_OFFSET + len(TAR_MAGIC)] == TAR_MAGIC:
+            inner = f", {self.compression}-compressed" if self.compression else ""
+            raise self.error(
+                f"{self.path}: not text: the file is a tar archive{inner}; unpack it first (tar -xf {self.path}) "
+                "and give the FASTA file it holds"
+            )
         for signature, problem in NOT_TEXT.items():
             if block.startswith(signature):
                 if not problem:

@@ -2,14 +2,17 @@
 
 `merge_model` writes each sample's file per task: rows in the sample's input order, each with the record's own id
 and length and its sequence's values (so duplicates, within or across samples, get identical values), streaming the
-map one bounded batch at a time.
+map one bounded batch at a time. A model entry may hold samples of several molecules (LucaOne takes DNA, RNA and
+protein; the pack cuts shards per molecule): the shards then differ in their `molecule` alone, and each sample's
+files carry its own. A sample the pack set aside as unreadable (`on_invalid: skip`) gets files of no rows whose
+provenance says so (`status` unreadable, `error` the reason), and `check_merged` ends the run naming it.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +20,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from seqshard.io.fasta import Rejected, write_rejects
-from seqshard.io.parquet import ROW_GROUP_ROWS, TableWriter, provenance_metadata
-from seqshard.plan.packing import REJECTS_HEADER, read_pack_samples
+from seqshard.io.parquet import ROW_GROUP_ROWS, TableWriter, provenance_metadata, write_table
+from seqshard.plan.packing import OK, REJECTS_HEADER, UNREADABLE, name_samples, read_pack_samples
+
+# Provenance that may differ between the scored shards of one model entry: each sample's file carries its own.
+PER_SAMPLE_PROVENANCE = ("molecule",)
 
 log = logging.getLogger(__name__)
 
@@ -66,20 +72,26 @@ class RowGroupCache:
         return combined.take(pa.array(np.argsort(np.concatenate(order), kind="stable")))
 
     def provenance(self) -> tuple[dict[str, str], pa.Schema]:
-        """The provenance every shard shares (an error names a shard that differs), and the files' schema."""
+        """The provenance every shard shares, the per-sample keys (molecule) left out, and the files' schema; an
+        error names a shard that differs and how."""
         reference: dict[str, str] | None = None
         first = ""
         for shard, handle in self.files.items():
             raw = handle.schema_arrow.metadata or {}
             theirs = {
-                key.decode().removeprefix("seqshard."): value.decode()
+                name: value.decode()
                 for key, value in raw.items()
-                if key.decode().startswith("seqshard.") and key != b"seqshard.seqshard_version"
-            }
+                if key.startswith(b"seqshard.") and key != b"seqshard.seqshard_version"
+                and (name := key.decode().removeprefix("seqshard.")) not in PER_SAMPLE_PROVENANCE
+            }  # fmt: skip
             if reference is None:
                 reference, first = theirs, shard
             elif theirs != reference:
-                raise ValueError(f"scored shard {shard} differs in provenance from shard {first}; cannot merge")
+                differing = sorted(k for k in theirs.keys() | reference.keys() if theirs.get(k) != reference.get(k))
+                shown = "; ".join(f"{k}: {reference.get(k)!r} vs {theirs.get(k)!r}" for k in differing)
+                raise ValueError(
+                    f"scored shard {shard} differs in provenance from shard {first} ({shown}); cannot merge"
+                )
         assert reference is not None
         return reference, next(iter(self.files.values())).schema_arrow
 
@@ -125,15 +137,57 @@ def _append(writer: TableWriter, scored: RowGroupCache, schema: pa.Schema, rows:
 
 
 def write_merge_summary(
-    path: Path | str, outputs: Mapping[tuple[str, str], Path | str], written: Mapping[str, int]
+    path: Path | str,
+    outputs: Mapping[tuple[str, str], Path | str],
+    written: Mapping[str, int],
+    unreadable: Collection[str] = (),
 ) -> None:
-    """One line per merged file (sample, task, rows, path): the merge's one small output that `rule all` and the
-    report ask for. Naming thousands of per-sample files as targets makes Snakemake's planning quadratic (each
-    target is matched against every output of the merge)."""
+    """One line per merged file (sample, task, rows, status, path): the merge's one small output that `rule all` and
+    the report ask for. Naming thousands of per-sample files as targets makes Snakemake's planning quadratic (each
+    target is matched against every output of the merge). `status` is `unreadable` for the samples in `unreadable`
+    (their files hold no rows), `ok` otherwise."""
     with open(path, "w", encoding="utf-8") as handle:
-        handle.write("sample\ttask\trows\tpath\n")
+        handle.write("sample\ttask\trows\tstatus\tpath\n")
         for (sample, task), file in outputs.items():
-            handle.write(f"{sample}\t{task}\t{written.get(sample, 0)}\t{file}\n")
+            status = UNREADABLE if sample in unreadable else OK
+            handle.write(f"{sample}\t{task}\t{written.get(sample, 0)}\t{status}\t{file}\n")
+
+
+def unreadable_samples(pack_dir: Path | str) -> dict[str, tuple[str, str]]:
+    """The samples a pack set aside (`on_invalid: skip`): sample -> (its FASTA, why it could not be used)."""
+    return {
+        sample: (row["fasta"], row.get("error", ""))
+        for sample, row in read_pack_samples(Path(pack_dir) / "samples.tsv").items()
+        if row.get("status") == UNREADABLE
+    }
+
+
+class UnreadableSamples(ValueError):
+    """Samples of a model entry that could not be read: one line each (`lines`, each told on its own)."""
+
+    def __init__(self, lines: Sequence[str]) -> None:
+        self.lines = list(lines)
+        super().__init__("\n".join(self.lines))
+
+
+def check_merged(pack_dir: Path | str, model: str, flag: Path | str) -> None:
+    """End with one line per sample the pack set aside as unreadable, or write `flag` (every sample merged).
+
+    The merge has written the other samples' files by now, and those stay: this job fails on its own, so that the
+    run ends with an error, and Snakemake tries it again on the next run until the files are fixed.
+    """
+    samples = read_pack_samples(Path(pack_dir) / "samples.tsv")
+    unreadable = unreadable_samples(pack_dir)
+    merged = len(samples) - len(unreadable)
+    if unreadable:
+        raise UnreadableSamples(
+            [
+                f"sample {sample} ({fasta}): {reason}; its results are empty (models.{model}: the entry's other "
+                f"{merged} sample(s) were merged)"
+                for sample, (fasta, reason) in unreadable.items()
+            ]
+        )
+    Path(flag).write_text(f"models.{model}: all {len(samples)} sample(s) read and merged\n", encoding="utf-8")
 
 
 def merge_model(
@@ -162,7 +216,9 @@ def merge_model(
     summaries = read_pack_samples(pack_dir / "samples.tsv")
     _split_rejects(pack_dir / "rejects.tsv", sample_rejects or {})
     tasks = list(dict.fromkeys(task for _, task in outputs))
-    wanted = set(sample for sample, _ in outputs)
+    unreadable = unreadable_samples(pack_dir)
+    asked = {sample for sample, _ in outputs}
+    wanted = asked - set(unreadable)
     # Rows of scored shards that could not be scored (too large for the device even alone), per shard.
     failed: dict[str, dict[int, str]] = {}
     for by_shard in scored.values():
@@ -205,8 +261,9 @@ def merge_model(
                         close(current)
                     current = sample
                     n_shards, unscored = per_sample[sample]
-                    extra = {"model": model, "sample": sample, "n_shards": n_shards,
-                             "n_rejected": int(summaries[sample]["n_rejected"]) + unscored}  # fmt: skip
+                    extra = {"model": model, "sample": sample, "molecule": summaries[sample]["molecule"],
+                             "n_shards": n_shards, "n_rejected": int(summaries[sample]["n_rejected"]) + unscored,
+                             "status": OK}  # fmt: skip
                     for task in tasks:
                         writers[task] = TableWriter(outputs[(sample, task)])
                         metadata[task] = provenance_metadata({**provenance[task][0], **extra})
@@ -226,7 +283,30 @@ def merge_model(
     missing = sorted(wanted - set(written))
     if missing:
         raise ValueError(f"samples {missing} have no records in {pack_dir / 'records.parquet'}")
+    for sample, (fasta, reason) in unreadable.items():
+        if sample in asked:
+            extra = {"model": model, "sample": sample, "molecule": summaries[sample]["molecule"], "n_shards": 0,
+                     "n_rejected": int(summaries[sample]["n_rejected"]), "status": UNREADABLE,
+                     "error": f"{fasta}: {reason}"}  # fmt: skip
+            _write_unreadable({task: outputs[(sample, task)] for task in tasks}, provenance, extra)
+            write_rejects([], Path(model_rejects[sample]))
+            written[sample] = 0
+    if unreadable:
+        log.warning("%d sample(s) could not be read; their files hold no rows and say so: %s", len(unreadable),
+                    name_samples(list(unreadable)))  # fmt: skip
     return written
+
+
+def _write_unreadable(
+    files: Mapping[str, Path | str],
+    provenance: Mapping[str, tuple[dict[str, str], pa.Schema]],
+    extra: Mapping[str, object],
+) -> None:
+    """The files of a sample that could not be read: per task no rows, in the task's schema, and provenance that
+    says so (`status` unreadable, `error` the reason), so that no one takes them for results."""
+    for task, path in files.items():
+        shared, schema = provenance[task]
+        write_table(schema.empty_table().replace_schema_metadata(provenance_metadata({**shared, **extra})), path)
 
 
 def _split_rejects(table: Path, outputs: Mapping[str, Path | str]) -> None:

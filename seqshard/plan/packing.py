@@ -6,13 +6,19 @@ gives each distinct sequence (per molecule, after upper-casing) one index in ord
 the distinct sequences of each molecule into contiguous shards of about `target_tokens` estimated tokens, so
 many small samples share a shard and a large one spreads over several. A record map says, for every valid record
 of every sample in input order, its id, length and where its sequence sits (shard and row).
+
+A sample that cannot be used (a file that is not readable FASTA, or holds no valid record) stops the pack with
+`on_invalid: error`, naming the samples it holds back. With `on_invalid: skip` it fails alone: it is recorded as
+`unreadable` with its reason (`samples.tsv`, and a row of its rejects) and the others are packed; the merge
+writes it empty files that say so and `check_merged` ends the run naming it. Only when no sample can be used
+does the pack stop.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -46,7 +52,12 @@ RECORD_MAP_SCHEMA = pa.schema(
 )
 REJECTS_HEADER = "file\trecord_id\tline\treason\n"
 MANIFEST_HEADER = "shard\tmolecule\tn_sequences\test_tokens\n"
-SAMPLES_HEADER = "sample\tfasta\tmolecule\tn_records\tn_valid\tn_rejected\tcrlf_lines\n"
+SAMPLES_HEADER = "sample\tfasta\tmolecule\tn_records\tn_valid\tn_rejected\tcrlf_lines\tstatus\terror\n"
+# A sample's status in samples.tsv and in its files' provenance: `ok`, or `unreadable` (with on_invalid: skip, its file
+# could not be read as FASTA or held no valid record; its reason is in the `error` column).
+OK, UNREADABLE = "ok", "unreadable"
+# Samples named in a message before the rest are counted.
+NAMED_SAMPLES = 10
 
 
 @dataclass(frozen=True)
@@ -70,10 +81,28 @@ class PackSummary:
     reports: dict[str, ValidationReport] = field(default_factory=dict)
     n_records: int = 0
     n_distinct: int = 0
+    unreadable: dict[str, str] = field(default_factory=dict)  # sample -> why it could not be used (on_invalid: skip)
 
 
 class SampleErrors(ValueError):
-    """One or more samples cannot be used as they are; the message has one line per sample."""
+    """One or more samples cannot be used as they are; one line per sample (`lines`, each told on its own), and a
+    last line naming the samples held back with them, if any."""
+
+    def __init__(self, lines: Sequence[str]) -> None:
+        self.lines = list(lines)
+        super().__init__("\n".join(self.lines))
+
+
+def name_samples(names: Sequence[str]) -> str:
+    """`a, b, c` or, past NAMED_SAMPLES, the first ones and how many more."""
+    shown = ", ".join(names[:NAMED_SAMPLES])
+    return shown + (f" and {len(names) - NAMED_SAMPLES} more" if len(names) > NAMED_SAMPLES else "")
+
+
+def _reason(error: BaseException, fasta: str) -> str:
+    """The error's message without the file name it starts with (the file has its own column), on one line."""
+    text = " ".join(str(error).split("\n")).replace("\t", " ")
+    return text.removeprefix(f"{fasta}: ")
 
 
 def sequence_key(molecule: str, sequence: str) -> bytes:
@@ -101,9 +130,10 @@ def pack_samples(
     seen: dict[bytes, int] = {}
     molecule_of: list[str] = []  # per distinct sequence
     tokens_of: list[int] = []
-    problems: list[str] = []
+    failed: dict[str, BaseException] = {}
     for sample in samples:
         report = ValidationReport(Path(sample.fasta))
+        added: list[bytes] = []  # this sample's new distinct sequences, forgotten again if it fails part-way
         try:
             for record in iter_valid_records(sample.fasta, sample.molecule, policy, report=report):
                 key = sequence_key(sample.molecule, record.sequence)
@@ -111,11 +141,15 @@ def pack_samples(
                     seen[key] = len(molecule_of)
                     molecule_of.append(sample.molecule)
                     tokens_of.append(estimate_tokens(len(record.sequence)))
+                    added.append(key)
         except (FastaValidationError, FastaFormatError, OSError) as error:
-            problems.append(f"sample {sample.name}: {error}")
+            failed[sample.name] = error
+            for key in added:
+                del seen[key]
+            del molecule_of[len(molecule_of) - len(added) :], tokens_of[len(tokens_of) - len(added) :]
         summary.reports[sample.name] = report
-    if problems:
-        raise SampleErrors("\n".join(problems))
+    if failed:
+        _stop_or_set_aside(samples, failed, policy, summary)
 
     # Shards per molecule, distinct sequences in order of first appearance.
     shard_of = np.empty(len(molecule_of), dtype=np.int64)
@@ -137,6 +171,8 @@ def pack_samples(
     try:
         with pq.ParquetWriter(out_dir / "records.parquet", RECORD_MAP_SCHEMA, compression="zstd") as map_writer:
             for sample in samples:
+                if sample.name in summary.unreadable:
+                    continue
                 columns: dict[str, list[object]] = {name: [] for name in RECORD_MAP_SCHEMA.names}
                 for record in iter_valid_records(sample.fasta, sample.molecule, replace(policy, on_invalid="skip")):
                     unique = seen[sequence_key(sample.molecule, record.sequence)]
@@ -169,23 +205,52 @@ def pack_samples(
         handle.write(SAMPLES_HEADER)
         for sample in samples:
             report = summary.reports[sample.name]
+            error = summary.unreadable.get(sample.name)
+            n_valid = 0 if error is not None else report.n_valid
             handle.write(
-                f"{sample.name}\t{sample.fasta}\t{sample.molecule}\t{report.n_records}\t{report.n_valid}\t{len(report.rejected)}\t"
-                f"{report.crlf_lines}\n"
+                f"{sample.name}\t{sample.fasta}\t{sample.molecule}\t{report.n_records}\t{n_valid}\t{len(report.rejected)}\t"
+                f"{report.crlf_lines}\t{UNREADABLE if error is not None else OK}\t{error or ''}\n"
             )
     with open(out_dir / "rejects.tsv", "w", encoding="utf-8") as handle:
         handle.write("sample\t" + REJECTS_HEADER)
         for sample in samples:
             for fault in summary.reports[sample.name].rejected:
                 handle.write(f"{sample.name}\t{fault.file}\t{fault.record_id}\t{fault.line}\t{fault.reason}\n")
+            if sample.name in summary.unreadable:  # the file as a whole: no record id, line 0
+                handle.write(f"{sample.name}\t{sample.fasta}\t\t0\t{summary.unreadable[sample.name]}\n")
     for sample in samples:
         log_report(summary.reports[sample.name])
     log.info(
-        "%d sample(s), %d valid records, %d distinct sequences (%d duplicates computed once), %d shard(s)",
+        "%d sample(s), %d valid records, %d distinct sequences (%d duplicates computed once), %d shard(s)%s",
         len(samples), summary.n_records, summary.n_distinct, summary.n_records - summary.n_distinct,
-        len(summary.shards),
+        len(summary.shards), f"; {len(summary.unreadable)} sample(s) unreadable" if summary.unreadable else "",
     )  # fmt: skip
     return summary
+
+
+def _stop_or_set_aside(
+    samples: Sequence[SampleInput], failed: Mapping[str, BaseException], policy: InputPolicy, summary: PackSummary
+) -> None:
+    """Samples that cannot be used: with `on_invalid: error` (or when no sample is left) an error naming each and
+    the samples it holds back; with `skip`, each is set aside in `summary.unreadable` and the others go on."""
+    lines = [f"sample {name}: {error}" for name, error in failed.items()]
+    held_back = [sample.name for sample in samples if sample.name not in failed]
+    if not held_back:
+        raise SampleErrors(lines)
+    if policy.on_invalid == "error":
+        them = "it" if len(failed) == 1 else "them"
+        raise SampleErrors(
+            [
+                *lines,
+                f"held back: the {len(held_back)} other sample(s) of this model entry, packed with {them}: "
+                f"{name_samples(held_back)}; fix the file(s) named, or set "
+                f"{policy.interface.setting('on_invalid', 'skip')} so that a bad record or file stops only itself",
+            ]
+        )
+    fasta = {sample.name: sample.fasta for sample in samples}
+    for (name, error), line in zip(failed.items(), lines, strict=True):
+        log.warning("%s; set aside, the other samples are packed", line)
+        summary.unreadable[name] = _reason(error, fasta[name])
 
 
 def iter_packed_shard(path: Path | str) -> Iterator[SequenceRecord]:

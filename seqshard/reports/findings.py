@@ -9,6 +9,7 @@ figure is judged only where it can mean something:
   has cores is reported as that, its real cause, and not again as low efficiency.
 - Batches: the token budget is judged when it is below `min_batch_tokens` and the batches really were that small;
   padding and model-load share as before; GPU utilization for GPU jobs of at least `min_job_seconds`.
+A sample the pack could not read (`on_invalid: skip`) is a finding of its own, one per sample, counted in samples.
 """
 
 from __future__ import annotations
@@ -46,10 +47,11 @@ class Finding:
     detail: str  # the numbers behind it, worst jobs included
     fix: str
     worst: tuple[str, ...] = field(default_factory=tuple)
+    unit: str = "jobs"  # what count and total count
 
     @property
     def text(self) -> str:
-        return f"{self.rule}: {self.title} in {self.count} of {self.total} jobs ({self.detail}). Fix: {self.fix}"
+        return f"{self.rule}: {self.title} in {self.count} of {self.total} {self.unit} ({self.detail}). Fix: {self.fix}"
 
 
 def _percent(value: float) -> str:
@@ -222,6 +224,26 @@ def find_warnings(table: pd.DataFrame, thresholds: Thresholds = Thresholds()) ->
     return findings
 
 
+def unreadable_samples(unreadable: pd.DataFrame) -> list[Finding]:
+    """One finding per sample a pack set aside as unreadable (rows of `read_unreadable_samples`)."""
+    return [
+        Finding(
+            "pack",
+            "unreadable_sample",
+            f"sample {row.sample} of models.{row.model} could not be read",
+            1,
+            int(row.n_samples),
+            f"{row.fasta}: {row.error}; its results are empty, the entry's other {int(row.n_samples) - 1} sample(s) "
+            "were merged",
+            "repair or replace the file and run the same command again: the model entries that read it are packed, "
+            "scored and merged again",
+            (str(row.sample),),
+            unit="samples",
+        )
+        for row in unreadable.itertuples(index=False)
+    ]
+
+
 def thresholds_text(thresholds: Thresholds) -> str:
     """The limits in one sentence, for the page."""
     return (
@@ -235,7 +257,8 @@ def thresholds_text(thresholds: Thresholds) -> str:
 
 
 def findings_table(findings: list[Finding]) -> pd.DataFrame:
-    """The findings as rows (rule, kind, jobs, of_jobs, warning, detail, fix, worst_jobs), for warnings.tsv."""
+    """The findings as rows (rule, kind, jobs, of_jobs, warning, detail, fix, worst_jobs, unit), for warnings.tsv;
+    `unit` says what jobs and of_jobs count (`samples` for an unreadable sample, whose worst_jobs is its name)."""
     return pd.DataFrame(
         [
             {
@@ -247,8 +270,9 @@ def findings_table(findings: list[Finding]) -> pd.DataFrame:
                 "detail": f.detail,
                 "fix": f.fix,
                 "worst_jobs": " ".join(f.worst),
+                "unit": f.unit,
             }
             for f in findings
         ],
-        columns=["rule", "kind", "jobs", "of_jobs", "warning", "detail", "fix", "worst_jobs"],
+        columns=["rule", "kind", "jobs", "of_jobs", "warning", "detail", "fix", "worst_jobs", "unit"],
     )

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from seqshard.plan.packing import UNREADABLE, read_pack_samples
 from seqshard.runtime.jobs import RECORD_SUFFIX
 
 # Snakemake benchmark column -> our column. Snakemake reports memory and I/O in MB (2**20 bytes).
@@ -274,3 +275,21 @@ def resource_usage_table(
     table = _none_for_missing_text(table, TEXT_COLUMNS)
     number_columns = [c for c in TABLE_COLUMNS if c not in TEXT_COLUMNS and c != "threads"]
     return table.astype({c: float for c in number_columns})
+
+
+UNREADABLE_COLUMNS = ["model", "sample", "fasta", "error", "n_samples"]
+
+
+def read_unreadable_samples(pack_samples: Mapping[str, Path | str]) -> pd.DataFrame:
+    """The samples each model entry's pack set aside as unreadable (`on_invalid: skip`), from the packs'
+    `samples.tsv` (model entry -> file): model, sample, fasta, error and the entry's number of samples."""
+    rows = []
+    for model, path in pack_samples.items():
+        samples = read_pack_samples(path)
+        rows += [
+            {"model": model, "sample": sample, "fasta": row["fasta"], "error": row.get("error", ""),
+             "n_samples": len(samples)}
+            for sample, row in samples.items()
+            if row.get("status") == UNREADABLE
+        ]  # fmt: skip
+    return pd.DataFrame(rows, columns=UNREADABLE_COLUMNS)

@@ -26,8 +26,21 @@ from seqshard.reports.analysis import (
     throughput_by_model,
     timed_jobs,
 )
-from seqshard.reports.findings import Finding, Thresholds, find_warnings, findings_table, thresholds_text
-from seqshard.reports.inputs import read_benchmarks, read_figures, read_job_records, resource_usage_table
+from seqshard.reports.findings import (
+    Finding,
+    Thresholds,
+    find_warnings,
+    findings_table,
+    thresholds_text,
+    unreadable_samples,
+)
+from seqshard.reports.inputs import (
+    read_benchmarks,
+    read_figures,
+    read_job_records,
+    read_unreadable_samples,
+    resource_usage_table,
+)
 from seqshard.reports.plots import build_plots, png_bytes, timeline_figure
 
 _TEMPLATES = jinja2.Environment(
@@ -293,6 +306,7 @@ def write_resource_report(
     timeline_out: Path | str | None = None,
     throughput_out: Path | str | None = None,
     warnings_out: Path | str | None = None,
+    pack_samples: Mapping[str, Path | str] | None = None,
 ) -> pd.DataFrame:
     """Write the per-job table (TSV) and the HTML page; return the table.
 
@@ -300,6 +314,8 @@ def write_resource_report(
     outputs: `plots_dir` gets every plot as `<stem>.png` (always the same set, with a "no data" placeholder
     where there is nothing to draw, so they can be declared as outputs), `timeline_out` the timeline PNG,
     `throughput_out` the per-model throughput and cost TSV, `warnings_out` the grouped warnings TSV.
+    `pack_samples` (model entry -> its pack's samples.tsv) adds a warning, first, for each sample a pack could not
+    read.
     """
     thresholds = thresholds or Thresholds()
     prices = prices or Prices()
@@ -309,7 +325,7 @@ def write_resource_report(
     if log_root is not None:
         records = read_job_records(log_root, zip(benchmarks["rule"], benchmarks["job"], strict=True))
     table = resource_usage_table(benchmarks, figures, records)
-    findings = find_warnings(table, thresholds)
+    findings = unreadable_samples(read_unreadable_samples(pack_samples or {})) + find_warnings(table, thresholds)
 
     notes = []
     benchmarked = set(zip(benchmarks["rule"], benchmarks["job"], strict=True))

@@ -45,12 +45,22 @@ def one_line(error: BaseException) -> str:
     return " | ".join(lines) if lines else type(error).__name__
 
 
-def log_failure(error: BaseException) -> str:
-    """Log an expected error as one line (its traceback only at debug level) and return that line."""
-    reason = one_line(error)
+def reasons(error: BaseException) -> list[str]:
+    """The lines an expected error is told in: one per fault when it lists several (a `lines` attribute: say, one
+    per sample that cannot be read), else its message on one line."""
+    lines = [
+        " | ".join(part.strip() for part in line.splitlines() if part.strip()) for line in getattr(error, "lines", ())
+    ]
+    return [line for line in lines if line] or [one_line(error)]
+
+
+def log_failure(error: BaseException) -> list[str]:
+    """Log an expected error as one line per fault (its traceback only at debug level) and return those lines."""
+    told = reasons(error)
     log.debug("where the error was raised:", exc_info=error)
-    log.error("%s", reason)
-    return reason
+    for line in told:
+        log.error("%s", line)
+    return told
 
 
 @contextmanager
@@ -59,15 +69,15 @@ def rule_script(log_file: Path | str) -> Iterator[None]:
 
     An expected error ends the job with exit status 1 and one line, the reason, as the log's last line and on
     the terminal (the original stderr: Snakemake's own output for a local job, the job's output file on a
-    cluster); no traceback. Any other exception keeps its traceback in the log, and the terminal gets one line
-    pointing there.
+    cluster); no traceback. An error that lists several faults (`lines`) gets a line for each. Any other
+    exception keeps its traceback in the log, and the terminal gets one line pointing there.
     """
     terminal = sys.stderr
     setup_logging(log_file)
     try:
         yield
     except EXPECTED_ERRORS as error:
-        _tell(terminal, f"seqshard: {log_failure(error)}")
+        _tell(terminal, "\n".join(f"seqshard: {line}" for line in log_failure(error)))
         raise SystemExit(1) from None
     except Exception as error:
         where = f"the traceback is in {log_file}"

@@ -10,16 +10,29 @@ from seqshard.engine.types import INPUT_SETTINGS, PASSES, TASK_SETTINGS, TASKS, 
 from seqshard.engine.types import VARIANT_TASK
 from seqshard.plan.packing import read_pack_manifest
 from seqshard.plan.variants import read_variant_manifest
-from seqshard.io.samples import VARIANT_COLUMNS, load_sample_sheet
+from seqshard.io.samples import VARIANT_COLUMNS, SampleSheetError, load_sample_sheet
 
 validate(config, "../schemas/config.schema.yaml")
 
+
+def stop_before_any_job(reason):
+    """End parsing with the reason on one line and nothing after it. Snakemake prints an exception raised while
+    parsing with the frames of common.smk and of the package below it; SystemExit ends the run after its cleanup
+    (every error is an Exception to Snakemake's handlers) and the log line is all the user sees.
+    """
+    logger.error(f"seqshard: {reason}")
+    raise SystemExit(1)
+
+
 # Inputs in remote storage (--default-storage-provider) are not on this disk to check.
-samples = load_sample_sheet(
-    config["samples"],
-    workflow.source_path("../schemas/samples.schema.yaml"),
-    check_files=workflow.storage_settings.default_storage_provider is None,
-)
+try:
+    samples = load_sample_sheet(
+        config["samples"],
+        workflow.source_path("../schemas/samples.schema.yaml"),
+        check_files=workflow.storage_settings.default_storage_provider is None,
+    )
+except SampleSheetError as error:
+    stop_before_any_job(error)
 
 
 def variant_kind(sample):
@@ -103,24 +116,33 @@ def runs():
     ]
 
 
-RUNS = (
-    runs()
-)  # computed at parse time so that a sample/model mismatch stops before any job starts
-# Model entries with sequence tasks (pack, infer, merge) and with variant_effect (pack_variants, score, merge).
-SEQUENCE_MODELS = [model for model in config["models"] if sequence_tasks(model)]
-VARIANT_MODELS = [
-    model
-    for model in config["models"]
-    if VARIANT_TASK in config["models"][model]["tasks"]
-]
-for _model in VARIANT_MODELS:
-    variant_sets_of(_model)  # a model/variant-set mismatch stops here too
+# Computed at parse time so that a sample/model mismatch stops before any job starts.
+try:
+    RUNS = runs()
+    # Model entries with sequence tasks (pack, infer, merge) and with variant_effect (pack_variants, score, merge).
+    SEQUENCE_MODELS = [model for model in config["models"] if sequence_tasks(model)]
+    VARIANT_MODELS = [
+        model
+        for model in config["models"]
+        if VARIANT_TASK in config["models"][model]["tasks"]
+    ]
+    for _model in VARIANT_MODELS:
+        variant_sets_of(_model)  # a model/variant-set mismatch stops here too
+except ValueError as error:
+    stop_before_any_job(error)
 # Each merge's summary stands for every file that merge writes (per sample and task, and the rejects): Snakemake
 # reruns a merge whose outputs are missing or older, and asking for 10,000 samples' files one by one would make
 # planning quadratic in them.
 FINAL_OUTPUTS = [f"results/packs/{model}/merged.tsv" for model in SEQUENCE_MODELS] + [
     f"results/variant_packs/{model}/merged.tsv" for model in VARIANT_MODELS
 ]
+# With `on_invalid: skip`, each entry's check that every sample was read (see rule check_samples; with `error` an
+# unreadable sample stops the pack). Apart from FINAL_OUTPUTS, so that the resource report does not wait on it.
+SAMPLE_CHECKS = (
+    [f"results/packs/{model}/checked.txt" for model in SEQUENCE_MODELS]
+    if config["on_invalid"] == "skip"
+    else []
+)
 
 
 wildcard_constraints:
@@ -306,7 +328,14 @@ def report_what_ran():
 
     from seqshard.reports import settings_from_config, write_resource_report
 
-    figures = sorted(Path("results/packs").glob("*/figures/*/*.json"))
+    figures = sorted(Path("results/packs").glob("*/figures/*/*.json")) + sorted(
+        Path("results/variant_packs").glob("*/figures/*.json")
+    )
+    pack_samples = {
+        path.parent.name: path
+        for path in sorted(Path("results/packs").glob("*/samples.tsv"))
+        if path.parent.name in config["models"]
+    }
     benchmarks = sorted(Path("benchmarks").glob("**/*.tsv"))
     if not figures and not benchmarks:
         return
@@ -326,6 +355,7 @@ def report_what_ran():
             timeline_out=out / "timeline.png",
             throughput_out=out / "throughput.tsv",
             warnings_out=out / "warnings.tsv",
+            pack_samples=pack_samples,
         )
     # The run failed already; a report that cannot be made must not hide why.
     except Exception as error:
@@ -338,8 +368,10 @@ def report_what_ran():
 
 
 def get_report_inputs(wildcards):
-    """Every figure and benchmark file the resource report reads, known once every model entry is packed."""
+    """Every figure and benchmark file the resource report reads, known once every model entry is packed, and
+    each pack's samples.tsv (a sample it could not read is a warning)."""
     figures, benchmarks = [], []
+    pack_samples = [pack_checkpoint(model).output.samples for model in SEQUENCE_MODELS]
     for model in SEQUENCE_MODELS:
         benchmarks += [f"benchmarks/pack/{model}.tsv", f"benchmarks/merge/{model}.tsv"]
         for pass_ in passes_of(model):
@@ -354,7 +386,12 @@ def get_report_inputs(wildcards):
         for shard in variant_shard_names(model):
             figures.append(f"results/variant_packs/{model}/figures/{shard}.json")
             benchmarks.append(f"benchmarks/score_variant_shard/{model}/{shard}.tsv")
-    return {"figures": figures, "benchmarks": benchmarks, "results": FINAL_OUTPUTS}
+    return {
+        "figures": figures,
+        "benchmarks": benchmarks,
+        "results": FINAL_OUTPUTS,
+        "pack_samples": pack_samples,
+    }
 
 
 # Variant sets (variant_effect): one pack per model entry (its sets' distinct variants cut into shards), one scoring

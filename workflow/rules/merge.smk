@@ -100,3 +100,24 @@ for model in VARIANT_MODELS:
             on_invalid=config["on_invalid"],
         script:
             "../../scripts/merge_variants.py"
+
+
+# With `on_invalid: skip` an unreadable sample is set aside by the pack and gets empty files from the merge; this
+# job then fails naming it, so that the run ends with an error while the entry's other files stay. It reads two
+# small tables: run where Snakemake runs, not as a cluster job.
+rule check_samples:
+    input:
+        summary="results/packs/{model}/merged.tsv",
+        samples="results/packs/{model}/samples.tsv",
+    output:
+        flag="results/packs/{model}/checked.txt",
+    log:
+        "logs/check_samples/{model}.log",
+    benchmark:
+        "benchmarks/check_samples/{model}.tsv"
+    localrule: True
+    conda:
+        "../../envs/seqshard.yaml"
+    threads: 1
+    script:
+        "../../scripts/check_samples.py"
