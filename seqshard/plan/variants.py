@@ -392,6 +392,7 @@ def merge_variant_sets(
         cache = caches.get(kind)
         metadata: dict[str, object] = {
             **shared.get(kind, {}),
+            "molecule": kind,  # per-sample provenance, which the shards' shared provenance leaves out
             **(provenance or {}),
             "sample": name,
             "task": "variant_effect",
