@@ -130,7 +130,8 @@ def test_tokenizer_matches_fair_esm_and_transformers(oracle) -> None:
     tokenizer = oracle["loaded"].tokenizer
     assert isinstance(tokenizer, Esm2Tokenizer) and tokenizer.vocabulary.tokens == ESM2_ALPHABET
     assert tuple(oracle["alphabet"].all_toks) == ESM2_ALPHABET and len(ESM2_ALPHABET) == 33
-    assert (tokenizer.vocabulary.cls_id, tokenizer.pad_id, tokenizer.vocabulary.eos_id, tokenizer.unk_id) == (0, 1, 2, 3)
+    vocabulary = tokenizer.vocabulary
+    assert (vocabulary.cls_id, tokenizer.pad_id, vocabulary.eos_id, tokenizer.unk_id) == (0, 1, 2, 3)
     assert tokenizer.mask_id == 32 and tokenizer.frame == (1, 1)
     reference = EsmTokenizer.from_pretrained(oracle["dir"])
     for sequence in [*SHORT, LONG[:900]]:
