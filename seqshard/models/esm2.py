@@ -205,6 +205,9 @@ class EsmEmbeddings(nn.Module):
                 embeddings.dtype
             )
         if self.position_embeddings is not None:
+            learned = self.position_embeddings.num_embeddings - self.pad_token_id - 1
+            if input_ids.shape[1] > learned:
+                raise ValueError(f"inputs of {input_ids.shape[1]} tokens: the model learned {learned} positions")
             # transformers numbers real tokens from pad_token_id + 1 (fairseq's offset); padding gets pad_token_id.
             is_real = input_ids.ne(self.pad_token_id) if real is None else real
             positions = torch.cumsum(is_real, dim=1) * is_real + self.pad_token_id
@@ -556,8 +559,9 @@ def load_esm_checkpoint(checkpoint: str | Path, device: str, dtype: torch.dtype,
     mlm_head = None
     if parts["lm_head"]:
         head_state = parts["lm_head"]
-        if config.tie_word_embeddings or "decoder.weight" not in head_state:
-            # Tied (transformers' default, and how both references compute it): the decoder is the word embeddings.
+        if config.tie_word_embeddings:
+            # Tied (transformers' default, and how both references compute it): the decoder is the word embeddings,
+            # whatever copy of them the file holds (safetensors files hold none).
             head_state["decoder.weight"] = model.embeddings.word_embeddings.weight
         with torch.device("meta"):
             head = EsmLMHead(config)

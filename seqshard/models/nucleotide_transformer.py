@@ -18,6 +18,7 @@ only; its config names that code (`auto_map`) and is refused with that reason (R
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from pathlib import Path
 
@@ -166,7 +167,7 @@ def load_nucleotide_transformer(
         token_types={"dna": 0},
         mlm_head=loaded.mlm_head,
         sequence_head=loaded.sequence_head,
-        extra={"config": config.__dict__.copy(), "layout": loaded.layout},
+        extra={"config": dataclasses.asdict(config), "layout": loaded.layout},
     )
 
 
