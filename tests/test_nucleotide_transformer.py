@@ -238,3 +238,20 @@ def test_registered_for_dna(oracle) -> None:
     assert get_loader("nucleotide_transformer") is load_nucleotide_transformer
     assert ARCHITECTURES["nucleotide_transformer"].molecules == frozenset({"dna"})
     assert "CC BY-NC-SA 4.0" in ARCHITECTURES["nucleotide_transformer"].description
+
+
+def test_more_tokens_than_learned_positions_is_a_one_line_error(oracle) -> None:
+    with pytest.raises(ValueError, match=r"inputs of 1200 tokens exceed the 1000 positions .*max_tokens to 1000"):
+        _score(oracle["loaded"], [_dna(6 * 1199)], max_tokens=1200)
+
+
+def test_inputs_of_the_full_length_padded_past_the_position_table_run(oracle) -> None:
+    """A 1,000-token input is padded to a 1,008-token bucket beside a shorter one: padding takes no position."""
+    loaded, model = oracle["loaded"], oracle["model"]
+    sequences = [_dna(6 * 999), _dna(6 * 990)]
+    columns = _score(loaded, sequences)
+    assert list(columns["n_tokens"]) == [1000, 991] and list(columns["n_windows"]) == [1, 1]
+    ids = torch.tensor([loaded.tokenizer.encode(sequences[0])])
+    with torch.no_grad():
+        expected = model(input_ids=ids, output_hidden_states=True).hidden_states[-1][0, 1:].mean(0)
+    assert (torch.tensor(columns["embedding"].to_pylist()[0]) - expected).abs().max().item() < TOLERANCE

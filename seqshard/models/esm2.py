@@ -205,12 +205,18 @@ class EsmEmbeddings(nn.Module):
                 embeddings.dtype
             )
         if self.position_embeddings is not None:
-            learned = self.position_embeddings.num_embeddings - self.pad_token_id - 1
-            if input_ids.shape[1] > learned:
-                raise ValueError(f"inputs of {input_ids.shape[1]} tokens: the model learned {learned} positions")
-            # transformers numbers real tokens from pad_token_id + 1 (fairseq's offset); padding gets pad_token_id.
+            # transformers numbers real tokens from pad_token_id + 1 (fairseq's offset); padding gets pad_token_id,
+            # so a batch padded past the table (to a bucket width) is fine, a longer input is not.
             is_real = input_ids.ne(self.pad_token_id) if real is None else real
             positions = torch.cumsum(is_real, dim=1) * is_real + self.pad_token_id
+            learned = self.position_embeddings.num_embeddings - self.pad_token_id - 1
+            if input_ids.shape[1] > learned and input_ids.device.type == "cpu":  # on a GPU: an index error
+                longest = int(is_real.sum(1).max())
+                if longest > learned:
+                    raise ValueError(
+                        f"inputs of {longest} tokens exceed the {learned} positions the model learned; "
+                        f"set max_tokens to {learned} or less"
+                    )
             embeddings = embeddings + self.position_embeddings(positions)
         if self.layer_norm is not None:
             embeddings = self.layer_norm(embeddings)
