@@ -8,7 +8,8 @@ Tokenizer (the published `EsmTokenizer` over the checkpoint's vocab.txt: special
 single bases): read left to right, a stretch of A/C/G/T becomes 6-mers from its start, and what is left of it
 (fewer than 6 bases before an N, another letter or the end) becomes single-base tokens, as does every N. So each
 token stands for exactly 1 or 6 bases, which windows and per-token ownership rely on. The input is framed as
-`<cls> tokens`, with `<eos>` after only if the tokenizer files name one (the published ones do not). A letter
+`<cls> tokens`, with `<eos>` after only if the tokenizer files name one, as EsmTokenizer reads them (the published
+ones are said to name none; not checked against the hub here). A letter
 outside the vocabulary (an IUPAC code other than N) is one <unk> per base; transformers' tokenizer makes a single
 <unk> of a run of them, so such runs differ from it on purpose (tested).
 
