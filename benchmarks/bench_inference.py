@@ -1,6 +1,7 @@
 """Inference benchmark: seqshard's production path against the way the models' own examples run them.
 
-For each model (DNABERT-2 on DNA, LucaOne on proteins) the suite draws a seeded, realistic length mix, writes a
+For each model (DNABERT-2 on DNA, LucaOne and ESM-2 on proteins) the suite draws a seeded, realistic length mix
+(or, with `--protein-fasta`, real proteins), writes a
 random-weight checkpoint of the published architecture in the published layout, loads it with seqshard's loader
 (timed: the model-load figure), and runs three rows over the *same model inputs*:
 
@@ -10,6 +11,15 @@ random-weight checkpoint of the published architecture in the published layout, 
   batch's longest, eager attention `softmax(Q·Kᵀ/√d + bias)·V` written out in full.
 - `one_at_a_time`: each model input alone (no padding), eager attention; on a GPU over the first `--single-n`
   sequences only (compared by sequences/s), since it would take longer than the rest together.
+
+ESM-2 is compared with its own two implementations instead, each running the same weights (converted to fair-esm's
+keys; read by transformers from the published layout as written):
+- `fair_esm`: fair-esm 2.0.0 the way its `scripts/extract.py` runs it: `FastaBatchedDataset.get_batch_indices(
+  toks_per_batch, extra_toks_per_seq=1)` (sorted by length, 4,096 tokens a batch by default), its
+  `BatchConverter` (truncation at 1,022 residues), the mean of the last layer over residues;
+- `transformers`: `EsmModel.from_pretrained` with `EsmTokenizer`, batches of `--baseline-batch-size` in input order
+  padded to their longest, as its documentation shows, and the same mean over residues.
+Proteins are kept to 1,022 residues for ESM-2, so that every row runs each one whole.
 
 Every row runs in the same precision, `dtype: auto` as seqshard resolves it on the device (fp32 on the CPU; on a
 GPU bf16 autocast from compute capability 8.0, fp16 on 7.x), or `--dtype`; TF32 stays off in every row.
@@ -60,6 +70,7 @@ import numpy as np
 import torch
 
 import seqshard.models.dnabert2 as dnabert2_module
+import seqshard.models.esm2 as esm2_module
 import seqshard.models.lucaone as lucaone_module
 from seqshard.engine.batching import TokenBudgetBatcher
 from seqshard.engine.chunks import score_records
@@ -86,6 +97,13 @@ LUCAONE_SIZES: dict[str, dict[str, int]] = {
     "small": {"hidden_size": 512, "num_layers": 6, "num_heads": 8},
     "tiny": {"hidden_size": 64, "num_layers": 2, "num_heads": 4},
 }
+ESM2_SIZES: dict[str, dict[str, int]] = {
+    # facebook/esm2_t33_650M_UR50D config.json; t6_8M and t12_35M for smaller runs
+    "full": {"hidden_size": 1280, "num_layers": 33, "num_heads": 20},
+    "small": {"hidden_size": 480, "num_layers": 12, "num_heads": 20},
+    "tiny": {"hidden_size": 320, "num_layers": 6, "num_heads": 20},
+}
+ESM2_MAX_RESIDUES = 1022  # what one ESM-2 input takes (1,024 tokens with <cls> and <eos>), fair-esm's truncation
 AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
 
 
@@ -115,6 +133,19 @@ def synthetic_records(molecule: str, mix: LengthMix, n: int, seed: int) -> list[
         SequenceRecord(index, f"{molecule}{index:06d}", "".join(rng.choice(alphabet, length)), 2 * index + 1)
         for index, length in enumerate(mix.draw(rng, n))
     ]
+
+
+def fasta_records(paths: Sequence[Path], n: int, seed: int, max_length: int) -> list[SequenceRecord]:
+    """`n` records drawn (seeded, without replacement) from the FASTA files' valid proteins of at most `max_length`
+    residues, in the drawn order; all of them when there are fewer."""
+    from seqshard.io.fasta import iter_valid_records
+    from seqshard.io.sequences import InputPolicy
+
+    skip = InputPolicy(on_invalid="skip")
+    proteins = [r.sequence for path in paths for r in iter_valid_records(path, "protein", skip)]
+    proteins = [sequence for sequence in proteins if len(sequence) <= max_length]
+    order = np.random.default_rng(seed).permutation(len(proteins))[:n]
+    return [SequenceRecord(i, f"protein{i:06d}", proteins[j], 2 * i + 1) for i, j in enumerate(order.tolist())]
 
 
 def encode_records(
@@ -162,6 +193,8 @@ def write_checkpoint(architecture: str, size: str, directory: Path, seed: int) -
     started = time.perf_counter()
     if architecture == "dnabert2":
         dnabert2_module.write_demo_checkpoint(out, seed=seed, **DNABERT2_SIZES[size])
+    elif architecture == "esm2":
+        esm2_module.write_demo_checkpoint(out, seed=seed, **ESM2_SIZES[size])
     else:
         lucaone_module.write_demo_checkpoint(out, layout="hf", seed=seed, **LUCAONE_SIZES[size])
     print(f"  wrote {architecture} ({size}) checkpoint to {out} in {time.perf_counter() - started:.1f} s")
@@ -349,6 +382,7 @@ class Workload:
     baseline_batch_size: int
     flop_model: FlopModel
     encoded: dict[str, EncodedSequence] = field(default_factory=dict)  # model inputs by record id, for the rows
+    references: dict[str, Any] = field(default_factory=dict)  # ESM-2's own implementations, by row name
 
 
 def run_seqshard(work: Workload, records: Sequence[SequenceRecord], row: Row | None) -> np.ndarray:
@@ -414,6 +448,89 @@ def run_baseline(work: Workload, records: Sequence[SequenceRecord], batch_size: 
     values = weighted_rows(pooled, inputs, len(records)).astype(np.float32)
     if row is not None:
         fill_row(row, work, encoded, plan)
+    return values
+
+
+# ------------------------------------------------------------------------------------------------------------
+# ESM-2's own implementations, on the checkpoint seqshard loads
+
+_TO_FAIR_ESM = (  # published (transformers) key pieces -> fair-esm's, applied in order
+    ("esm.embeddings.word_embeddings.", "embed_tokens."),
+    ("esm.encoder.emb_layer_norm_after.", "emb_layer_norm_after."),
+    ("esm.contact_head.", "contact_head."),
+    ("esm.encoder.layer.", "layers."),
+    ("attention.self.rotary_embeddings.", "self_attn.rot_emb."),
+    ("attention.self.query.", "self_attn.q_proj."),
+    ("attention.self.key.", "self_attn.k_proj."),
+    ("attention.self.value.", "self_attn.v_proj."),
+    ("attention.output.dense.", "self_attn.out_proj."),
+    ("attention.LayerNorm.", "self_attn_layer_norm."),
+    ("intermediate.dense.", "fc1."),
+    ("output.dense.", "fc2."),
+    (".LayerNorm.", ".final_layer_norm."),
+    ("lm_head.decoder.weight", "lm_head.weight"),
+)
+
+
+def fair_esm_model(checkpoint: Path, device: str) -> tuple[torch.nn.Module, Any]:
+    """fair-esm's `ESM2` built as `esm.pretrained` builds ESM-2 models, with the checkpoint's tensors."""
+    from esm.model.esm2 import ESM2
+
+    config = json.loads((checkpoint / "config.json").read_text())
+    model = ESM2(
+        num_layers=config["num_hidden_layers"], embed_dim=config["hidden_size"],
+        attention_heads=config["num_attention_heads"], alphabet="ESM-1b", token_dropout=config["token_dropout"],
+    )  # fmt: skip
+    state = {}
+    for key, value in torch.load(checkpoint / "pytorch_model.bin", map_location="cpu", weights_only=True).items():
+        for old, new in _TO_FAIR_ESM:
+            key = key.replace(old, new)
+        state[key] = value
+    model.load_state_dict(state, strict=True)
+    return model.to(device).eval(), model.alphabet
+
+
+def run_fair_esm(work: Workload, records: Sequence[SequenceRecord], row: Row | None) -> np.ndarray:
+    """fair-esm's extract.py: length-sorted batches of at most toks_per_batch tokens, its BatchConverter, the mean of
+    the last layer over each protein's residues."""
+    from esm.data import FastaBatchedDataset
+    from torch.utils.data import DataLoader
+
+    model, alphabet, toks_per_batch = work.references["fair_esm"]
+    dataset = FastaBatchedDataset([record.id for record in records], [record.sequence for record in records])
+    batches = dataset.get_batch_indices(toks_per_batch, extra_toks_per_seq=1)
+    loader = DataLoader(dataset, collate_fn=alphabet.get_batch_converter(ESM2_MAX_RESIDUES), batch_sampler=batches)
+    device = next(model.parameters()).device
+    last = model.num_layers
+    values = np.zeros((len(records), model.embed_dim), dtype=np.float32)
+    with torch.no_grad(), autocast(work):
+        for (_, strs, toks), batch in zip(loader, batches, strict=True):
+            representations = model(toks.to(device, non_blocking=True), repr_layers=[last])["representations"][last]
+            for i, (index, sequence) in enumerate(zip(batch, strs, strict=True)):
+                values[index] = representations[i, 1 : len(sequence) + 1].float().mean(0).cpu().numpy()
+    if row is not None:
+        fill_row(row, work, [work.encoded[record.id] for record in records], batches)
+    return values
+
+
+def run_transformers(work: Workload, records: Sequence[SequenceRecord], row: Row | None) -> np.ndarray:
+    """transformers as its documentation shows: the tokenizer pads each batch (of consecutive proteins) to its
+    longest, `EsmModel` returns `last_hidden_state`; the mean over residues (<cls>, <eos>, padding excluded)."""
+    model, tokenizer = work.references["transformers"]
+    device = next(model.parameters()).device
+    plan = fixed_batches(len(records), work.baseline_batch_size)
+    values = np.zeros((len(records), model.config.hidden_size), dtype=np.float32)
+    with torch.inference_mode(), autocast(work):
+        for batch in plan:
+            inputs = tokenizer([records[i].sequence for i in batch], return_tensors="pt", padding=True).to(device)
+            hidden = model(**inputs).last_hidden_state.float()
+            residues = inputs["attention_mask"].bool()
+            residues[:, 0] = False
+            residues[torch.arange(len(batch)), residues.sum(1)] = False  # <eos>: the last real position
+            weights = residues.unsqueeze(-1).float()
+            values[batch] = ((hidden * weights).sum(1) / weights.sum(1)).cpu().numpy()
+    if row is not None:
+        fill_row(row, work, [work.encoded[record.id] for record in records], plan)
     return values
 
 
@@ -512,9 +629,11 @@ def timed(
 
 def bench_model(args: argparse.Namespace, architecture: str, cache: Path) -> dict[str, object]:
     molecule = "dna" if architecture == "dnabert2" else "protein"
-    size = args.dnabert2_size if architecture == "dnabert2" else args.lucaone_size
+    size = {"dnabert2": args.dnabert2_size, "lucaone": args.lucaone_size, "esm2": args.esm2_size}[architecture]
     n = args.n_dna if architecture == "dnabert2" else args.n_protein
     mix = args.dna_mix if architecture == "dnabert2" else args.protein_mix
+    if architecture == "esm2":  # every row takes each protein whole (fair-esm's extract.py would truncate)
+        mix = replace(mix, maximum=min(mix.maximum, ESM2_MAX_RESIDUES))
     device = args.device
     print(f"\n== {architecture} ({size}) on {molecule}: {n} sequences ==")
 
@@ -530,7 +649,11 @@ def bench_model(args: argparse.Namespace, architecture: str, cache: Path) -> dic
     n_parameters = sum(p.numel() for p in bound.model.parameters())
 
     settings = TaskSettings(task="embed", pooling="mean")
-    records = synthetic_records(molecule, mix, n, args.seed)
+    if molecule == "protein" and args.protein_fasta:
+        limit = ESM2_MAX_RESIDUES if architecture == "esm2" else mix.maximum
+        records = fasta_records(args.protein_fasta, n, args.seed, limit)
+    else:
+        records = synthetic_records(molecule, mix, n, args.seed)
     work = Workload(
         bound, molecule, settings, device, resolve_dtype(args.dtype, device), args.batch_tokens,
         args.baseline_batch_size, flop_model,
@@ -548,7 +671,8 @@ def bench_model(args: argparse.Namespace, architecture: str, cache: Path) -> dic
         "max_tokens": bound.max_tokens,
         "window_residues": bound.default_window,
         "window_overlap_residues": bound.default_window // 4,
-        "length_mix": asdict(mix),
+        "length_mix": None if molecule == "protein" and args.protein_fasta else asdict(mix),
+        "fasta": [str(path) for path in args.protein_fasta] if molecule == "protein" else None,
         "alphabet": "ACGT" if molecule == "dna" else AMINO_ACIDS,
     }
     print(
@@ -570,7 +694,28 @@ def bench_model(args: argparse.Namespace, architecture: str, cache: Path) -> dic
     }
     # Which records each row runs: all of them, but one at a time only the first --single-n on a GPU.
     subsets = {"seqshard": records, "fixed_batch": records}
-    if not args.skip_single:
+    if architecture == "esm2":  # its own two implementations instead of the generic baselines
+        from transformers import EsmModel, EsmTokenizer
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.set_verbosity_error()  # its report of the lm_head.* tensors EsmModel leaves unused
+        started = time.perf_counter()
+        model, alphabet = fair_esm_model(checkpoint, device)
+        work.references["fair_esm"] = (model, alphabet, args.toks_per_batch)
+        reference = EsmModel.from_pretrained(checkpoint, add_pooling_layer=False).to(device).eval()
+        work.references["transformers"] = (reference, EsmTokenizer.from_pretrained(checkpoint))
+        print(f"  fair-esm and transformers models built in {time.perf_counter() - started:.1f} s")
+        rows = {
+            "seqshard": rows["seqshard"],
+            "fair_esm": Row("fair_esm", f"extract.py: toks_per_batch {args.toks_per_batch}, sorted", dtype, "eager"),
+            "transformers": Row(
+                "transformers", f"{args.baseline_batch_size} in input order, padded", dtype,
+                reference.config._attn_implementation,
+            ),
+        }  # fmt: skip
+        runners = {"seqshard": run_seqshard, "fair_esm": run_fair_esm, "transformers": run_transformers}
+        subsets = {name: records for name in rows}
+    elif not args.skip_single:
         rows["one_at_a_time"] = Row("one_at_a_time", "1, no padding", dtype, "eager")
         runners["one_at_a_time"] = lambda w, recs, row: run_baseline(w, recs, 1, row)
         subsets["one_at_a_time"] = records[: args.single_n] if args.single_n else records
@@ -741,7 +886,10 @@ def print_table(result: dict[str, Any]) -> None:
 
 def create_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["dnabert2", "lucaone"], choices=["dnabert2", "lucaone"])
+    parser.add_argument(
+        "--models", nargs="+", default=["dnabert2", "lucaone"], choices=["dnabert2", "lucaone", "esm2"],
+        help="esm2 runs against fair-esm (pip install --no-deps fair-esm==2.0.0) and transformers",
+    )  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny models, few sequences")
     parser.add_argument("--n-dna", type=int, help="DNA sequences (default 80 on CPU, 50000 on GPU, 24 quick)")
     parser.add_argument("--n-protein", type=int, help="proteins (default 60 on CPU, 4000 on GPU, 16 quick)")
@@ -759,6 +907,15 @@ def create_parser() -> argparse.ArgumentParser:
         "--lucaone-size", choices=sorted(LUCAONE_SIZES),
         help="default full on GPU; small on CPU (the full 1.5 B model runs at a few tokens/s on a few cores)",
     )  # fmt: skip
+    parser.add_argument(
+        "--esm2-size", choices=sorted(ESM2_SIZES), help="default full: esm2_t33_650M_UR50D's shape (tiny with --quick)"
+    )
+    parser.add_argument(
+        "--protein-fasta", type=Path, action="append", default=[],
+        help="draw the proteins from these FASTA files (repeatable; e.g. /usr/share/doc/hmmer/examples/tutorial/"
+        "globins45.fa from Debian's hmmer-examples) instead of the synthetic mix",
+    )  # fmt: skip
+    parser.add_argument("--toks-per-batch", type=int, default=4096, help="fair-esm's extract.py budget (its default)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument(
         "--threads", type=int, default=os.cpu_count(),
@@ -797,6 +954,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     args.repeats = args.repeats or (3 if on_gpu and not args.quick else 1)
     args.dnabert2_size = args.dnabert2_size or ("tiny" if args.quick else "full")
     args.lucaone_size = args.lucaone_size or ("tiny" if args.quick else "full" if on_gpu else "small")
+    args.esm2_size = args.esm2_size or ("tiny" if args.quick else "full")
     args.dna_mix = LengthMix(args.dna_median, args.dna_sigma, 50, 10_000)
     args.protein_mix = LengthMix(args.protein_median, args.protein_sigma, 30, args.protein_max)
 

@@ -1,4 +1,4 @@
-"""seqshard: batch scoring of biological sequences with native DNABERT-2 and LucaOne models."""
+"""seqshard: batch scoring of biological sequences with native DNABERT-2, LucaOne, ESM-2 and Nucleotide Transformer."""
 
 from importlib.metadata import PackageNotFoundError, version
 

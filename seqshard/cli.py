@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from seqshard import __version__
+from seqshard.demo import DEMOS
 from seqshard.models import ARCHITECTURES
 from seqshard.runtime.logs import EXPECTED_ERRORS, log_failure, setup_logging
 
@@ -80,7 +81,7 @@ def create_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--kind",
         default="dnabert2-demo",
-        choices=["dnabert2-demo", "dnabert2-promoter-demo", "lucaone-demo", "lucaone-location-head-demo"],
+        choices=list(DEMOS),
     )
     return parser
 

@@ -34,11 +34,25 @@ def _lucaone_location_head(out: Path) -> Path:
     return write_demo_head(out, hidden_size=64, labels=["cytoplasm", "membrane", "secreted"], seed=3)
 
 
+def _esm2(out: Path) -> Path:
+    from seqshard.models.esm2 import write_demo_checkpoint
+
+    return write_demo_checkpoint(out)
+
+
+def _nucleotide_transformer(out: Path) -> Path:
+    from seqshard.models.nucleotide_transformer import write_demo_checkpoint
+
+    return write_demo_checkpoint(out)
+
+
 DEMOS: dict[str, Callable[[Path], Path]] = {
     "dnabert2-demo": _dnabert2,
     "dnabert2-promoter-demo": _dnabert2_promoter,
     "lucaone-demo": _lucaone,
     "lucaone-location-head-demo": _lucaone_location_head,
+    "esm2-demo": _esm2,
+    "nt-demo": _nucleotide_transformer,
 }
 
 

@@ -9,7 +9,7 @@ It talks to a Docker engine, or to podman's Docker-compatible service (`podman s
 unix:///path/podman.sock`, then `DOCKER_HOST=unix:///path/podman.sock`), through the `docker` SDK. The SDK is a
 test extra, imported only when an engine is needed, so `seqshard` itself never depends on it.
 
-    python -m seqshard.images build --model dnabert2 --base IMAGE --tag TAG [--checkpoint DIR]
+    python -m seqshard.images build --model dnabert2 --base IMAGE --tag TAG [--checkpoint DIR]   # or --model esm
     python -m seqshard.images inspect TAG
     python -m seqshard.images smoke TAG
     python -m seqshard.images context --model dnabert2 DIR   # the build contexts, for docker buildx
@@ -40,12 +40,22 @@ from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from seqshard.models import ARCHITECTURES
+
 if TYPE_CHECKING:  # the SDK is optional: see connect()
     import docker
 
 log = logging.getLogger(__name__)
 
-MODELS = ("dnabert2", "lucaone")
+# The model images and the architectures each carries. Every image holds the whole seqshard package (so any of them
+# could run any model); an image's label and its place under the config's `containers:` say which models it is
+# for. ESM-2 and the Nucleotide Transformer are one architecture family (the ESM encoder) and share an image.
+IMAGES: dict[str, tuple[str, ...]] = {
+    "dnabert2": ("dnabert2",),
+    "lucaone": ("lucaone",),
+    "esm": ("esm2", "nucleotide_transformer"),
+}
+MODELS = tuple(IMAGES)  # image names: containers/<name>/
 DEFAULT_TORCH_VERSION = "2.13.0"
 # PyTorch's wheel variant, matched to the default base image's CUDA (12.8); "cpu" for a CPU-only image.
 DEFAULT_TORCH_CUDA = "cu128"
@@ -467,9 +477,9 @@ def serve_options(
 ) -> dict[str, Any]:
     """Keyword arguments of `client.containers.run` for `seqshard serve` in `image`: the checkpoint read-only at
     /app/models, the API and metrics ports published on `address` of the host, CPU and memory limits, and
-    `gpus` GPUs requested from the engine (the NVIDIA container toolkit)."""
-    if model not in MODELS:
-        raise ValueError(f"unknown model {model!r}; images exist for {', '.join(MODELS)}")
+    `gpus` GPUs requested from the engine (the NVIDIA container toolkit). `model` is the architecture served."""
+    if model not in ARCHITECTURES:
+        raise ValueError(f"unknown model {model!r}; architectures: {', '.join(ARCHITECTURES)}")
     checkpoint = Path(checkpoint).resolve()
     if not (checkpoint / "config.json").is_file():
         raise FileNotFoundError(f"{checkpoint}: not a checkpoint folder (no config.json)")
@@ -614,7 +624,7 @@ def create_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     build = commands.add_parser("build", help="build the seqshard base image and a model image on it")
-    build.add_argument("--model", required=True, choices=MODELS)
+    build.add_argument("--model", required=True, choices=MODELS, help="image: containers/<model>/")
     build.add_argument("--tag", required=True, help="model image tag, e.g. ghcr.io/seqshard/dnabert2:0.1.0")
     build.add_argument("--base", help="BASE_IMAGE: a CUDA runtime image with Python >= 3.11 (Dockerfile default)")
     build.add_argument("--base-tag", help="tag of the seqshard base image (default: <tag's registry>/base:<version>)")
@@ -640,7 +650,7 @@ def create_parser() -> argparse.ArgumentParser:
     smoke_parser.add_argument("--gpus", action="store_true", help="give the container every GPU (--gpus all)")
 
     context = commands.add_parser("context", help="write the build contexts for use with docker buildx")
-    context.add_argument("--model", required=True, choices=MODELS)
+    context.add_argument("--model", required=True, choices=MODELS, help="image: containers/<model>/")
     context.add_argument("--checkpoint", type=Path, help="checkpoint folder to include as checkpoint/")
     context.add_argument("--wheels", type=Path, action="append", default=[])
     context.add_argument("--extra-ca", type=Path, action="append", default=[])
@@ -649,7 +659,7 @@ def create_parser() -> argparse.ArgumentParser:
     commands.add_parser("lock", help="rewrite containers/base/requirements.txt from this environment")
 
     serve = commands.add_parser("up", help="start a served model container (seqshard serve in the image)")
-    serve.add_argument("--model", required=True, choices=MODELS)
+    serve.add_argument("--model", required=True, choices=list(ARCHITECTURES), help="architecture to serve")
     serve.add_argument("--image", required=True, help="model image tag")
     serve.add_argument("--checkpoint", type=Path, required=True, help="checkpoint folder, mounted read-only")
     serve.add_argument("--name", help="container name (default: seqshard-<model>)")

@@ -530,11 +530,11 @@ def test_apptainer_definitions_mirror_the_dockerfiles() -> None:
     text = base_def.read_text()
     assert "export HF_HUB_OFFLINE=1" in text and "export PATH=/opt/seqshard/bin:$PATH" in text
     assert "/opt/seqshard/bin:${PATH}" in base_dockerfile.read_text()
-    for model in images.MODELS:
+    for model, architectures in images.IMAGES.items():
         definition = (REPO / "containers" / model / f"{model}.def").read_text()
         dockerfile = (REPO / "containers" / model / "Dockerfile").read_text()
-        assert f"io.seqshard.architecture {model}" in definition
-        assert f'io.seqshard.architecture="{model}"' in dockerfile
+        assert f"io.seqshard.architecture {' '.join(architectures)}\n" in definition
+        assert f'io.seqshard.architecture="{" ".join(architectures)}"' in dockerfile
         assert "export HF_HUB_OFFLINE=1" in definition
         assert definition.count("/opt/seqshard-checkpoint") >= 2 and "/opt/seqshard-checkpoint/" in dockerfile
 

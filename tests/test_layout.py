@@ -52,3 +52,21 @@ def test_what_the_workflow_imports_loads_no_torch() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_every_registered_architecture_is_in_the_schema_an_image_and_a_demo() -> None:
+    """A model file and its registration are enough to run it; these lists name the architectures again and must
+    not fall behind: the config schema's enum and `containers:` keys, an image that carries it, a demo checkpoint."""
+    import yaml
+
+    from seqshard.demo import DEMOS
+    from seqshard.images import IMAGES
+    from seqshard.models import ARCHITECTURES
+
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    model = schema["properties"]["models"]["additionalProperties"]["properties"]
+    assert model["architecture"]["enum"] == list(ARCHITECTURES)
+    assert set(schema["properties"]["containers"]["properties"]) == set(ARCHITECTURES)
+    carried = [architecture for architectures in IMAGES.values() for architecture in architectures]
+    assert sorted(carried) == sorted(ARCHITECTURES)
+    assert all(any(name.startswith(prefix) for name in DEMOS) for prefix in ("dnabert2", "lucaone", "esm2", "nt"))

@@ -1243,3 +1243,43 @@ def test_the_admission_bound_is_never_below_the_real_token_count(checkpoints: di
             counts = np.bincount(encoded.record, weights=encoded.lengths, minlength=len(sequences))
             bounds = [fit.token_bound(len(sequence)) for sequence in sequences]
             assert all(bound >= count for bound, count in zip(bounds, counts, strict=True)), (model, bounds, counts)
+
+
+# --- the ESM family: a model file and a registration are enough to serve it ----------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("model", "demo", "molecule", "max_tokens"),
+    [("esm2", "esm2-demo", "protein", 1024), ("nucleotide_transformer", "nt-demo", "dna", 1000)],
+)
+def test_esm_family_served_equals_seqshard_embed(
+    server_factory, tmp_path: Path, model: str, demo: str, molecule: str, max_tokens: int
+) -> None:
+    from seqshard.demo import write_demo
+    from seqshard.engine.windows import plan_windows
+    from seqshard.models import ARCHITECTURES
+
+    checkpoint = write_demo(demo, tmp_path / demo)
+    # Proteins up to 4,500 residues (windows of 1,022), DNA up to 9,000 bp (windows of 4,995 bp) with an N run.
+    sequences = PROTEIN if molecule == "protein" else [*DNA, random_sequences("ACGT", [9000], seed=13)[0]]
+    if molecule == "dna":
+        sequences[-1] = sequences[-1][:3000] + "N" * 40 + sequences[-1][3040:]
+    server = server_factory(
+        "--model", model, "--checkpoint", str(checkpoint), "--molecule", molecule, "--max-sequence-length", "10000"
+    )  # fmt: skip
+    with SeqshardClient(server.url) as client:
+        info = client.model_info()
+        one = client.predict(sequences[1], "embedding")
+    assert info["name"] == model and info["description"] == ARCHITECTURES[model].description
+    assert info["input_format"]["molecules"] == [molecule] and info["embedding_dimension"] == one["dimension"] == 64
+    assert info["settings"]["max_tokens"] == max_tokens and info["settings"]["architecture"] == model
+    fasta = write_fasta(tmp_path / "input.fa", sequences)
+    common = ["--model", model, "--checkpoint", str(checkpoint), "--molecule", molecule]
+    seqshard("embed", str(fasta), "-o", str(tmp_path / "batch.parquet"), *common)
+    seqshard("predict", "--url", server.url, str(fasta), "-o", str(tmp_path / "served.parquet"))
+    assert_same_parquet(tmp_path / "batch.parquet", tmp_path / "served.parquet")
+    window = info["settings"]["window_length"]
+    expected = [len(plan_windows(len(sequence), window, window // 4)) for sequence in sequences]
+    assert pq.read_table(tmp_path / "batch.parquet").column("n_windows").to_pylist() == expected
+    assert max(expected) > 1

@@ -105,7 +105,7 @@ def test_demo_writes_every_task_with_one_row_per_valid_record_in_input_order(dem
     outputs = list(shipped_outputs(demo_run))
     assert {task for *_, task in outputs} == {"embed", "mlm_score", "classify"}
     assert {molecule for _, molecule, *_ in outputs} == {"dna", "protein"}
-    assert len(outputs) == 8
+    assert len(outputs) == 9
     for sample, molecule, fasta, model, task in outputs:
         records, report = read_valid_records(demo_run / fasta, molecule, InputPolicy(on_invalid="skip"))
         assert len(records) == DEMO_SAMPLES[sample]
@@ -138,6 +138,11 @@ def test_demo_writes_every_task_with_one_row_per_valid_record_in_input_order(dem
     # LucaOne on DNA and on protein: the token type follows the molecule, so the two runs differ in kind.
     assert read_provenance(demo_run / "results/sample_b/lucaone_dna/embed.parquet")["molecule"] == "dna"
     assert read_provenance(demo_run / "results/proteins/lucaone/embed.parquet")["molecule"] == "protein"
+    # ESM-2 on the same proteins: its own architecture, 1,024 tokens from its checkpoint, <cls> and <eos> per row.
+    esm2 = read_provenance(demo_run / "results/proteins/esm2/embed.parquet")
+    assert esm2["architecture"] == "esm2" and esm2["max_tokens"] == "1024"
+    esm2_rows = pd.read_parquet(demo_run / "results/proteins/esm2/embed.parquet")
+    assert (esm2_rows["n_tokens"] == esm2_rows["length"] + 2).all()
 
 
 @pytest.mark.slow
@@ -192,7 +197,7 @@ def test_resource_report_covers_every_job(demo_run):
     assert set(inference["model"]) == set(models)
     assert set(inference.loc[inference["model"] == "lucaone", "tasks"]) == {"embed,classify"}
     embed = inference[inference["tasks"].str.contains("embed")]
-    assert embed["n_sequences"].sum() == 150 + 60 + 30 + 60  # the demo's samples hold no repeated sequence
+    assert embed["n_sequences"].sum() == 150 + 60 + 30 + 60 + 30  # the demo's samples hold no repeated sequence
     assert (inference["n_computed_tokens"] >= inference["n_tokens"]).all()
     html = (demo_run / "results/report/resource_usage.html").read_text()
     assert html.count("data:image/png;base64,") >= 5

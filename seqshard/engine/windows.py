@@ -10,7 +10,12 @@ BPE tokens (several bases each) it is the middle base of the token.
 A window never holds more than `max_tokens` tokens, whatever its content: DNABERT-2 turns each N into a token of
 its own, so a window of gapped sequence can tokenize far longer than the usual 4-5 bases per token. Such a
 window is cut again into smaller windows over the same residues, and its own residues are shared among them by
-the same nearest-centre rule, until every piece fits (a piece of `max_tokens - 2` residues always does).
+the same nearest-centre rule, until every piece fits (a piece of `max_tokens` less the frame's tokens residues
+always does).
+
+A model input is framed by special tokens the tokenizer names (`SequenceTokenizer.frame`): [CLS] before and [SEP]
+after for most models, [CLS] alone for the Nucleotide Transformer. Frame tokens belong to no residue and are never
+owned.
 
 `ModelFit` is how one model under one set of settings fits sequences, resolved once (the checkpoint's token limit
 and default window filled in): scoring, the result cache's key, the Parquet provenance and the server's
@@ -83,7 +88,7 @@ class EncodedWindow:
     """One model input as lists: token ids framed by [CLS]/[SEP] and, per token, whether this window owns it."""
 
     ids: list[int]
-    owned: list[bool]  # [CLS], [SEP] and tokens owned by another window are False
+    owned: list[bool]  # the frame's tokens ([CLS], [SEP]) and tokens owned by another window are False
 
     @property
     def n_owned(self) -> int:
@@ -96,11 +101,12 @@ class EncodedSequence:
 
     windows: list[EncodedWindow]
     truncated: bool
+    n_frame: int = 2  # special tokens around each input: [CLS] and [SEP]
 
     @property
     def n_tokens(self) -> int:
         """Tokens the sequence contributes, [CLS]/[SEP] counted once: what a single unwindowed input holds."""
-        return sum(window.n_owned for window in self.windows) + 2
+        return sum(window.n_owned for window in self.windows) + self.n_frame
 
 
 @dataclass
@@ -117,6 +123,7 @@ class EncodedChunk:
     record: np.ndarray  # int64 [n_inputs]
     n_records: int
     truncated: np.ndarray  # bool [n_records]
+    n_frame: int = 2  # special tokens around each input (the tokenizer's frame): [CLS] and [SEP]
 
     @property
     def n_inputs(self) -> int:
@@ -140,7 +147,8 @@ class EncodedChunk:
     @property
     def n_tokens(self) -> np.ndarray:
         """Tokens each record contributes, [CLS]/[SEP] counted once."""
-        return np.bincount(self.record, weights=self.n_owned, minlength=self.n_records).astype(np.int64) + 2
+        counts = np.bincount(self.record, weights=self.n_owned, minlength=self.n_records).astype(np.int64)
+        return counts + self.n_frame
 
     def sequence(self, index: int) -> EncodedSequence:
         first, last = np.searchsorted(self.record, [index, index + 1])
@@ -151,7 +159,7 @@ class EncodedChunk:
             )
             for i in range(first, last)
         ]
-        return EncodedSequence(windows, bool(self.truncated[index]))
+        return EncodedSequence(windows, bool(self.truncated[index]), self.n_frame)
 
     def sequences(self) -> list[EncodedSequence]:
         return [self.sequence(index) for index in range(self.n_records)]
@@ -182,12 +190,23 @@ def _fitting_windows(
             pieces[index].append((ids, _owned_by_window(planned, offsets)))
             continue
         # Too many tokens for these residues (runs of N in DNABERT-2): cut into pieces about small enough for
-        # the budget; a piece of max_tokens - 2 residues always fits, since no token is shorter than a residue.
-        n_pieces = max(2, -(-len(ids) // (max_tokens - 2)))
+        # the budget; a piece of max_tokens - frame residues always fits, since no token is shorter than a residue.
+        n_pieces = max(2, -(-len(ids) // (max_tokens - sum(tokenizer.frame))))
         pieces[index].extend(
             _fitting_windows([sequences[index]], tokenizer, max_tokens, [split_window(planned, n_pieces)])[0]
         )
     return pieces
+
+
+def _unframed(starts: np.ndarray, frame: tuple[int, int]) -> np.ndarray:
+    """For inputs back to back with boundaries `starts` (len n + 1, from 0): False at each input's frame tokens."""
+    owned = np.ones(int(starts[-1] - starts[0]), dtype=bool)
+    before, after = frame
+    for k in range(before):
+        owned[starts[:-1] - starts[0] + k] = False
+    for k in range(1, after + 1):
+        owned[starts[1:] - starts[0] - k] = False
+    return owned
 
 
 def encode_chunk(
@@ -202,26 +221,25 @@ def encode_chunk(
     """Encode many sequences: whole sequences in one batched tokenizer call, windows of the over-long ones after.
 
     Sequences that fit take the fast path (ids only, no offsets); with `mode="truncate"` an over-long sequence
-    keeps its first `max_tokens - 1` tokens and its [SEP]. Every window of the chunk goes to the tokenizer in
-    one call too.
+    keeps its first tokens and its [SEP] (if the frame has one), `max_tokens` in all. Every window of the chunk goes
+    to the tokenizer in one call too.
     """
     if mode not in LONG_SEQUENCE_MODES:
         raise ValueError(f"unknown long_sequences mode {mode!r}; expected one of {LONG_SEQUENCE_MODES}")
     if max_tokens < 3:
         raise ValueError(f"max_tokens must be at least 3 ([CLS], one token, [SEP]), got {max_tokens}")
-    # A sequence of more than (max_tokens - 2) x the longest token's residues cannot fit whatever it holds: in
+    # A sequence of more than (max_tokens - frame) x the longest token's residues cannot fit whatever it holds: in
     # window mode it is not tokenized whole (a chromosome-sized contig would be, for nothing), just marked.
-    cannot_fit = (max_tokens - 2) * tokenizer.max_residues_per_token
+    frame = tokenizer.frame
+    cannot_fit = (max_tokens - sum(frame)) * tokenizer.max_residues_per_token
     certain = [mode == "window" and len(sequence) > cannot_fit for sequence in sequences]
     ids, starts = tokenizer.encode_flat(["" if skip else s for s, skip in zip(sequences, certain, strict=True)])
     lengths = np.diff(starts)
     too_long = np.flatnonzero((lengths > max_tokens) | np.array(certain, dtype=bool))
     truncated = np.zeros(len(sequences), dtype=bool)
     if len(too_long) == 0:
-        owned = np.ones(len(ids), dtype=bool)
-        owned[starts[:-1]] = False
-        owned[starts[1:] - 1] = False
-        return EncodedChunk(ids, owned, starts, np.arange(len(sequences)), len(sequences), truncated)
+        owned = _unframed(starts, frame)
+        return EncodedChunk(ids, owned, starts, np.arange(len(sequences)), len(sequences), truncated, sum(frame))
 
     # Rebuild input by input: runs of fitting sequences are slices of the batch encoding, the others are
     # truncated or windowed.
@@ -249,18 +267,18 @@ def encode_chunk(
     for index in [*long_ones, len(sequences)]:
         if index > previous:  # the fitting sequences before this one, in one piece
             span = ids[starts[previous] : starts[index]]
-            run_owned = np.ones(len(span), dtype=bool)
-            run_owned[starts[previous:index] - starts[previous]] = False
-            run_owned[starts[previous + 1 : index + 1] - starts[previous] - 1] = False
+            run_owned = _unframed(starts[previous : index + 1], frame)
             add(span, run_owned, lengths[previous:index], np.arange(previous, index))
         if index == len(sequences):
             break
         if mode == "truncate":
             own = ids[starts[index] : starts[index + 1]]
+            before, after = frame
             kept_owned = np.ones(max_tokens, dtype=bool)
-            kept_owned[[0, -1]] = False
-            # The first max_tokens - 1 tokens and the [SEP], so the input looks like the model's training data.
-            kept = np.concatenate([own[: max_tokens - 1], own[-1:]])
+            kept_owned[:before] = False
+            kept_owned[max_tokens - after :] = False
+            # The first tokens and the [SEP], so the input looks like the model's training data.
+            kept = np.concatenate([own[: max_tokens - after], own[len(own) - after :]])
             add(kept, kept_owned, np.array([max_tokens]), np.array([index]))
             truncated[index] = True
         else:
@@ -283,6 +301,7 @@ def encode_chunk(
         np.concatenate(parts_records).astype(np.int64),
         len(sequences),
         truncated,
+        sum(frame),
     )
 
 

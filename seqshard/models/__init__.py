@@ -21,16 +21,18 @@ if TYPE_CHECKING:  # torch is heavy to import; the workflow reads ARCHITECTURES 
 
 
 class SequenceTokenizer(Protocol):
-    """Turns one validated, upper-case sequence into token ids framed as `[CLS] ... [SEP]`."""
+    """Turns one validated, upper-case sequence into token ids framed as `[CLS] ... [SEP]` (or, for a model without
+    an end token such as the Nucleotide Transformer, `[CLS] ...`: `frame` says which)."""
 
     pad_id: int
     mask_id: int
     max_residues_per_token: int  # the most residues one token can stand for: a bound on how few tokens fit
+    frame: tuple[int, int]  # special tokens before and after a sequence's own: (1, 1) for [CLS] ... [SEP]
 
     def encode(self, sequence: str) -> list[int]: ...
 
     def encode_with_offsets(self, sequence: str) -> tuple[list[int], list[tuple[int, int]]]:
-        """Ids as `encode`, plus each token's residue span `[start, end)`; (0, 0) for [CLS] and [SEP]."""
+        """Ids as `encode`, plus each token's residue span `[start, end)`; (0, 0) for the frame's tokens."""
         ...
 
     def encode_many_with_offsets(self, sequences: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
@@ -69,7 +71,7 @@ class LoadedModel:
     checkpoint_dir: Path  # where the files were actually read from
     digest: str  # sha256 of the weights file, for provenance
     molecules: frozenset[str]  # molecule types the model accepts: subset of {"dna", "rna", "protein"}
-    max_tokens: int = 512  # longest input, [CLS] and [SEP] included, the model is run on
+    max_tokens: int = 512  # longest input, the frame's tokens ([CLS], [SEP]) included, the model is run on
     default_window: int = 1000  # residues per window when `long_sequences: window` and no length is set
     token_types: dict[str, int] = field(default_factory=dict)  # molecule -> token type id the model is given
     mlm_head: torch.nn.Module | None = None  # hidden [.., H] -> logits [.., vocab], when the checkpoint has one
@@ -105,6 +107,16 @@ ARCHITECTURES: dict[str, Architecture] = {
         Architecture(
             "lucaone", "seqshard.models.lucaone", "load_lucaone", frozenset({"dna", "rna", "protein"}),
             "LucaOne: a foundation model of nucleic acid and protein sequences, one token per residue",
+        ),
+        Architecture(
+            "esm2", "seqshard.models.esm2", "load_esm2", frozenset({"protein"}),
+            "ESM-2: Meta's protein language model, a rotary-position transformer, one token per residue (MIT)",
+        ),
+        Architecture(
+            "nucleotide_transformer", "seqshard.models.nucleotide_transformer", "load_nucleotide_transformer",
+            frozenset({"dna"}),
+            "Nucleotide Transformer (v1): InstaDeep's DNA language model over 6-mer tokens; its checkpoints are "
+            "licensed CC BY-NC-SA 4.0, non-commercial use only",
         ),
     )
 }  # fmt: skip

@@ -520,6 +520,8 @@ class DNABERT2Tokenizer:
     Truncation and padding are switched off: batching and windowing are the caller's job.
     """
 
+    frame = (1, 1)  # [CLS] ... [SEP]
+
     def __init__(self, tokenizer_file: str | Path) -> None:
         from tokenizers import Tokenizer
 

@@ -510,6 +510,7 @@ class LucaOneTokenizer:
     mask_id = MASK_ID
     vocab = VOCABULARY
     max_residues_per_token = 1
+    frame = (1, 1)  # [CLS] ... [SEP]
 
     def __init__(self, molecule: str | None = None) -> None:
         self.molecule = molecule

@@ -36,7 +36,8 @@ from seqshard.serve.settings import ServeSettings
 log = logging.getLogger(__name__)
 
 DESCRIPTION = """\
-DNABERT-2 and LucaOne predictions over HTTP, computed by the same code as `seqshard embed` / `score`.
+Sequence-model predictions (DNABERT-2, LucaOne, ESM-2, Nucleotide Transformer) over HTTP, computed by the same
+code as `seqshard embed` / `score`.
 Every response is a JSON envelope: `{success, message, data, timestamp, request_id}`; errors carry
 `error: {code, details}` instead of `data`. With `--api-key-file`, every endpoint but `/health` needs
 `Authorization: Bearer <key>`.

@@ -22,7 +22,7 @@ def default_host() -> str:
 class ServeSettings:
     """What one server runs and the limits it enforces."""
 
-    model: str  # architecture: dnabert2 or lucaone
+    model: str  # architecture: a key of seqshard.models.ARCHITECTURES (dnabert2, lucaone, esm2, ...)
     checkpoint: str  # directory or hub id
     head: str | None = None  # linear head directory (LucaOne classification / property_prediction)
     host: str = field(default_factory=default_host)
