@@ -50,8 +50,15 @@ def restore_logging():
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
+    from seqshard.demo import write_demo
+
     root = tmp_path_factory.mktemp("variant-checkpoints")
-    return {"dnabert2": write_dnabert2(root / "dnabert2"), "lucaone": write_lucaone(root / "lucaone")}
+    return {
+        "dnabert2": write_dnabert2(root / "dnabert2"),
+        "lucaone": write_lucaone(root / "lucaone"),
+        "nucleotide_transformer": write_demo("nt-demo", root / "nucleotide_transformer"),
+        "esm2": write_demo("esm2-demo", root / "esm2"),
+    }
 
 
 def random_dna(n: int, seed: int) -> str:
@@ -83,6 +90,13 @@ def score(checkpoint, architecture, vcf, reference, out, settings=None, on_inval
 # --- the slow reference ---------------------------------------------------------------------------------------
 
 
+def transformers_esm(checkpoint: Path) -> torch.nn.Module:
+    """The ESM family's masked LM as transformers builds it from the published layout: the plain forward."""
+    from transformers import EsmForMaskedLM
+
+    return EsmForMaskedLM.from_pretrained(checkpoint, attn_implementation="eager").eval()
+
+
 class Slow:
     """One model, scored the plain way: no batching, no padding, one masked token per forward."""
 
@@ -93,9 +107,14 @@ class Slow:
 
             self.model = load_dnabert2_masked_lm(checkpoint)
             self.tokenizer = DNABERT2Tokenizer.from_dir(checkpoint)
-        else:
+        elif architecture == "lucaone":
             self.model = load_lucaone_masked_lm(checkpoint)
             self.tokenizer = LucaOneTokenizer("dna")
+        else:  # the Nucleotide Transformer: transformers' own EsmForMaskedLM, seqshard's tokenizer
+            from seqshard.models.nucleotide_transformer import load_nucleotide_transformer
+
+            self.model = transformers_esm(checkpoint)
+            self.tokenizer = load_nucleotide_transformer(str(checkpoint)).tokenizer
 
     def logits_and_hidden(self, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         tensor = torch.tensor([ids])
@@ -103,7 +122,10 @@ class Slow:
             if self.architecture == "dnabert2":
                 hidden = self.model.bert(tensor)
                 return self.model.cls(hidden)[0], hidden[0]
-            hidden = self.model.lucaone(tensor, None, 0)
+            if self.architecture == "lucaone":
+                hidden = self.model.lucaone(tensor, None, 0)
+                return self.model.lm_head(hidden)[0], hidden[0]
+            hidden = self.model.esm(tensor).last_hidden_state
             return self.model.lm_head(hidden)[0], hidden[0]
 
     def allele(self, window: str, start: int, stop: int) -> tuple[float, np.ndarray, np.ndarray, int]:
@@ -120,7 +142,9 @@ class Slow:
             logits, _ = self.logits_and_hidden(masked)
             total += torch.log_softmax(logits[t], -1)[ids[t]].item()
         _, hidden = self.logits_and_hidden(ids)
-        return total, hidden[1:-1].mean(0).numpy(), hidden[covering].mean(0).numpy(), len(covering)
+        before, after = self.tokenizer.frame  # [CLS] ... [SEP], or [CLS] ... without an end token
+        own = hidden[before : len(ids) - after]
+        return total, own.mean(0).numpy(), hidden[covering].mean(0).numpy(), len(covering)
 
     def variant(self, contig: str, pos: int, ref: str, alt: str) -> dict[str, float]:
         prefix = 0
@@ -193,7 +217,7 @@ def exactness_case(tmp_path: Path) -> tuple[dict[str, str], list[tuple]]:
     return {"c1": one, "c2": two}, records
 
 
-@pytest.mark.parametrize("architecture", ["dnabert2", "lucaone"])
+@pytest.mark.parametrize("architecture", ["dnabert2", "lucaone", "nucleotide_transformer"])
 def test_batched_scores_equal_the_slow_reference(checkpoints, tmp_path, architecture):
     contigs, records = exactness_case(tmp_path)
     reference = write_fasta(tmp_path / "ref.fa", contigs)
@@ -218,25 +242,39 @@ def test_batched_scores_equal_the_slow_reference(checkpoints, tmp_path, architec
     assert rows.loc[rows["id"] == "snv", ["window_start", "window_end"]].values.tolist() == [[39 - 32, 40 + 32]]
 
 
-def test_lucaone_protein_masked_marginal_equals_the_slow_reference(checkpoints, tmp_path):
+@pytest.mark.parametrize("architecture", ["lucaone", "esm2"])
+def test_protein_masked_marginal_equals_the_slow_reference(checkpoints, tmp_path, architecture):
     proteins = {"P1": "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ", "P2": "MADEEKLPPGWEKRMSRSSGRVYYFNHITNASQWERPSG"}
     write_fasta(tmp_path / "p.fa", proteins)
     table = tmp_path / "muts.tsv"
     rows = [("P1", "K2A"), ("P1", "K2R"), ("P1", "K2A:T3S"), ("P2", "W11F:N30G:Q33D"), ("P2", "A2A"), ("P1", "Q33E")]
     table.write_text("sequence_id\tmutations\tdms_score\n" + "".join(f"{i}\t{m}\t0.5\n" for i, m in rows))
     out = tmp_path / "out.parquet"
-    work = VariantWork("lucaone", str(checkpoints["lucaone"]), VariantSettings(wild_type_marginal=True),
+    work = VariantWork(architecture, str(checkpoints[architecture]), VariantSettings(wild_type_marginal=True),
                        InputPolicy(on_invalid="skip"))  # fmt: skip
     figures = run_variants(work, VariantSetInput("m", "mutations", str(table), str(tmp_path / "p.fa")),
                            RunFiles(table, {"variant_effect": out}), CPU)  # fmt: skip
     frame = pd.read_parquet(out)
     assert list(zip(frame["sequence_id"], frame["mutations"], strict=True)) == rows
-    model = load_lucaone_masked_lm(checkpoints["lucaone"])
-    tokenizer = LucaOneTokenizer("protein")
+    if architecture == "lucaone":
+        model = load_lucaone_masked_lm(checkpoints["lucaone"])
+        tokenizer = LucaOneTokenizer("protein")
+
+        def backbone(ids: torch.Tensor) -> torch.Tensor:
+            return model.lucaone(ids, None, 1)
+
+    else:  # ESM-2: transformers' own EsmForMaskedLM on the published layout (token dropout included)
+        from seqshard.models.esm2 import load_esm2
+
+        model = transformers_esm(checkpoints["esm2"])
+        tokenizer = load_esm2(str(checkpoints["esm2"])).tokenizer
+
+        def backbone(ids: torch.Tensor) -> torch.Tensor:
+            return model.esm(ids).last_hidden_state
 
     def forward(ids):
         with torch.inference_mode():
-            hidden = model.lucaone(torch.tensor([ids]), None, 1)
+            hidden = backbone(torch.tensor([ids]))
             return torch.log_softmax(model.lm_head(hidden)[0], -1), hidden[0]
 
     for row in frame.itertuples():

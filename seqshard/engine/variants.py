@@ -77,18 +77,20 @@ class UnitScores:
 # Reductions
 
 
-def _real_tokens(hidden: torch.Tensor, batch: HostBatch) -> torch.Tensor:
-    """[B, W] bool: each row's tokens between [CLS] and [SEP] (a variant window is one whole model input)."""
+def _real_tokens(hidden: torch.Tensor, batch: HostBatch, frame: tuple[int, int]) -> torch.Tensor:
+    """[B, W] bool: each row's own tokens, between the tokenizer's frame ([CLS] ... [SEP], or [CLS] ... for a model
+    without an end token); a variant window is one whole model input."""
     rows, width = hidden.shape[:2]
     positions = torch.arange(width, device=hidden.device)
     if batch.attention_mask is None:
         lengths = torch.full((rows,), width, device=hidden.device)
     else:
         lengths = batch.attention_mask.to(hidden.device).sum(dim=1)
-    return (positions[None, :] >= 1) & (positions[None, :] < lengths[:, None] - 1)
+    before, after = frame
+    return (positions[None, :] >= before) & (positions[None, :] < lengths[:, None] - after)
 
 
-def window_reduce(pooling: str, head: torch.nn.Module | None = None) -> Reduce:
+def window_reduce(pooling: str, frame: tuple[int, int], head: torch.nn.Module | None = None) -> Reduce:
     """The unmasked pass: each window's pooled embedding, its owned (scored) tokens' hidden states, and with a
     masked-LM `head` their log-probabilities over the vocabulary."""
 
@@ -96,7 +98,7 @@ def window_reduce(pooling: str, head: torch.nn.Module | None = None) -> Reduce:
         owned = batch.owned.to(hidden.device, non_blocking=hidden.device.type == "cuda")
         selected = hidden[owned]
         result: BatchOutputs = {
-            "embed": pool(hidden, _real_tokens(hidden, batch), pooling),
+            "embed": pool(hidden, _real_tokens(hidden, batch, frame), pooling),
             "owned_hidden": selected.float(),
         }
         if head is not None:
@@ -291,7 +293,7 @@ def _score_dna(
         runner,
         chunk,
         masked,
-        (mlm_reduce(head), window_reduce(pooling)),
+        (mlm_reduce(head), window_reduce(pooling, runner.loaded.tokenizer.frame)),
         {"mlm_score": np.zeros(len(masked), dtype=np.float64)},
     )
     # Sums of log-probabilities over a slot's tokens: every token in its range is owned, so they are consecutive
@@ -383,7 +385,7 @@ def _score_protein(runner: Runner, units: Sequence[ProteinUnit], pooling: str, w
         runner,
         chunk,
         masked,
-        (masked_log_probs_reduce(head), window_reduce(pooling, window_head)),
+        (masked_log_probs_reduce(head), window_reduce(pooling, loaded.tokenizer.frame, window_head)),
         {"log_probs": np.zeros((len(masked), vocab), dtype=np.float32)},
     )
     letter = _letter_ids(loaded)
