@@ -3,14 +3,16 @@
 Every architecture module provides a `load_<name>(checkpoint, device, dtype)` factory that returns a
 `LoadedModel`; inference code only ever talks to that dataclass, so adding a model never touches batching,
 pooling or Parquet writing. `ARCHITECTURES` registers each one (its module is imported on first use, so the
-workflow and the command line read the registry without torch). What every loader shares is in
-`seqshard.models.loading`.
+workflow and the command line read the registry without torch), with what its checkpoints look like
+(`CheckpointLayout`), so that a checkpoint given to the wrong architecture is named for what it is
+(`check_architecture`). What every loader shares is in `seqshard.models.loading`.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -18,6 +20,8 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:  # torch is heavy to import; the workflow reads ARCHITECTURES without it
     import numpy as np
     import torch
+
+    from seqshard.io.interface import Interface
 
 
 class SequenceTokenizer(Protocol):
@@ -81,7 +85,30 @@ class LoadedModel:
         return self
 
 
-ModelLoader = Callable[[str, str, "torch.dtype"], LoadedModel]
+# (checkpoint, device, dtype, interface=None): `interface` (seqshard.io.interface) spells the settings that messages
+# tell the user to change; None words them for no interface in particular.
+ModelLoader = Callable[..., LoadedModel]
+
+
+@dataclass(frozen=True)
+class CheckpointLayout:
+    """What an architecture's checkpoints look like, enough to tell them from another architecture's without building
+    anything: what their config.json holds and how their tensors are named, in every published layout."""
+
+    config_fields: tuple[str, ...]  # config.json fields that only this architecture writes
+    model_types: tuple[str, ...]  # config.json `model_type` values it writes
+    weight_prefixes: tuple[str, ...]  # its tensors' names start with one of these (one per layout at least)
+
+    def evidence(self, config: Mapping[str, object], keys: Iterable[str]) -> list[str]:
+        """What in `config` (config.json) and `keys` (tensor names) is this layout's, in words; empty if nothing."""
+        fields = [name for name in self.config_fields if name in config]
+        if config.get("model_type") in self.model_types:
+            fields.append(f"model_type {config['model_type']!r}")
+        found = [f"config.json has {' and '.join(fields)}"] if fields else []
+        prefixes = sorted({prefix for key in keys for prefix in self.weight_prefixes if key.startswith(prefix)})
+        if prefixes:
+            found.append("tensors " + ", ".join(f"{prefix}*" for prefix in prefixes))
+        return found
 
 
 @dataclass(frozen=True)
@@ -89,25 +116,65 @@ class Architecture:
     """One registered model architecture: the `architecture` key of the config and `--model`."""
 
     name: str
+    title: str  # what messages call it, e.g. "DNABERT-2"
     module: str  # the model file, imported when the loader is first asked for
-    loader: str  # its `load_<name>(checkpoint, device, dtype)` factory
+    loader: str  # its `load_<name>(checkpoint, device, dtype, interface=None)` factory
     molecules: frozenset[str]  # what it accepts: subset of {"dna", "rna", "protein"}
     description: str  # one line, for `/model/info` and the README's model table
+    layout: CheckpointLayout  # how its checkpoints are recognised (check_architecture)
 
 
 ARCHITECTURES: dict[str, Architecture] = {
     architecture.name: architecture
     for architecture in (
         Architecture(
-            "dnabert2", "seqshard.models.dnabert2", "load_dnabert2", frozenset({"dna"}),
+            "dnabert2", "DNABERT-2", "seqshard.models.dnabert2", "load_dnabert2", frozenset({"dna"}),
             "DNABERT-2: a BERT encoder with ALiBi attention over BPE tokens of DNA",
+            # Masked-LM and sequence-classification layouts (bert.*, cls.*), a bare encoder (encoder.layer.N).
+            CheckpointLayout(("alibi_starting_size",), ("bert",),
+                             ("bert.", "cls.predictions.", "embeddings.word_embeddings.", "encoder.layer.")),
         ),
         Architecture(
-            "lucaone", "seqshard.models.lucaone", "load_lucaone", frozenset({"dna", "rna", "protein"}),
+            "lucaone", "LucaOne", "seqshard.models.lucaone", "load_lucaone", frozenset({"dna", "rna", "protein"}),
             "LucaOne: a foundation model of nucleic acid and protein sequences, one token per residue",
+            # The port (lucaone.*; a bare backbone: embeddings.embed_tokens, encoder.layers.N) and the original
+            # pytorch.pth (embed_tokens, layers.N, with or without module.).
+            CheckpointLayout(("alphabet",), ("lucaone", "lucaone_gplm"),
+                             ("lucaone.", "embeddings.embed_tokens.", "encoder.layers.", "embed_tokens.", "layers.",
+                              "module.embed_tokens.", "module.layers.")),
         ),
     )
 }  # fmt: skip
+
+
+def recognise_checkpoint(config: Mapping[str, object], keys: Iterable[str]) -> dict[str, list[str]]:
+    """Each registered architecture whose layout `config` (config.json's content) and `keys` (tensor names) show,
+    with what shows it, most evidence first; empty when they look like none of them."""
+    keys = list(keys)
+    found = {name: entry.layout.evidence(config, keys) for name, entry in ARCHITECTURES.items()}
+    return {name: found[name] for name in sorted(found, key=lambda name: -len(found[name])) if found[name]}
+
+
+def check_architecture(expected: str, directory: Path, keys: Iterable[str], interface: Interface | None = None) -> None:
+    """Refuse a checkpoint that looks like another registered architecture's and nothing like `expected`'s, naming
+    what it looks like and the setting that would load it (spelled for `interface`). Anything else passes: the
+    loader's own checks say what is wrong with a checkpoint of its architecture, or of none."""
+    path = Path(directory) / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError):
+        config = {}
+    seen = recognise_checkpoint(config if isinstance(config, dict) else {}, keys)
+    if not seen or expected in seen:
+        return
+    name, evidence = next(iter(seen.items()))
+    found = ARCHITECTURES[name]
+    fix = interface.setting("architecture", name) if interface is not None else f"the {name} architecture"
+    raise ValueError(
+        f"checkpoint {directory} looks like a {found.title} checkpoint ({'; '.join(evidence)}), not a "
+        f"{ARCHITECTURES[expected].title} one: load it with {fix}, or give a {ARCHITECTURES[expected].title} "
+        "checkpoint"
+    )
 
 
 def get_loader(architecture: str) -> ModelLoader:
