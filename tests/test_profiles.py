@@ -81,17 +81,38 @@ def inference_tags(output: str) -> dict[str, str]:
     return first
 
 
-def demo_models() -> list[str]:
+def pack_rules(prefix: str = "pack") -> list[str]:
+    """The demo's pack (or merge) rules: `pack_<model>`, or `pack_variants_<model>` for a variant_effect entry."""
     import yaml
 
-    return list(yaml.safe_load((REPO / "config" / "config.yaml").read_text())["models"])
+    models = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["models"]
+    variant = {m for m, s in models.items() if s["tasks"] == ["variant_effect"]}
+    return [f"{prefix}_variants_{m}" if m in variant else f"{prefix}_{m}" for m in models]
 
 
 @pytest.fixture(scope="module")
 def sharded_demo(tmp_path_factory) -> Path:
+    """The demo packed and nothing else, as the README says to before a dry run: `snakemake --cores 2 packs`."""
     workdir = demo_copy(tmp_path_factory.mktemp("profiles"))
-    snakemake(workdir, "--cores", "2", "--until", *(f"pack_{model}" for model in demo_models()))
+    (workdir / "packs.out").write_text(snakemake(workdir, "--cores", "2", "packs"))
     return workdir
+
+
+@pytest.mark.workflow
+def test_a_dry_run_lists_the_inference_jobs_once_the_inputs_are_packed(sharded_demo: Path, tmp_path: Path) -> None:
+    """Inference jobs are planned from the packs (checkpoints): a dry run on a fresh tree cannot list them, and so
+    cannot show their GPU requests; after `snakemake --cores 2 packs` it does."""
+    gpu = "--set-resources", "infer_shard:gpu=1"
+    fresh = [rule for rule, _ in planned(snakemake(demo_copy(tmp_path / "fresh"), *gpu, "--dry-run"))]
+    assert "infer_shard" not in fresh and "pack_dnabert2" in fresh
+    # `packs` ran the packs and nothing else (the target rule itself runs nothing): no demo checkpoint was built,
+    # nothing was scored.
+    ran = re.findall(r"^(?:local)?(?:rule|checkpoint) (\w+):", (sharded_demo / "packs.out").read_text(), re.MULTILINE)
+    assert sorted(ran) == sorted(pack_rules())
+    assert not (sharded_demo / "resources" / "checkpoints").exists()
+    inference = [resources for rule, resources in planned(snakemake(sharded_demo, *gpu, "--dry-run"))
+                 if rule == "infer_shard"]  # fmt: skip
+    assert len(inference) >= 6 and all(resources["gpu"] == "1" for resources in inference)
 
 
 @pytest.mark.workflow
@@ -156,9 +177,9 @@ def test_cloud_profile_plans_the_demo_and_tags_gpus(
         "--default-storage-prefix", str(bucket), "--dry-run",
     )  # fmt: skip
     rules = [rule for rule, _ in planned(output)]
-    models = demo_models()
-    assert sorted(rule for rule in rules if rule.startswith("pack_")) == sorted(f"pack_{m}" for m in models)
-    assert sorted(rule for rule in rules if rule.startswith("merge_")) == sorted(f"merge_{m}" for m in models)
+    # (Before, this expected pack_<model> of the variant_effect entries too, whose packs are pack_variants_<model>.)
+    assert sorted(rule for rule in rules if rule.startswith("pack_")) == sorted(pack_rules())
+    assert sorted(rule for rule in rules if rule.startswith("merge_")) == sorted(pack_rules("merge"))
     assert rules[-1] == "all"
     assert f"{bucket}/results/packs/dnabert2/shards (send to storage)" in output
 
