@@ -18,48 +18,67 @@ if TYPE_CHECKING:
     from seqshard.io.variants import VariantSettings
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's formatter that appends each option's default to its help, except where there is none to show (no
+    value, an off switch) or the help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+POOLING_HELP = "how a sequence's token vectors become one: their mean or maximum ([CLS]/[SEP] excluded), or [CLS]"
+
+
 def create_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="seqshard", description=__doc__)
+    parser = argparse.ArgumentParser(prog="seqshard", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"seqshard {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress at debug level")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    embed = commands.add_parser("embed", help="embed every sequence of a FASTA file into a Parquet file")
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        """A subcommand whose own --help starts with what it does and shows every default."""
+        return commands.add_parser(name, help=help, description=help, formatter_class=HelpFormatter)
+
+    embed = command("embed", "embed every sequence of a FASTA file into a Parquet file")
     add_run_arguments(embed)
-    embed.add_argument("--pooling", default="mean", choices=["mean", "max", "cls"])
+    embed.add_argument("--pooling", default="mean", choices=["mean", "max", "cls"], help=POOLING_HELP)
     embed.add_argument("--per-token", action="store_true", help="also write every token's vector (float16)")
 
-    score = commands.add_parser(
-        "score", help="score sequences: mlm_score (pseudo-log-likelihood), classify or regress (fine-tuned head)"
+    score = command(
+        "score", "score sequences: mlm_score (pseudo-log-likelihood), classify or regress (fine-tuned head)"
     )
     add_run_arguments(score)
-    score.add_argument("--task", required=True, choices=["mlm_score", "classify", "regress"])
+    score.add_argument(
+        "--task", required=True, choices=["mlm_score", "classify", "regress"],
+        help="mlm_score: each token masked once; classify, regress: the checkpoint's head, or --head",
+    )  # fmt: skip
     score.add_argument(
         "--head", help="linear head directory or s3://bucket/prefix for classify/regress (README, 'Heads')"
     )
 
-    variants = commands.add_parser(
-        "variants",
-        help="score variants: a VCF/BCF against its reference FASTA (DNA), or mutations against a protein FASTA",
+    variants = command(
+        "variants", "score variants: a VCF/BCF against its reference FASTA (DNA), or mutations against a protein FASTA"
     )
     add_variant_arguments(variants)
 
-    upload = commands.add_parser(
-        "upload", help="upload a checkpoint or head directory to s3://bucket/prefix, each file with its sha256"
-    )
-    upload.add_argument("directory", type=Path)
+    upload = command("upload", "upload a checkpoint or head directory to s3://bucket/prefix, each file with its sha256")
+    upload.add_argument("directory", type=Path, help="the checkpoint or head directory")
     upload.add_argument("url", help="s3://bucket/prefix (endpoint: AWS_ENDPOINT_URL; credentials: AWS_* variables)")
 
-    fetch = commands.add_parser(
-        "fetch", help="fetch s3://bucket/prefix into this node's checkpoint cache (SEQSHARD_CACHE) and print its path"
+    fetch = command(
+        "fetch", "fetch s3://bucket/prefix into this node's checkpoint cache (SEQSHARD_CACHE) and print its path"
     )
-    fetch.add_argument("url")
+    fetch.add_argument(
+        "url", help="s3://bucket/prefix of a checkpoint or head (uploaded with `seqshard upload`, or any prefix)"
+    )
 
-    serve = commands.add_parser("serve", help="serve a model over HTTP (README, 'Serving')")
+    serve = command("serve", "serve a model over HTTP (README, 'Serving')")
     add_serve_arguments(serve)
 
-    predict = commands.add_parser(
-        "predict", help="predict every sequence of a FASTA file on a running server; same Parquet as embed/score"
+    predict = command(
+        "predict", "predict every sequence of a FASTA file on a running server; same Parquet as embed/score"
     )
     predict.add_argument("fasta", type=Path, help="input FASTA: plain, gzip, bzip2 or xz (detected from the content)")
     predict.add_argument("-o", "--output", type=Path, required=True, help="output Parquet file")
@@ -68,20 +87,21 @@ def create_parser() -> argparse.ArgumentParser:
         "--task-type",
         default="embedding",
         choices=["embedding", "promoter_prediction", "classification", "property_prediction"],
+        help="what to ask the server for (its /model/info lists what its model can do)",
     )
     predict.add_argument("--molecule", choices=["dna", "rna", "protein"], help="default: the server's")
     predict.add_argument("--api-key-file", type=Path, help="file holding the server's API key")
     predict.add_argument("--batch-size", type=int, default=100, help="sequences per request (server maximum: 100)")
     predict.add_argument("--concurrency", type=int, default=4, help="requests in flight")
 
-    demo = commands.add_parser(
-        "demo-checkpoint", help="write a small RANDOM-weight checkpoint (or head) in a published layout"
-    )
+    demo = command("demo-checkpoint", "write a small RANDOM-weight checkpoint (or head) in a published layout")
     demo.add_argument("output", type=Path, help="directory to create")
     demo.add_argument(
         "--kind",
         default="dnabert2-demo",
         choices=list(DEMOS),
+        help="which random-weight checkpoint to write, in the published layout: DNABERT-2 (masked LM), DNABERT-2 "
+        "promoter classifier (GUE layout), LucaOne, a linear head for LucaOne, ESM-2, or the Nucleotide Transformer",
     )
     return parser
 
@@ -117,8 +137,14 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, fitting: bool = True
         "--checkpoint", required=True, help="checkpoint directory, s3://bucket/prefix or hub id (owner/name)"
     )
     if fitting:
-        parser.add_argument("--molecule", default="dna", choices=["dna", "rna", "protein"])
-        parser.add_argument("--long-sequences", default="window", choices=["window", "truncate"])
+        parser.add_argument(
+            "--molecule", default="dna", choices=["dna", "rna", "protein"],
+            help="what the sequences are: the alphabet they are checked against (DNABERT-2 takes DNA only)",
+        )  # fmt: skip
+        parser.add_argument(
+            "--long-sequences", default="window", choices=["window", "truncate"],
+            help="a sequence over --max-tokens: cut into overlapping windows, or its first tokens kept",
+        )  # fmt: skip
         parser.add_argument("--window-length", type=int, help="residues per window (default: the model's)")
         parser.add_argument("--window-overlap", type=int, help="residues shared by neighbouring windows")
         parser.add_argument("--max-tokens", type=int, help="longest model input in tokens (default: the checkpoint's)")
@@ -156,7 +182,9 @@ def add_variant_arguments(parser: argparse.ArgumentParser) -> None:
         "--allowed-ambiguity", default="N", help="IUPAC ambiguity codes accepted in ALT alleles (default: N)"
     )
     add_variant_scoring_arguments(parser)
-    parser.add_argument("--pooling", default="mean", choices=["mean", "max", "cls"], help="window embeddings")
+    parser.add_argument(
+        "--pooling", default="mean", choices=["mean", "max", "cls"], help=f"{POOLING_HELP}, of each variant window"
+    )
     parser.add_argument("--figures", type=Path, help="also write run figures (timings, tokens) as JSON here")
     parser.add_argument(
         "--cache", type=Path, help="result cache directory: reuse the scores of variants earlier runs scored alike"
@@ -230,10 +258,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     add_policy_arguments(parser)
     parser.add_argument("--head", type=Path, help="linear head directory: classification or property_prediction")
-    parser.add_argument("--pooling", default="mean", choices=["mean", "max", "cls"], help="embedding pooling")
+    parser.add_argument("--pooling", default="mean", choices=["mean", "max", "cls"], help=POOLING_HELP)
     add_variant_scoring_arguments(parser)
     parser.add_argument("--host", help=f"address to listen on (default: ${HOST_VARIABLE}, else 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=default["port"])
+    parser.add_argument("--port", type=int, default=default["port"], help="port of the JSON API")
     parser.add_argument(
         "--metrics-port", type=int, default=default["metrics_port"], help="Prometheus metrics; 0: no exporter"
     )
@@ -243,12 +271,20 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-queue", type=int, default=default["max_queue"], help="sequences queued or computing, then 503"
     )
-    parser.add_argument("--max-batch-sequences", type=int, default=default["max_batch_sequences"])
-    parser.add_argument("--max-sequence-length", type=int, default=default["max_sequence_length"])
+    parser.add_argument(
+        "--max-batch-sequences", type=int, default=default["max_batch_sequences"],
+        help="sequences one /predict/batch request may hold (400 beyond)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--max-sequence-length", type=int, default=default["max_sequence_length"],
+        help="characters one sequence may have (400 SEQUENCE_TOO_LONG beyond)",
+    )  # fmt: skip
     parser.add_argument(
         "--rate-limit", type=int, default=default["rate_limit"], help="requests per minute per client; 0: none"
     )
-    parser.add_argument("--max-body-bytes", type=int, default=default["max_body_bytes"])
+    parser.add_argument(
+        "--max-body-bytes", type=int, default=default["max_body_bytes"], help="size of a request's body (413 beyond)"
+    )
     parser.add_argument(
         "--max-request-tokens", type=int, default=default["max_request_tokens"],
         help="model tokens one request may ask for, counted at admission (413 TOO_MANY_TOKENS beyond)",

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import save_file
 from torch.nn import functional as F
 
+from seqshard.io.interface import CLI, SERVE, WORKFLOW
 from seqshard.models.dnabert2 import (
     AttentionBias,
     DNABERT2Config,
@@ -538,12 +539,22 @@ def test_directory_without_required_files_names_them(demo_dir: Path, tmp_path: P
         weights_files(tmp_path)
 
 
-def test_uncached_hub_id_offline_says_what_to_download(offline_hub: Path) -> None:
+@pytest.mark.parametrize(
+    ("interface", "setting"),
+    [
+        (None, "that directory as the checkpoint"),
+        (CLI, "`--checkpoint resources/checkpoints/DNABERT-2-117M`"),
+        (WORKFLOW, "`checkpoint: resources/checkpoints/DNABERT-2-117M` in the config"),
+        (SERVE, "`--checkpoint resources/checkpoints/DNABERT-2-117M` when starting `seqshard serve`"),
+    ],
+)
+def test_uncached_hub_id_offline_says_what_to_download(offline_hub: Path, interface, setting: str) -> None:
     with pytest.raises(CheckpointNotFoundError) as error:
-        resolve_checkpoint("zhihan1996/DNABERT-2-117M")
+        resolve_checkpoint("zhihan1996/DNABERT-2-117M", interface=interface)
     message = str(error.value)
-    assert "hf download zhihan1996/DNABERT-2-117M --local-dir resources/checkpoints/DNABERT-2-117M" in message
-    assert "checkpoint: resources/checkpoints/DNABERT-2-117M" in message
+    assert "\n" not in message and "config.yaml" not in message
+    assert "`hf download zhihan1996/DNABERT-2-117M --local-dir resources/checkpoints/DNABERT-2-117M`" in message
+    assert f"then use {setting};" in message
     assert "HF_HOME" in message and str(offline_hub) in message
     with pytest.raises(CheckpointNotFoundError, match="--revision d064dec"):
         resolve_checkpoint("zhihan1996/DNABERT-2-117M@d064dec")

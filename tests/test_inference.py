@@ -259,8 +259,8 @@ def test_a_record_too_large_even_alone_is_a_reject_under_skip(checkpoint, tmp_pa
     original = driver.get_loader
 
     def limited_loader(architecture):
-        def load(*args):
-            loaded = original(architecture)(*args)
+        def load(*args, **kwargs):
+            loaded = original(architecture)(*args, **kwargs)
             return replace(loaded, model=MemoryLimitedModel(loaded.model, max_tokens=200))
 
         return load

@@ -97,9 +97,27 @@ def demo_rules(stage: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def sharded_demo(tmp_path_factory) -> Path:
+    """The demo packed and nothing else, as the README says to before a dry run: `snakemake --cores 2 packs`."""
     workdir = demo_copy(tmp_path_factory.mktemp("profiles"))
-    snakemake(workdir, "--cores", "2", "--until", *demo_rules("pack"))
+    (workdir / "packs.out").write_text(snakemake(workdir, "--cores", "2", "packs"))
     return workdir
+
+
+@pytest.mark.workflow
+def test_a_dry_run_lists_the_inference_jobs_once_the_inputs_are_packed(sharded_demo: Path, tmp_path: Path) -> None:
+    """Inference jobs are planned from the packs (checkpoints): a dry run on a fresh tree cannot list them, and so
+    cannot show their GPU requests; after `snakemake --cores 2 packs` it does."""
+    gpu = "--set-resources", "infer_shard:gpu=1"
+    fresh = [rule for rule, _ in planned(snakemake(demo_copy(tmp_path / "fresh"), *gpu, "--dry-run"))]
+    assert "infer_shard" not in fresh and "pack_dnabert2" in fresh
+    # `packs` ran the packs and nothing else (the target rule itself runs nothing): no demo checkpoint was built,
+    # nothing was scored.
+    ran = re.findall(r"^(?:local)?(?:rule|checkpoint) (\w+):", (sharded_demo / "packs.out").read_text(), re.MULTILINE)
+    assert sorted(ran) == sorted(demo_rules("pack"))
+    assert not (sharded_demo / "resources" / "checkpoints").exists()
+    inference = [resources for rule, resources in planned(snakemake(sharded_demo, *gpu, "--dry-run"))
+                 if rule == "infer_shard"]  # fmt: skip
+    assert len(inference) >= 6 and all(resources["gpu"] == "1" for resources in inference)
 
 
 @pytest.mark.workflow

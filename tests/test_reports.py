@@ -282,6 +282,7 @@ def test_idle_share_is_the_slot_time_no_job_held() -> None:
     assert hosts.loc["h1", "held_seconds"] == 58.0
     # h2: 4 cores, one thread at a time, over 10-40 s; held 5 + 9.
     assert hosts.loc["h2", "slots"] == 4 and hosts.loc["h2", "held_seconds"] == 14.0
+    assert hosts["peak_threads"].to_dict() == {"h1": 3, "h2": 1}
     assert usage.idle_share == pytest.approx(1 - 72 / 210)
 
 

@@ -13,6 +13,7 @@ Without them the module skips locally, naming tests/setup-system, and fails unde
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
@@ -34,6 +35,8 @@ from slurm.cluster import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
+OUTPUT = REPO / "tests" / "output"
+log = logging.getLogger(__name__)
 WORKFLOW = REPO / "workflow" / "Snakefile"
 PROFILE = REPO / "profiles" / "slurm"
 DEMO = REPO / "resources" / "demo"
@@ -161,15 +164,23 @@ def slurm_run(slurm_cluster, tmp_path_factory) -> SlurmRun:
     return SlurmRun(workdir, result.stdout + result.stderr, reference)
 
 
-def test_inference_jobs_asked_slurm_for_a_gpu_and_got_one(slurm_run: SlurmRun, capsys) -> None:
+def show(name: str, text: str) -> None:
+    """Evidence worth quoting (the sbatch line, scontrol's view of a job): in the test's log, which pytest prints
+    with a failure (or live with --log-cli-level=INFO), and in tests/output/<name>.txt, never in the progress line."""
+    log.info("%s", text)
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    (OUTPUT / f"{name}.txt").write_text(text + "\n")
+
+
+def test_inference_jobs_asked_slurm_for_a_gpu_and_got_one(slurm_run: SlurmRun) -> None:
     calls = [call for call in slurm_run.sbatch_calls if "--comment rule_infer_shard_" in call]
     # Three shards, each submitted twice (the first attempt is killed for memory, see below).
     assert len(calls) == 6
     for call in calls:
         assert " --gpus=1" in call and "--gres" not in call
         assert re.search(r" -t 60 ", call) or re.search(r" -t 120 ", call)
-    with capsys.disabled():  # shown in every run, so that the line can be quoted
-        print("\nsbatch line of one inference job:\n" + re.sub(r'--wrap=".*"$', '--wrap="<snakemake job>"', calls[-1]))
+    line = re.sub(r'--wrap=".*"$', '--wrap="<snakemake job>"', calls[-1])
+    show("slurm_sbatch_line", f"sbatch line of one inference job:\n{line}")
 
     inference = slurm_run.jobs("infer_shard")
     assert len(inference) == 6
@@ -205,7 +216,7 @@ def test_merged_outputs_equal_a_local_run(slurm_run: SlurmRun) -> None:
         np.testing.assert_allclose(slurm_embeddings, local_embeddings, rtol=0, atol=1e-6)
 
 
-def test_out_of_memory_attempt_is_retried_with_twice_the_memory(slurm_run: SlurmRun, capsys) -> None:
+def test_out_of_memory_attempt_is_retried_with_twice_the_memory(slurm_run: SlurmRun) -> None:
     inference = slurm_run.jobs("infer_shard")
     by_shard: dict[str, list[dict[str, str]]] = {}
     for job in sorted(inference, key=lambda job: int(job["JobId"])):
@@ -220,10 +231,8 @@ def test_out_of_memory_attempt_is_retried_with_twice_the_memory(slurm_run: Slurm
         assert re.search(r"exceeded memory limit \(\d+ > 524288000\), being killed", log), log[-2000:]
     assert slurm_run.output.count("Trying to restart job") == 3
     keys = ("JobId", "JobState", "MinMemoryNode", "TimeLimit", "TresPerJob")
-    with capsys.disabled():
-        print("\nscontrol show job, both attempts of " + shard)
-        for job in (first, second):
-            print("  " + " ".join(f"{key}={job[key]}" for key in keys))
+    lines = ["  " + " ".join(f"{key}={job[key]}" for key in keys) for job in (first, second)]
+    show("slurm_memory_retry", "\n".join([f"scontrol show job, both attempts of {shard}", *lines]))
 
 
 def test_local_gpu_jobs_took_devices_from_the_pool_and_never_shared_one(slurm_run: SlurmRun) -> None:

@@ -168,8 +168,8 @@ def s3_demo(stack: JuiceFSStack, gateway: Gateway, tmp_path_factory: pytest.Temp
     prefix = "run-b"
     client = gateway.client()
     # As a user would: upload the inputs under the prefix; the working directory holds only the config.
-    for path in sorted(DEMO.iterdir()):
-        client.upload_file(str(path), VOLUME, f"{prefix}/resources/demo/{path.name}")
+    for path in sorted(path for path in DEMO.rglob("*") if path.is_file()):  # variants/ too
+        client.upload_file(str(path), VOLUME, f"{prefix}/resources/demo/{path.relative_to(DEMO).as_posix()}")
     workdir = tmp_path_factory.mktemp("s3-demo")
     shutil.copytree(REPO / "config", workdir / "config")
     snakemake(

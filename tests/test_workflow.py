@@ -19,6 +19,8 @@ from browser import require_chromium, view_report
 from seqshard.io.fasta import read_valid_records
 from seqshard.io.parquet import read_provenance
 from seqshard.io.sequences import InputPolicy
+from seqshard.reports.analysis import slot_usage, timed_jobs
+from seqshard.runtime.jobs import job_name
 from seqshard.runtime.monitoring import usable_cpus
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,8 +88,35 @@ def demo_run(tmp_path_factory):
     for name in ("config.yaml", "samples.tsv"):
         (workdir / "config" / name).write_text((REPO / "config" / name).read_text())
     result = snakemake(workdir, config="config/config.yaml")
+    (workdir / "snakemake.out").write_text(result.stdout + result.stderr)  # what the run printed, for the tests
     assert result.returncode == 0, result.stderr[-5000:]
     return workdir
+
+
+def jobs_run(output: str) -> list[tuple[str, str | None]]:
+    """(rule, log) of every job a run's output shows starting; the log is None for a rule without one."""
+    jobs = []
+    for block in re.split(r"\n(?=(?:local)?(?:rule|checkpoint) \w+:)", output):
+        header = re.match(r"(?:local)?(?:rule|checkpoint) (\w+):", block)
+        if header:
+            log = re.search(r"^\s+log: (\S+)", block, re.MULTILINE)
+            jobs.append((header.group(1), log.group(1) if log else None))
+    return jobs
+
+
+def reported_jobs(workdir: Path) -> set[tuple[str, str]]:
+    usage = pd.read_csv(workdir / "results/report/resource_usage.tsv", sep="\t", dtype={"rule": str, "job": str})
+    return set(zip(usage["rule"], usage["job"].fillna(""), strict=True))
+
+
+def assert_every_job_is_reported(workdir: Path, output: str) -> None:
+    """Every job the run ran is a row of the resource report (named by its log, as its benchmark and record are),
+    but the report's own job, which writes it, and `all`, which runs nothing."""
+    ran = jobs_run(output)
+    assert {rule for rule, log in ran if log is None} == {"all"}
+    expected = {job_name(log) for rule, log in ran if log is not None and rule != "resource_report"}
+    assert len(expected) == len(ran) - 2
+    assert reported_jobs(workdir) == expected
 
 
 def shipped_outputs(workdir):
@@ -185,7 +214,9 @@ def test_resource_report_covers_every_job(demo_run):
     # One inference job per shard and forward pass: embed and classify of a model share one (lucaone).
     passes = {model: len({"mlm" if t == "mlm_score" else "hidden" for t in s["tasks"]}) for model, s in models.items()}
     counts = usage["rule"].value_counts().to_dict()
+    demos = {s[key] for s in config["models"].values() for key in ("checkpoint", "head") if s.get(key)}
     assert counts == {
+        "demo_checkpoint": len(demos),  # dnabert2-demo, dnabert2-promoter-demo, lucaone-demo and a head
         "infer_shard": sum(n_shards(demo_run, model) * passes[model] for model in models),
         "merge": len(models),
         "pack": len(models),
@@ -209,9 +240,21 @@ def test_resource_report_covers_every_job(demo_run):
     assert (demo_run / "results/report/timeline.png").read_bytes().startswith(b"\x89PNG")
 
 
+def test_every_job_of_the_run_is_in_the_resource_report(demo_run):
+    """Before, the four demo_checkpoint jobs (about 10 s each) were missing: the timeline had unexplained gaps."""
+    output = (demo_run / "snakemake.out").read_text()
+    assert_every_job_is_reported(demo_run, output)
+    assert {rule for rule, _ in reported_jobs(demo_run)} == {
+        "demo_checkpoint", "pack", "infer_shard", "merge", "pack_variants", "score_variant_shard", "merge_variants",
+    }  # fmt: skip
+
+
 def test_snakemake_report(demo_run):
     result = snakemake(demo_run, "--report", "report.html", config="config/config.yaml")
     assert result.returncode == 0, result.stderr[-3000:]
+    # Snakemake guesses each file's type from its name; the workflow declares Parquet's (common.smk).
+    assert "Could not detect mimetype" not in result.stdout + result.stderr
+    assert "Adding embed.parquet" in result.stdout + result.stderr
     html = (demo_run / "report.html").read_text()
     assert "resource_usage.html" in html and "embed.parquet" in html and "rejects.tsv" in html
     # The resource report's items, each with its caption and label.
@@ -251,6 +294,34 @@ def test_demo_report_page_opens_cleanly_in_a_browser(demo_run):
     assert view.timeline_width == 1200 and view.broken_images == 0 and view.page_width <= 1280
     assert view.warnings == [] or all("CPU efficiency" in text for text in view.warnings)
     assert view.screenshot.read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize("cores", [1, 2])
+def test_the_report_counts_the_slots_a_run_of_known_concurrency_held(tmp_path, cores):
+    """With --cores 1 no two jobs ran at once, with --cores 2 at most two threads did (two single-threaded demo
+    builds side by side, or one 2-thread inference job). Before, a `--cores 2` demo on a 2-core host was reported as
+    4 slots: job starts came from a clock about 1 s early, so back-to-back jobs seemed to overlap."""
+    write_sheet(tmp_path, [("promoters", str(DEMO / "promoters.fa"), "dna")])
+    models = {
+        "dnabert2": {"architecture": "dnabert2", "checkpoint": "resources/checkpoints/dnabert2-demo"},
+        "lucaone": {"architecture": "lucaone", "checkpoint": "resources/checkpoints/lucaone-demo"},
+    }
+    write_config(tmp_path, shards={"target_tokens": 3000}, models=models)
+    command = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(tmp_path), "--configfile",
+               str(tmp_path / "config.yaml"), "--cores", str(cores)]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-5000:]
+    assert_every_job_is_reported(tmp_path, result.stdout + result.stderr)
+    usage = pd.read_csv(tmp_path / "results/report/resource_usage.tsv", sep="\t")
+    assert (usage["rule"] == "infer_shard").sum() >= 2 and set(usage["threads"]) == {1, cores}
+
+    hosts = slot_usage(timed_jobs(usage)).hosts
+
+    assert hosts["peak_threads"].tolist() == [cores]
+    slots = max(cores, usable_cpus())  # a host's slots are its cores when the run held fewer
+    assert hosts["slots"].tolist() == [slots]
+    html = (tmp_path / "results/report/resource_usage.html").read_text()
+    assert f"({slots} slot(s) over 1 host(s))" in html
 
 
 def run_bad_settings(workdir: Path, *args: str, **model_settings) -> tuple[pd.DataFrame, int]:
@@ -343,7 +414,18 @@ def test_invalid_record_stops_the_run_naming_file_record_and_line(tmp_path):
     result = snakemake(tmp_path, "results/bad/rejects.tsv")
     assert result.returncode != 0
     log = (tmp_path / "logs/pack/dnabert2.log").read_text()
-    assert f"{bad}: record 'broken' (line 3): whitespace inside the sequence at line 4, column 3" in log
+    reason = f"{bad}: record 'broken' (line 3): whitespace inside the sequence at line 4, column 3"
+    assert reason in log
+    # What the terminal shows, as the README says: the reason on a line of its own, then Snakemake's three lines
+    # for the script's exit status, a timestamp, and its `Error in rule` block.
+    lines = result.stderr.splitlines()
+    at = next(index for index, line in enumerate(lines) if line.startswith("seqshard: "))
+    assert lines[at] == "seqshard: " + log.splitlines()[-1].split(" ERROR seqshard: ", 1)[1] and reason in lines[at]
+    assert lines[at + 1] == "RuleException:"
+    assert lines[at + 2].startswith("CalledProcessError in file ") and "shard.smk" in lines[at + 2]
+    assert lines[at + 3].startswith("Command ") and lines[at + 3].endswith("returned non-zero exit status 1.")
+    assert re.fullmatch(r"\[.+\]", lines[at + 4]) and lines[at + 5] == "Error in rule pack_dnabert2:"
+    assert lines[at + 6] == "    message: None"
 
 
 @pytest.mark.slow

@@ -198,7 +198,9 @@ def _start_figures(work: Work, files: RunFiles, hardware: Hardware) -> RunFigure
 
 def _load(work: Work, precision: Precision, figures: RunFigures) -> LoadedModel:
     started = time.perf_counter()
-    loaded = get_loader(work.architecture)(work.checkpoint, precision.device, torch.float32)
+    loaded = get_loader(work.architecture)(
+        work.checkpoint, precision.device, torch.float32, interface=work.policy.interface
+    )
     figures.load_seconds = time.perf_counter() - started
     log.info(
         "loaded %s from %s in %.2f s (%s)", work.architecture, loaded.checkpoint_dir, figures.load_seconds,

@@ -68,7 +68,8 @@ def head_digest(directory: Path | str) -> str:
 
 def _head_directory(location: Path | str) -> Path:
     try:
-        return resolve_checkpoint(location if isinstance(location, Path) else str(location), (HEAD_WEIGHTS, HEAD_SPEC))
+        spec = location if isinstance(location, Path) else str(location)
+        return resolve_checkpoint(spec, (HEAD_WEIGHTS, HEAD_SPEC), setting="head")
     except FileNotFoundError as error:
         raise FileNotFoundError(f"{error} (a head needs {HEAD_WEIGHTS} and {HEAD_SPEC}; see README, 'Heads')") from None
 

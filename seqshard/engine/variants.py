@@ -603,7 +603,9 @@ def score_variant_shard(
     kind, first = next(chunks, ("dna", []))
     molecule = kind  # the kind of a unit is the molecule of its model inputs: dna or protein
     loading = time.perf_counter()
-    loaded = get_loader(work.architecture)(work.checkpoint, precision.device, torch.float32)
+    loaded = get_loader(work.architecture)(
+        work.checkpoint, precision.device, torch.float32, interface=work.policy.interface
+    )
     figures.load_seconds = time.perf_counter() - loading
     if molecule not in loaded.molecules:
         raise ValueError(

@@ -14,6 +14,8 @@ from typing import Literal
 # the HTTP server sets in its options rather than the server's command line.
 SAMPLE_SHEET_COLUMNS = frozenset({"molecule"})
 REQUEST_OPTIONS = frozenset({"molecule"})
+# Config keys whose command-line option has another name: a model entry's `architecture` is `--model`.
+OPTION_NAMES = {"architecture": "model"}
 
 
 @dataclass(frozen=True)
@@ -25,8 +27,9 @@ class Interface:
 
     def setting(self, key: str, value: str) -> str:
         """How to write `key` = `value` here, e.g. "`--on-invalid skip`" or "`on_invalid: skip` in the config"."""
+        option = OPTION_NAMES.get(key, key).replace("_", "-")
         if self.name == "cli":
-            return f"`--{key.replace('_', '-')} {value}`"
+            return f"`--{option} {value}`"
         if self.name == "workflow":
             if key in SAMPLE_SHEET_COLUMNS:
                 return f"the sample's `{key}` column to `{value}` in the sample sheet"
@@ -34,7 +37,7 @@ class Interface:
         if self.name == "serve":
             if key in REQUEST_OPTIONS:
                 return f'`"options": {{"{key}": "{value}"}}` in the request'
-            return f"`--{key.replace('_', '-')} {value}` when starting `seqshard serve`"
+            return f"`--{option} {value}` when starting `seqshard serve`"
         return f"`{key}={value!r}`"
 
 

@@ -3,14 +3,16 @@
 Every architecture module provides a `load_<name>(checkpoint, device, dtype)` factory that returns a
 `LoadedModel`; inference code only ever talks to that dataclass, so adding a model never touches batching,
 pooling or Parquet writing. `ARCHITECTURES` registers each one (its module is imported on first use, so the
-workflow and the command line read the registry without torch). What every loader shares is in
-`seqshard.models.loading`.
+workflow and the command line read the registry without torch), with what its checkpoints look like
+(`CheckpointLayout`), so that a checkpoint given to the wrong architecture is named for what it is
+(`check_architecture`). What every loader shares is in `seqshard.models.loading`.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -18,6 +20,8 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:  # torch is heavy to import; the workflow reads ARCHITECTURES without it
     import numpy as np
     import torch
+
+    from seqshard.io.interface import Interface
 
 
 class SequenceTokenizer(Protocol):
@@ -83,7 +87,40 @@ class LoadedModel:
         return self
 
 
-ModelLoader = Callable[[str, str, "torch.dtype"], LoadedModel]
+# (checkpoint, device, dtype, interface=None): `interface` (seqshard.io.interface) spells the settings that messages
+# tell the user to change; None words them for no interface in particular.
+ModelLoader = Callable[..., LoadedModel]
+
+
+@dataclass(frozen=True)
+class CheckpointLayout:
+    """What an architecture's checkpoints look like, enough to tell them from another architecture's without building
+    anything: what their config.json holds and how their tensors are named, in every published layout."""
+
+    config_fields: tuple[str, ...]  # config.json fields that only this architecture writes
+    model_types: tuple[str, ...]  # config.json `model_type` values it writes
+    weight_prefixes: tuple[str, ...]  # its tensors' names start with one of these (one per layout at least)
+    # config.json `vocab_size` values it writes: what tells apart two architectures of one file layout (ESM-2 and the
+    # Nucleotide Transformer are both transformers' `esm` models, over 33 tokens and over 4,096 6-mers and a few more)
+    vocab_sizes: tuple[int, ...] = ()
+
+    def matches(self, config: Mapping[str, object], keys: Iterable[str]) -> tuple[list[str], list[str]]:
+        """What in `config` (config.json) and `keys` (tensor names) is this layout's: config facts, tensor prefixes."""
+        fields = [name for name in self.config_fields if name in config]
+        if config.get("model_type") in self.model_types:
+            fields.append(f"model_type {config['model_type']!r}")
+        if config.get("vocab_size") in self.vocab_sizes:
+            fields.append(f"vocab_size {config['vocab_size']}")
+        prefixes = sorted({prefix for key in keys for prefix in self.weight_prefixes if key.startswith(prefix)})
+        return fields, prefixes
+
+    def evidence(self, config: Mapping[str, object], keys: Iterable[str]) -> list[str]:
+        """`matches` in words; empty if nothing."""
+        fields, prefixes = self.matches(config, keys)
+        found = [f"config.json has {' and '.join(fields)}"] if fields else []
+        if prefixes:
+            found.append("tensors " + ", ".join(f"{prefix}*" for prefix in prefixes))
+        return found
 
 
 @dataclass(frozen=True)
@@ -91,35 +128,94 @@ class Architecture:
     """One registered model architecture: the `architecture` key of the config and `--model`."""
 
     name: str
+    title: str  # what messages call it, e.g. "DNABERT-2"
     module: str  # the model file, imported when the loader is first asked for
-    loader: str  # its `load_<name>(checkpoint, device, dtype)` factory
+    loader: str  # its `load_<name>(checkpoint, device, dtype, interface=None)` factory
     molecules: frozenset[str]  # what it accepts: subset of {"dna", "rna", "protein"}
     description: str  # one line, for `/model/info` and the README's model table
+    layout: CheckpointLayout  # how its checkpoints are recognised (check_architecture)
 
 
 ARCHITECTURES: dict[str, Architecture] = {
     architecture.name: architecture
     for architecture in (
         Architecture(
-            "dnabert2", "seqshard.models.dnabert2", "load_dnabert2", frozenset({"dna"}),
+            "dnabert2", "DNABERT-2", "seqshard.models.dnabert2", "load_dnabert2", frozenset({"dna"}),
             "DNABERT-2: a BERT encoder with ALiBi attention over BPE tokens of DNA",
+            # Masked-LM and sequence-classification layouts (bert.*, cls.*), a bare encoder (encoder.layer.N).
+            CheckpointLayout(("alibi_starting_size",), ("bert",),
+                             ("bert.", "cls.predictions.", "embeddings.word_embeddings.", "encoder.layer.")),
         ),
         Architecture(
-            "lucaone", "seqshard.models.lucaone", "load_lucaone", frozenset({"dna", "rna", "protein"}),
+            "lucaone", "LucaOne", "seqshard.models.lucaone", "load_lucaone", frozenset({"dna", "rna", "protein"}),
             "LucaOne: a foundation model of nucleic acid and protein sequences, one token per residue",
+            # The port (lucaone.*; a bare backbone: embeddings.embed_tokens, encoder.layers.N) and the original
+            # pytorch.pth (embed_tokens, layers.N, with or without module.).
+            CheckpointLayout(("alphabet",), ("lucaone", "lucaone_gplm"),
+                             ("lucaone.", "embeddings.embed_tokens.", "encoder.layers.", "embed_tokens.", "layers.",
+                              "module.embed_tokens.", "module.layers.")),
         ),
         Architecture(
-            "esm2", "seqshard.models.esm2", "load_esm2", frozenset({"protein"}),
+            "esm2", "ESM-2", "seqshard.models.esm2", "load_esm2", frozenset({"protein"}),
             "ESM-2: Meta's protein language model, a rotary-position transformer, one token per residue (MIT)",
+            # transformers' EsmForMaskedLM (esm.*, lm_head.*), its sequence-classification fine-tunes (classifier.*).
+            CheckpointLayout((), ("esm",), ("esm.",), vocab_sizes=(33,)),
         ),
         Architecture(
-            "nucleotide_transformer", "seqshard.models.nucleotide_transformer", "load_nucleotide_transformer",
-            frozenset({"dna"}),
+            "nucleotide_transformer", "Nucleotide Transformer", "seqshard.models.nucleotide_transformer",
+            "load_nucleotide_transformer", frozenset({"dna"}),
             "Nucleotide Transformer (v1): InstaDeep's DNA language model over 6-mer tokens; its checkpoints are "
             "licensed CC BY-NC-SA 4.0, non-commercial use only",
+            # The same transformers `esm` layout as ESM-2's, over a 6-mer vocabulary.
+            CheckpointLayout((), ("esm",), ("esm.",), vocab_sizes=(4105, 4107)),
         ),
     )
 }  # fmt: skip
+
+
+def recognise_checkpoint(config: Mapping[str, object], keys: Iterable[str]) -> dict[str, list[str]]:
+    """Each registered architecture whose layout `config` (config.json's content) and `keys` (tensor names) show,
+    with what shows it in words, the strongest first (the most config facts and tensor prefixes matched); empty
+    when they look like none of them."""
+    ranked = rank_architectures(config, keys)
+    return {name: ARCHITECTURES[name].layout.evidence(config, keys) for name, _ in ranked}
+
+
+def rank_architectures(config: Mapping[str, object], keys: Iterable[str]) -> list[tuple[str, int]]:
+    """(architecture, how many config facts and tensor prefixes of its layout match), strongest first, none at 0."""
+    keys = list(keys)
+    strength = {name: sum(map(len, entry.layout.matches(config, keys))) for name, entry in ARCHITECTURES.items()}
+    return [(name, strength[name]) for name in sorted(strength, key=lambda name: -strength[name]) if strength[name]]
+
+
+def check_architecture(expected: str, directory: Path, keys: Iterable[str], interface: Interface | None = None) -> None:
+    """Refuse a checkpoint that looks more like another registered architecture's than like `expected`'s, naming
+    what it looks like and the setting that would load it (spelled for `interface`). Anything else passes: the
+    loader's own checks say what is wrong with a checkpoint of its architecture, or of none."""
+    path = Path(directory) / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError):
+        config = {}
+    config = config if isinstance(config, dict) else {}
+    keys = list(keys)
+    ranked = rank_architectures(config, keys)
+    # The strongest: several when nothing tells them apart (ESM-2's and the Nucleotide Transformer's tensors without
+    # config.json); all are named.
+    names = [name for name, strength in ranked if strength == ranked[0][1]] if ranked else []
+    if not names or expected in names:
+        return
+    evidence = ARCHITECTURES[names[0]].layout.evidence(config, keys)
+    title = " or ".join(ARCHITECTURES[name].title for name in names)
+    fix = " or ".join(
+        interface.setting("architecture", name) if interface is not None else f"the {name} architecture"
+        for name in names
+    )
+    raise ValueError(
+        f"checkpoint {directory} looks like a {title} checkpoint ({'; '.join(evidence)}), not a "
+        f"{ARCHITECTURES[expected].title} one: load it with {fix}, or give a {ARCHITECTURES[expected].title} "
+        "checkpoint"
+    )
 
 
 def get_loader(architecture: str) -> ModelLoader:

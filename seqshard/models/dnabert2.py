@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from seqshard.models import LoadedModel, SequenceHead
+from seqshard.models import LoadedModel, SequenceHead, check_architecture
 from seqshard.models.loading import (
     assign_weights,
     load_state_dict,
@@ -48,6 +48,8 @@ from seqshard.runtime.checkpoints import resolve_checkpoint, weights_files
 
 if TYPE_CHECKING:
     from tokenizers import Encoding, Tokenizer
+
+    from seqshard.io.interface import Interface
 
 __all__ = [
     "ALIBI_QUERY_BLOCK",
@@ -662,18 +664,27 @@ def _encoder_state_dict(state: dict[str, torch.Tensor], source: Path) -> tuple[d
     return encoder, layout
 
 
-def load_dnabert2(checkpoint: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32) -> LoadedModel:
+def load_dnabert2(
+    checkpoint: str | Path,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    *,
+    interface: Interface | None = None,
+) -> LoadedModel:
     """The DNABERT-2 encoder of `checkpoint` (directory or hub id) in eval mode on `device`, as a LoadedModel.
 
     Accepts the published masked-LM layout (`bert.*` + `cls.*`), a bare encoder and a sequence-classification
     fine-tune; heads and pooler are ignored because only the backbone's hidden states are used. Missing or
-    unexpected encoder tensors are an error that names them.
+    unexpected encoder tensors are an error that names them; another architecture's checkpoint is named as such.
+    `interface` spells the settings messages ask to change (seqshard.io.interface).
     """
-    directory = resolve_checkpoint(checkpoint, required=("config.json", "tokenizer.json"))
-    config = DNABERT2Config.from_json_file(directory / "config.json")
+    directory = resolve_checkpoint(checkpoint, required=("config.json",), interface=interface)
     # Memory-mapped, straight to `device`: the host never holds a second copy of the weights.
     weights = read_weights(directory, device)
     state, source = weights.state, weights.source
+    check_architecture("dnabert2", directory, state, interface)
+    resolve_checkpoint(directory, required=("tokenizer.json",))
+    config = DNABERT2Config.from_json_file(directory / "config.json")
     encoder_state, layout = _encoder_state_dict(state, source)
     model = assign_weights(
         lambda: DNABERT2Model(config), encoder_state, source, f"a DNABERT-2 checkpoint ({layout} layout)",
@@ -761,8 +772,9 @@ def load_dnabert2_masked_lm(
 ) -> DNABERT2ForMaskedLM:
     """The full masked-LM model of a published checkpoint, loaded strictly, in eval mode on `device`."""
     directory = resolve_checkpoint(checkpoint, required=("config.json",))
-    config = DNABERT2Config.from_json_file(directory / "config.json")
     state = load_state_dict(weights_files(directory)[0])
+    check_architecture("dnabert2", directory, state)
+    config = DNABERT2Config.from_json_file(directory / "config.json")
     # safetensors cannot store shared tensors, so converted checkpoints often drop the tied decoder weight.
     if "cls.predictions.decoder.weight" not in state and "bert.embeddings.word_embeddings.weight" in state:
         state["cls.predictions.decoder.weight"] = state["bert.embeddings.word_embeddings.weight"]

@@ -33,15 +33,19 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from seqshard.models import LoadedModel, SequenceHead
+from seqshard.models import ARCHITECTURES, LoadedModel, SequenceHead, check_architecture
 from seqshard.models.loading import assign_weights, model_max_length, preview, read_weights, write_json
 from seqshard.runtime.checkpoints import resolve_checkpoint
+
+if TYPE_CHECKING:
+    from seqshard.io.interface import Interface
 
 __all__ = [
     "ESM2_ALPHABET",
@@ -551,12 +555,17 @@ def _load_head(module: nn.Module, state: dict[str, torch.Tensor], source: Path, 
     return module
 
 
-def load_esm_checkpoint(checkpoint: str | Path, device: str, dtype: torch.dtype, what: str) -> EsmCheckpoint:
+def load_esm_checkpoint(
+    checkpoint: str | Path, device: str, dtype: torch.dtype, architecture: str, interface: Interface | None = None
+) -> EsmCheckpoint:
     """An `EsmForMaskedLM`-layout checkpoint (or an EsmModel export, or a sequence-classification fine-tune) on
-    `device` in eval mode; `what` names the model in messages, e.g. "an ESM-2 checkpoint"."""
-    directory = resolve_checkpoint(checkpoint, required=("config.json",))
-    config = EsmConfig.from_json_file(directory / "config.json")
+    `device` in eval mode, for the registered `architecture` ("esm2" or "nucleotide_transformer"), whose title
+    messages use; `interface` spells the settings messages ask to change (seqshard.io.interface)."""
+    directory = resolve_checkpoint(checkpoint, required=("config.json",), interface=interface)
     weights = read_weights(directory, device)  # memory-mapped, straight to `device`
+    check_architecture(architecture, directory, weights.state, interface)
+    config = EsmConfig.from_json_file(directory / "config.json")
+    what = f"a {ARCHITECTURES[architecture].title} checkpoint"
     source = weights.source
     parts = _split_state(weights.state, config, source)
     layout = "masked_lm" if parts["lm_head"] else "sequence_classification" if parts["classifier"] else "encoder"
@@ -593,12 +602,18 @@ def _classification_head(
     return SequenceHead(module, labels, "regress" if regression else "classify")
 
 
-def load_esm2(checkpoint: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32) -> LoadedModel:
+def load_esm2(
+    checkpoint: str | Path,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    *,
+    interface: Interface | None = None,
+) -> LoadedModel:
     """The ESM-2 encoder of `checkpoint` (directory or hub id) as a LoadedModel: proteins only, one token per residue;
     the longest input is the tokenizer's model_max_length, else max_position_embeddings − 2 (1,024 tokens, i.e. 1,022
     residues plus <cls> and <eos>, what ESM-2 was trained on); longer proteins are cut into windows of that many
     residues."""
-    loaded = load_esm_checkpoint(checkpoint, device, dtype, "an ESM-2 checkpoint")
+    loaded = load_esm_checkpoint(checkpoint, device, dtype, "esm2", interface)
     tokenizer = Esm2Tokenizer.from_dir(loaded.directory)
     max_tokens = model_max_length(loaded.directory, loaded.config.max_position_embeddings - 2)
     return LoadedModel(

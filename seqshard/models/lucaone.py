@@ -27,16 +27,19 @@ import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from seqshard.models import LoadedModel
+from seqshard.models import LoadedModel, check_architecture
 from seqshard.models.loading import assign_weights, preview, read_weights, write_json
 from seqshard.runtime.checkpoints import resolve_checkpoint
+
+if TYPE_CHECKING:
+    from seqshard.io.interface import Interface
 
 __all__ = [
     "LAYER_NORM_EPS",
@@ -688,13 +691,15 @@ def _check_inv_freq(state: dict[str, torch.Tensor], config: LucaOneConfig, sourc
 
 
 def _load_modules(
-    checkpoint: str | Path, device: str = "cpu"
+    checkpoint: str | Path, device: str = "cpu", interface: Interface | None = None
 ) -> tuple[LucaOneModel | LucaOneForMaskedLM, LucaOneConfig, Path, str, str]:
     """The checkpoint's model on `device` (the masked LM when it has the head), its config, directory, layout
     name and weights digest. Weights are memory-mapped and go straight to `device` (see models.loading)."""
-    directory = resolve_checkpoint(checkpoint, required=("config.json",))
-    config = LucaOneConfig.from_json_file(directory / "config.json")
+    directory = resolve_checkpoint(checkpoint, required=("config.json",), interface=interface)
     weights = read_weights(directory, device)  # safetensors, or torch.load(weights_only=True, mmap=True)
+    # Before the config is read: another architecture's config.json fails LucaOne's checks in their own terms.
+    check_architecture("lucaone", directory, weights.state, interface)
+    config = LucaOneConfig.from_json_file(directory / "config.json")
     source = weights.source
     state, layout = _canonical_state_dict(weights.state, source)
     _check_inv_freq(state, config, source)
@@ -745,6 +750,8 @@ def load_lucaone(
     device: str = "cpu",
     dtype: torch.dtype = torch.float32,
     molecule: str | None = None,
+    *,
+    interface: Interface | None = None,
 ) -> LucaOneLoadedModel:
     """The LucaOne encoder of `checkpoint` (directory or hub id) in eval mode on `device`, as a LoadedModel.
 
@@ -752,9 +759,10 @@ def load_lucaone(
     repositories (`lucaone.*` + `lm_head.*`, single or sharded safetensors / .bin), a bare port backbone and a
     port classification fine-tune (its pooler and classifier are ignored). `mlm_head` is the masked-LM head
     (hidden states → logits) when the checkpoint has `lm_head.*`, else None. Pass `molecule` to get the model
-    already bound (see LucaOneLoadedModel.for_molecule).
+    already bound (see LucaOneLoadedModel.for_molecule). Another architecture's checkpoint is named as such;
+    `interface` spells the settings messages ask to change (seqshard.io.interface).
     """
-    model, config, directory, layout, digest = _load_modules(checkpoint, device)
+    model, config, directory, layout, digest = _load_modules(checkpoint, device, interface)
     # A no-op for fp32 weights asked for in fp32; otherwise casts (rotary tables stay float32 regardless).
     model = model.to(device=device, dtype=dtype).eval()
     mlm_head = model.lm_head if isinstance(model, LucaOneForMaskedLM) else None

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -29,6 +30,9 @@ import torch
 from seqshard.models import LoadedModel
 from seqshard.models.esm2 import EsmConfig, EsmVocabulary, frame_flat, load_esm_checkpoint, write_esm_checkpoint
 from seqshard.models.loading import model_max_length
+
+if TYPE_CHECKING:
+    from seqshard.io.interface import Interface
 
 __all__ = ["KMER", "VOCABULARY", "NucleotideTransformerTokenizer", "load_nucleotide_transformer",
            "write_demo_checkpoint"]  # fmt: skip
@@ -142,11 +146,15 @@ class NucleotideTransformerTokenizer:
 
 
 def load_nucleotide_transformer(
-    checkpoint: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32
+    checkpoint: str | Path,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    *,
+    interface: Interface | None = None,
 ) -> LoadedModel:
     """The Nucleotide Transformer encoder of `checkpoint` as a LoadedModel: DNA only; the longest input is the
     tokenizer's model_max_length, else what the position table holds (max_position_embeddings − 2: 1,000 tokens)."""
-    loaded = load_esm_checkpoint(checkpoint, device, dtype, "a Nucleotide Transformer checkpoint")
+    loaded = load_esm_checkpoint(checkpoint, device, dtype, "nucleotide_transformer", interface)
     tokenizer = NucleotideTransformerTokenizer.from_dir(loaded.directory)
     config: EsmConfig = loaded.config
     positions = config.max_position_embeddings - config.pad_token_id - 1  # learned rows after fairseq's offset

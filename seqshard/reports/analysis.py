@@ -125,7 +125,8 @@ def critical_path(timed: pd.DataFrame) -> CriticalPath:
 class SlotUsage:
     """Slots per host and how much of their time jobs held (see the module docstring)."""
 
-    hosts: pd.DataFrame  # host, jobs, slots, cpu_count, first_start, last_end, slot_seconds, held_seconds, idle_share
+    # host, jobs, peak_threads, slots, cpu_count, first_start, last_end, slot_seconds, held_seconds, idle_share
+    hosts: pd.DataFrame
     slot_seconds: float
     held_seconds: float
 
@@ -149,13 +150,15 @@ def slot_usage(timed: pd.DataFrame) -> SlotUsage:
         starts, ends = jobs["started_at"].to_numpy(), jobs["ended_at"].to_numpy()
         threads = jobs["threads"].to_numpy(dtype=np.int64)
         cores = jobs["cpu_count"].max()
-        slots = max(_peak_threads(starts, ends, threads), 0 if math.isnan(cores) else int(cores))
+        peak = _peak_threads(starts, ends, threads)
+        slots = max(peak, 0 if math.isnan(cores) else int(cores))
         span = float(ends.max() - starts.min())
         held = float(((ends - starts) * np.minimum(threads, slots)).sum())
         rows.append(
             {
                 "host": host,
                 "jobs": len(jobs),
+                "peak_threads": peak,
                 "slots": slots,
                 "cpu_count": cores,
                 "first_start": float(starts.min()),
@@ -167,8 +170,8 @@ def slot_usage(timed: pd.DataFrame) -> SlotUsage:
         )
     hosts = pd.DataFrame(
         rows,
-        columns=["host", "jobs", "slots", "cpu_count", "first_start", "last_end", "slot_seconds", "held_seconds",
-                 "idle_share"],
+        columns=["host", "jobs", "peak_threads", "slots", "cpu_count", "first_start", "last_end", "slot_seconds",
+                 "held_seconds", "idle_share"],
     )  # fmt: skip
     return SlotUsage(hosts, float(hosts["slot_seconds"].sum()), float(hosts["held_seconds"].sum()))
 

@@ -158,6 +158,7 @@ _PATH_COLUMNS = [
 _HOST_COLUMNS = [
     Column("host", "host"),
     Column("jobs", "jobs", _fixed(0)),
+    Column("peak_threads", "most threads at once", _fixed(0)),
     Column("slots", "slots", _fixed(0)),
     Column("span_seconds", "span (s)", _fixed(1)),
     Column("idle_share", "idle share", _percent),

@@ -1,7 +1,8 @@
 """Finding and reading model checkpoints: local directories, object-storage URLs or Hugging Face hub ids.
 
 Every model loader and head goes through `resolve_checkpoint` so that a missing checkpoint fails the same way
-everywhere: with a message that says which command downloads it and which config key to point at the result.
+everywhere: with one line that says which command downloads it and which setting to point at the result, spelled
+for the interface in use (`--checkpoint` on the command line, `checkpoint:` in the workflow's config).
 An `s3://bucket/prefix` URL resolves into the node-local cache of `seqshard.runtime.storage`. Cluster nodes usually have
 no internet, so the hub cache is consulted offline first and a download is only attempted when `HF_HUB_OFFLINE`
 is not set.
@@ -17,8 +18,12 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from seqshard.runtime.storage import fetch, is_object_url
+
+if TYPE_CHECKING:
+    from seqshard.io.interface import Interface
 
 __all__ = [
     "CheckpointNotFoundError",
@@ -65,13 +70,21 @@ def use_local_copy(spec: str, directory: Path | str) -> None:
     _local_copies[str(spec)] = Path(directory)
 
 
-def resolve_checkpoint(spec: str | Path, required: Sequence[str] = ("config.json",)) -> Path:
+def resolve_checkpoint(
+    spec: str | Path,
+    required: Sequence[str] = ("config.json",),
+    *,
+    interface: Interface | None = None,
+    setting: str = "checkpoint",
+) -> Path:
     """The local directory holding checkpoint `spec`: a directory, `s3://bucket/prefix`, or `owner/name[@revision]`.
 
     A `Path` is always taken as a directory. An object-storage URL is fetched into the node-local cache (once
     per node; see `seqshard.runtime.storage.fetch`). Any other string is a directory if one exists there, otherwise a
     hub id, looked up in the hub cache (`HF_HUB_CACHE`, else `HF_HOME`/hub, read when called). Every file in
     `required` must be present in the resolved directory. A name given to `use_local_copy` resolves to its copy.
+    A hub id that is nowhere to be found says how to download it and to point `setting` (`checkpoint` or `head`) at
+    the download, spelled for `interface` (seqshard.io.interface; None: for none in particular).
     """
     spec = _local_copies.get(str(spec), spec)
     if is_object_url(spec):
@@ -91,7 +104,7 @@ def resolve_checkpoint(spec: str | Path, required: Sequence[str] = ("config.json
     match = _HUB_ID.match(str(spec))
     assert match is not None
     repo_id, revision = match["repo"], match["revision"]
-    snapshot = _snapshot_from_hub(repo_id, revision)
+    snapshot = _snapshot_from_hub(repo_id, revision, interface, setting)
     _check_required(snapshot, required, str(spec))
     return snapshot
 
@@ -194,7 +207,7 @@ def _hub_cache_dir() -> Path:
     return Path(constants.HF_HUB_CACHE)
 
 
-def _snapshot_from_hub(repo_id: str, revision: str | None) -> Path:
+def _snapshot_from_hub(repo_id: str, revision: str | None, interface: Interface | None, setting: str) -> Path:
     from huggingface_hub import snapshot_download
 
     cache_dir = _hub_cache_dir()
@@ -207,12 +220,14 @@ def _snapshot_from_hub(repo_id: str, revision: str | None) -> Path:
         short_match = _snapshot_by_short_hash(cache_dir, repo_id, revision)
         if short_match is not None:
             return short_match
+    log.debug("%s is not in the Hugging Face cache at %s: %s", repo_id, cache_dir, reason)
+    failed = None
     if not _hub_offline():
         try:
             return Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir))
         except Exception as error:  # noqa: BLE001 - no network, gated repo, bad id: all become one clear message
-            reason = f"{type(error).__name__}: {error}"
-    raise CheckpointNotFoundError(_download_hint(repo_id, revision, cache_dir, reason))
+            failed = f"{type(error).__name__}: {error}"
+    raise CheckpointNotFoundError(_download_hint(repo_id, revision, cache_dir, failed, interface, setting))
 
 
 def _snapshot_by_short_hash(cache_dir: Path, repo_id: str, revision: str) -> Path | None:
@@ -223,18 +238,22 @@ def _snapshot_by_short_hash(cache_dir: Path, repo_id: str, revision: str) -> Pat
     return found[0] if len(found) == 1 else None
 
 
-def _download_hint(repo_id: str, revision: str | None, cache_dir: Path, reason: str) -> str:
-    name = repo_id.split("/", 1)[1]
-    local_dir = f"resources/checkpoints/{name}"
+def _download_hint(
+    repo_id: str, revision: str | None, cache_dir: Path, failed: str | None, interface: Interface | None, setting: str
+) -> str:
+    """One line: where the checkpoint was looked for, the command that downloads it, and the setting to point at
+    the download, as the user's interface spells it; why a download that was tried failed, first line only."""
+    local_dir = f"resources/checkpoints/{repo_id.split('/', 1)[1]}"
     revision_flag = f" --revision {revision}" if revision else ""
-    offline = " (HF_HUB_OFFLINE is set, so no download was tried)" if _hub_offline() else ""
+    named = repo_id + (f"@{revision}" if revision else "")
+    if failed is None:
+        why = " (HF_HUB_OFFLINE is set, so no download was tried)"
+    else:
+        why = f" (the download failed: {failed.splitlines()[0] if failed.strip() else failed})"
+    point = interface.setting(setting, local_dir) if interface is not None else f"that directory as the {setting}"
     return (
-        f"checkpoint {repo_id + ('@' + revision if revision else '')!r} is not a local directory and is not "
-        f"in the Hugging Face cache at {cache_dir}{offline}.\n"
-        f"Download it on a machine with internet access:\n"
-        f"    hf download {repo_id}{revision_flag} --local-dir {local_dir}\n"
-        f"then set `checkpoint: {local_dir}` in config/config.yaml.\n"
-        f"Alternatively run `hf download {repo_id}{revision_flag}` with HF_HOME pointing at a cache this "
-        f"machine can read, and keep the hub id.\n"
-        f"(lookup failed with {reason})"
+        f"{setting} {named!r} is neither a local directory nor in the Hugging Face cache at {cache_dir}{why}: "
+        f"download it on a machine with internet access with `hf download {repo_id}{revision_flag} --local-dir "
+        f"{local_dir}`, then use {point}; or keep the hub id and download it into a cache this machine reads "
+        "(HF_HOME)"
     )

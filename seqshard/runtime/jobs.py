@@ -79,7 +79,8 @@ def recorded_job(log_path: Path | str, threads: int) -> Iterator[JobRecord]:
     """Record the job around the block and write the record beside `log_path`, whether the block succeeds or not.
 
     The start is the process's own start, so the record covers Python's start-up and imports as Snakemake's
-    benchmark wall time does (a rule script's process is the job).
+    benchmark wall time does (a rule script's process is the job). Start and end are read on the same clock,
+    `time.time()` (see `process_started_at`), so that a job started after another ended never appears to overlap it.
     """
     rule, job = job_name(log_path)
     record = JobRecord(

@@ -223,8 +223,26 @@ def usable_cpus() -> int:
 
 
 def process_started_at() -> float:
-    """When this process started (epoch seconds): for a workflow rule script, when its job began."""
-    return psutil.Process().create_time()
+    """When this process started (epoch seconds), on the clock that `time.time()` reads: for a workflow rule script,
+    when its job began.
+
+    psutil's `create_time()` adds the process's start in clock ticks since boot to the boot time the kernel gives in
+    whole seconds (`btime` in /proc/stat), so on Linux it is up to a second early, the same for every process since
+    boot (about 1 s on the machine where back-to-back jobs appeared to overlap in the resource report). Here the
+    process's age is measured instead, on one clock: now minus the start, both counted since boot, subtracted from
+    `time.time()`. The start is counted in ticks (10 ms), rounded up, so it is never before the process existed.
+    Elsewhere (no /proc, no CLOCK_BOOTTIME) the start is psutil's.
+    """
+    try:
+        with open("/proc/self/stat", encoding="ascii") as handle:
+            # Field 22, after the command name in parentheses (which may hold spaces): start time in ticks since boot.
+            ticks = int(handle.read().rsplit(")", 1)[1].split()[19])
+        since_boot = time.clock_gettime(time.CLOCK_BOOTTIME)
+        now = time.time()
+    except (OSError, AttributeError, IndexError, ValueError):
+        return psutil.Process().create_time()
+    started_since_boot = (ticks + 1) / os.sysconf("SC_CLK_TCK")
+    return now - max(0.0, since_boot - started_since_boot)
 
 
 def process_figures(process: psutil.Process | None = None) -> dict[str, float]:

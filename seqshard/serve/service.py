@@ -109,7 +109,7 @@ class ModelService:
             self.dtype = resolve_dtype(settings.dtype, self.device)
             import torch
 
-            loaded = get_loader(settings.model)(settings.checkpoint, self.device, torch.float32)
+            loaded = get_loader(settings.model)(settings.checkpoint, self.device, torch.float32, interface=SERVE)
             own_head = loaded.sequence_head
             if settings.head is not None:
                 loaded = replace(loaded, sequence_head=load_linear_head(settings.head, loaded.hidden_size, self.device))

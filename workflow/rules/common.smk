@@ -1,5 +1,8 @@
 # All Python of the workflow: config and sample-sheet validation, target lists and input functions.
 
+import mimetypes
+from pathlib import Path
+
 from snakemake.logging import logger
 from snakemake.utils import validate
 
@@ -143,6 +146,16 @@ SAMPLE_CHECKS = (
     if config["on_invalid"] == "skip"
     else []
 )
+
+# What every pack (a checkpoint) writes last: `rule packs` asks for them, so that `snakemake --cores 2 packs`
+# validates and packs every input, after which a dry run lists the inference jobs planned from the packs.
+PACK_MANIFESTS = [
+    f"results/packs/{model}/manifest.tsv" for model in SEQUENCE_MODELS
+] + [f"results/variant_packs/{model}/manifest.tsv" for model in VARIANT_MODELS]
+
+# Snakemake's report takes each file's type from its name (Python's mimetypes), which knows no Parquet: without this
+# it says "Could not detect mimetype" for every merged file and serves it as text. report() has no argument for it.
+mimetypes.add_type("application/vnd.apache.parquet", ".parquet")
 
 
 wildcard_constraints:
@@ -324,8 +337,6 @@ def get_report_settings():
 def report_what_ran():
     """The resource report from the figures and benchmarks of the jobs that ran, for a run that failed (see
     `onerror` in the Snakefile): with --keep-going, what finished is still reported."""
-    from pathlib import Path
-
     from seqshard.reports import settings_from_config, write_resource_report
 
     figures = sorted(Path("results/packs").glob("*/figures/*/*.json")) + sorted(
@@ -367,10 +378,32 @@ def report_what_ran():
     )
 
 
+def demo_benchmarks():
+    """The benchmark of every demo checkpoint the demo_checkpoint rule makes for this config.
+
+    A demo directory already there without a benchmark (written by `seqshard demo-checkpoint`, or shared by
+    tests) was not made by this workflow: asking for its benchmark would make the rule run again and rewrite it,
+    so it is left out, as a job that did not run. Decided once, when the workflow is read.
+    """
+    made = []
+    for location in local_checkpoints():
+        path = Path(location)
+        if path.parent.as_posix() != "resources/checkpoints" or path.name not in DEMOS:
+            continue
+        benchmark = Path("benchmarks/demo_checkpoint") / f"{path.name}.tsv"
+        if not path.exists() or benchmark.exists():
+            made.append(benchmark.as_posix())
+    return made
+
+
+DEMO_BENCHMARKS = demo_benchmarks()
+
+
 def get_report_inputs(wildcards):
-    """Every figure and benchmark file the resource report reads, known once every model entry is packed, and
-    each pack's samples.tsv (a sample it could not read is a warning)."""
-    figures, benchmarks = [], []
+    """Every figure and benchmark file the resource report reads, known once every model entry is packed (one
+    benchmark per job of every rule that runs, but the report's own), and each pack's samples.tsv (a sample it
+    could not read is a warning)."""
+    figures, benchmarks = [], list(DEMO_BENCHMARKS)
     pack_samples = [pack_checkpoint(model).output.samples for model in SEQUENCE_MODELS]
     for model in SEQUENCE_MODELS:
         benchmarks += [f"benchmarks/pack/{model}.tsv", f"benchmarks/merge/{model}.tsv"]

@@ -66,3 +66,11 @@ for model in VARIANT_MODELS:
             max_variants=config["shards"]["max_variants"],
         script:
             "../../scripts/pack_variants.py"
+
+
+# `snakemake --cores 2 packs`: validate and pack every model entry's samples and variant sets, and run nothing else.
+# Inference jobs are planned from the packs' manifests, so only afterwards does a dry run (`snakemake -n`) list them
+# with the resources (GPUs, memory) each would ask for.
+rule packs:
+    input:
+        PACK_MANIFESTS,
