@@ -51,7 +51,7 @@ LAYOUTS: dict[str, dict[str, Callable[[Path], Path] | None]] = {
     "nucleotide_transformer": {"masked_lm": _esm("nucleotide_transformer")},
 }
 # Architectures of one file layout (transformers' `esm`), told apart by config.json only (its vocab_size).
-SAME_TENSORS = {"esm2": {"esm2", "nucleotide_transformer"}, "nucleotide_transformer": {"esm2", "nucleotide_transformer"}}
+SAME_TENSORS = {name: {"esm2", "nucleotide_transformer"} for name in ("esm2", "nucleotide_transformer")}
 
 
 @pytest.fixture(scope="module")
@@ -76,9 +76,9 @@ def test_each_layout_is_recognised_as_its_own_architecture(checkpoints: dict[str
             config = json.loads((directory / "config.json").read_text())
             seen = recognise_checkpoint(config, read_weights(directory).state)
             assert list(seen)[:1] == [architecture], (directory, seen)
-            # Each alone is enough: config.json without the tensors, the tensors without config.json.
+            # Each alone is enough (config.json without the tensors, the tensors without config.json), but for
+            # architectures of one file layout, which the tensors show alike.
             assert next(iter(recognise_checkpoint(config, []))) == architecture
-            by_tensors = recognise_checkpoint({}, read_weights(directory).state)
             ranked = rank_architectures({}, read_weights(directory).state)
             strongest = {name for name, strength in ranked if strength == ranked[0][1]}
             assert strongest == SAME_TENSORS.get(architecture, {architecture}), (directory, ranked)
@@ -91,7 +91,7 @@ def test_a_checkpoint_of_another_architecture_is_named_for_what_it_is(
     """Before, a LucaOne model given a DNABERT-2 checkpoint said `alphabet 'gene_prot' with vocab_size 4096: only the
     published 'gene_prot' vocabulary of 39 tokens is supported`, and DNABERT-2 given LucaOne's said it had no
     tokenizer.json."""
-    title, other = ARCHITECTURES[given].title, ARCHITECTURES[expected].title
+    title, other = ARCHITECTURES[given].a_title, ARCHITECTURES[expected].a_title
     for directory in checkpoints[given]:
         for interface, fix in [(CLI, f"`--model {given}`"), (WORKFLOW, f"`architecture: {given}` in the config"),
                                (SERVE, f"`--model {given}` when starting `seqshard serve`"),
@@ -99,8 +99,8 @@ def test_a_checkpoint_of_another_architecture_is_named_for_what_it_is(
             with pytest.raises(ValueError) as error:
                 get_loader(expected)(str(directory), "cpu", torch.float32, interface=interface)
             message = str(error.value)
-            assert message.startswith(f"checkpoint {directory} looks like a {title} checkpoint (")
-            assert message.endswith(f"not a {other} one: load it with {fix}, or give a {other} checkpoint")
+            assert message.startswith(f"checkpoint {directory} looks like {title} checkpoint (")
+            assert message.endswith(f"not {other} one: load it with {fix}, or give {other} checkpoint")
             assert "\n" not in message
 
 

@@ -135,6 +135,12 @@ class Architecture:
     description: str  # one line, for `/model/info` and the README's model table
     layout: CheckpointLayout  # how its checkpoints are recognised (check_architecture)
 
+    @property
+    def a_title(self) -> str:
+        """The title with its article, as messages write it: "a DNABERT-2", "an ESM-2" (titles are read letter by
+        letter or start with a consonant, so the first letter decides)."""
+        return f"{'an' if self.title[0] in 'AEIOU' else 'a'} {self.title}"
+
 
 ARCHITECTURES: dict[str, Architecture] = {
     architecture.name: architecture
@@ -207,13 +213,14 @@ def check_architecture(expected: str, directory: Path, keys: Iterable[str], inte
         return
     evidence = ARCHITECTURES[names[0]].layout.evidence(config, keys)
     title = " or ".join(ARCHITECTURES[name].title for name in names)
+    title = f"{ARCHITECTURES[names[0]].a_title}{title[len(ARCHITECTURES[names[0]].title) :]}"
     fix = " or ".join(
         interface.setting("architecture", name) if interface is not None else f"the {name} architecture"
         for name in names
     )
     raise ValueError(
-        f"checkpoint {directory} looks like a {title} checkpoint ({'; '.join(evidence)}), not a "
-        f"{ARCHITECTURES[expected].title} one: load it with {fix}, or give a {ARCHITECTURES[expected].title} "
+        f"checkpoint {directory} looks like {title} checkpoint ({'; '.join(evidence)}), not "
+        f"{ARCHITECTURES[expected].a_title} one: load it with {fix}, or give {ARCHITECTURES[expected].a_title} "
         "checkpoint"
     )
 

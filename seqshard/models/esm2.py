@@ -565,7 +565,7 @@ def load_esm_checkpoint(
     weights = read_weights(directory, device)  # memory-mapped, straight to `device`
     check_architecture(architecture, directory, weights.state, interface)
     config = EsmConfig.from_json_file(directory / "config.json")
-    what = f"a {ARCHITECTURES[architecture].title} checkpoint"
+    what = f"{ARCHITECTURES[architecture].a_title} checkpoint"
     source = weights.source
     parts = _split_state(weights.state, config, source)
     layout = "masked_lm" if parts["lm_head"] else "sequence_classification" if parts["classifier"] else "encoder"
