@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ESM2_ALPHABET",
+    "ArrayTokenizer",
     "EsmConfig",
     "EsmForMaskedLM",
     "EsmModel",
@@ -450,7 +451,28 @@ def frame_flat(vocabulary: EsmVocabulary, body: np.ndarray, counts: np.ndarray) 
     return ids, starts
 
 
-class Esm2Tokenizer:
+class ArrayTokenizer:
+    """The list forms of `SequenceTokenizer` from a tokenizer's two array methods, `encode_flat` and
+    `encode_many_arrays` (the ESM tokenizers here compute everything as arrays)."""
+
+    def encode_flat(self, sequences: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def encode_many_arrays(self, sequences: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        raise NotImplementedError
+
+    def encode(self, sequence: str) -> list[int]:
+        return self.encode_flat([sequence])[0].tolist()
+
+    def encode_with_offsets(self, sequence: str) -> tuple[list[int], list[tuple[int, int]]]:
+        return self.encode_many_with_offsets([sequence])[0]
+
+    def encode_many_with_offsets(self, sequences: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+        encoded = self.encode_many_arrays(sequences)
+        return [(ids.tolist(), [(int(a), int(b)) for a, b in spans]) for ids, spans in encoded]
+
+
+class Esm2Tokenizer(ArrayTokenizer):
     """One token per residue, `<cls> residues <eos>`, in the checkpoint's vocabulary.
 
     Upper-cases its input (the vocabulary is upper case). A letter outside the vocabulary (J, which seqshard's
@@ -490,16 +512,6 @@ class Esm2Tokenizer:
             spans[before : before + len(residues)] = np.stack([residues, residues + 1], axis=1)
             result.append((own, spans))
         return result
-
-    def encode(self, sequence: str) -> list[int]:
-        return self.encode_flat([sequence])[0].tolist()
-
-    def encode_with_offsets(self, sequence: str) -> tuple[list[int], list[tuple[int, int]]]:
-        ids, spans = self.encode_many_arrays([sequence])[0]
-        return ids.tolist(), [(int(a), int(b)) for a, b in spans]
-
-    def encode_many_with_offsets(self, sequences: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
-        return [self.encode_with_offsets(sequence) for sequence in sequences]
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -28,7 +28,14 @@ import numpy as np
 import torch
 
 from seqshard.models import LoadedModel
-from seqshard.models.esm2 import EsmConfig, EsmVocabulary, frame_flat, load_esm_checkpoint, write_esm_checkpoint
+from seqshard.models.esm2 import (
+    ArrayTokenizer,
+    EsmConfig,
+    EsmVocabulary,
+    frame_flat,
+    load_esm_checkpoint,
+    write_esm_checkpoint,
+)
 from seqshard.models.loading import model_max_length
 
 if TYPE_CHECKING:
@@ -50,7 +57,7 @@ VOCABULARY: tuple[str, ...] = (
 _WINDOW_SHARE = 5 / 6
 
 
-class NucleotideTransformerTokenizer:
+class NucleotideTransformerTokenizer(ArrayTokenizer):
     """6-mers with single-base fallback (module docstring), framed as the checkpoint's tokenizer files say."""
 
     max_residues_per_token = KMER
@@ -132,17 +139,6 @@ class NucleotideTransformerTokenizer:
             spans[before : before + last - first, 1] = begins[first:last] + widths[first:last]
             result.append((own, spans))
         return result
-
-    def encode(self, sequence: str) -> list[int]:
-        return self.encode_flat([sequence])[0].tolist()
-
-    def encode_with_offsets(self, sequence: str) -> tuple[list[int], list[tuple[int, int]]]:
-        ids, spans = self.encode_many_arrays([sequence])[0]
-        return ids.tolist(), [(int(a), int(b)) for a, b in spans]
-
-    def encode_many_with_offsets(self, sequences: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
-        encoded = self.encode_many_arrays(sequences)
-        return [(ids.tolist(), [(int(a), int(b)) for a, b in spans]) for ids, spans in encoded]
 
 
 def load_nucleotide_transformer(
