@@ -177,7 +177,10 @@ class Prediction(BaseModel):
     prediction: float | None = Field(None, description="classifiers: probability of the positive or top class")
     confidence: float | None = Field(None, description="classifiers: probability of the predicted class")
     details: ClassDetails | None = None
-    embedding: list[float] | None = None
+    embedding: list[float] | None = Field(None, description="embedding: the pooled last hidden state")
+    embeddings: dict[str, list[float]] | None = Field(
+        None, description="embedding with --layers: the pooled hidden state of each layer, keyed by the layer as given"
+    )
     dimension: int | None = None
     values: dict[str, float] | None = Field(None, description="property_prediction: one value per target")
     variant_effect: dict[str, float | int | None] | None = Field(
