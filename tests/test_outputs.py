@@ -17,8 +17,9 @@ import torch
 from seqshard.cli import main
 from seqshard.demo import write_demo
 from seqshard.engine.driver import run_tasks
-from seqshard.engine.seams import changed_fits
-from seqshard.engine.types import Hardware, RunFiles, TaskSettings, Work
+from seqshard.engine.runner import Runner
+from seqshard.engine.seams import changed_fits, measure_seams
+from seqshard.engine.types import Hardware, RunFigures, RunFiles, TaskSettings, Work
 from seqshard.engine.windows import ModelFit, reverse_complement
 from seqshard.models import get_loader, layer_numbers
 from seqshard.serve.columns import columns_from_predictions, predictions_from_table
@@ -299,6 +300,20 @@ def test_the_run_measures_what_the_seams_cost(demos, tmp_path) -> None:
                       RunFiles(fasta, {"embed": tmp_path / "quiet.parquet"}), Hardware("cpu", "fp32"))  # fmt: skip
     assert "seam_records" not in quiet.as_dict() and quiet.n_windowed == 3
     assert pq.read_table(tmp_path / "quiet.parquet").equals(pq.read_table(tmp_path / "out.parquet"))
+
+
+def test_the_seam_probe_takes_the_first_windows_of_a_record_or_all_of_it(demos) -> None:
+    loaded = get_loader("lucaone")(str(demos["lucaone"]), "cpu", torch.float32).for_molecule("dna")
+    runner = Runner(loaded, RunFigures({}, "cpu", "fp32", 1, 2048), batch_tokens=2048, dtype="fp32")
+    fit = ModelFit(259, "window", 257, 64)
+    long = random_text("ACGT", 2000, 9)
+    assert measure_seams(runner, [long], fit, max_windows=3)["seam_residues"] == 3 * 257
+    whole = measure_seams(runner, [long], fit, max_windows=None)
+    assert whole["seam_residues"] == 2000 and 0 < whole["seam_length_cosine_mean"] < 0.5
+    assert runner.figures.n_batches == 0  # the probe's batches are its own, not the run's
+    assert measure_seams(runner, [long], ModelFit(259, "truncate", 257, 64)) == {}
+    with pytest.raises(ValueError, match="max_windows must be 1 or more"):
+        measure_seams(runner, [long], fit, max_windows=0)
 
 
 def _tokenizer(demos):

@@ -55,11 +55,14 @@ def _cosine_distance(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     return 1.0 - (first * second).sum(axis=1) / np.where(norms > 0, norms, 1.0)
 
 
-def measure_seams(runner: Runner, sequences: Sequence[str], fit: ModelFit) -> dict[str, object]:
+def measure_seams(
+    runner: Runner, sequences: Sequence[str], fit: ModelFit, max_windows: int | None = SEAM_PROBE_WINDOWS
+) -> dict[str, object]:
     """The seam figures of a run (keys `seam_*`) from its sampled windowed `sequences`: how many were probed, the
     residues probed, each changed fit's window and overlap, and the cosine distances' mean and max. Empty when
     nothing was sampled or the run does not window. Its compute is kept out of the run's throughput figures (it
-    runs on a runner of its own) and timed as `seam_seconds`."""
+    runs on a runner of its own) and timed as `seam_seconds`. Each sequence is cut to its first `max_windows`
+    window lengths (None: probed whole, as benchmarks/bench_seams.py does for a long real sequence)."""
     if not sequences or fit.long_sequences != "window":
         return {}
     started = time.perf_counter()
@@ -68,7 +71,9 @@ def measure_seams(runner: Runner, sequences: Sequence[str], fit: ModelFit) -> di
         runner.loaded, RunFigures({}, own.device, own.dtype, own.threads, own.batch_tokens),
         batch_tokens=runner.max_batch_tokens, dtype=runner.dtype,
     )  # fmt: skip
-    limit = SEAM_PROBE_WINDOWS * fit.window_length
+    if max_windows is not None and max_windows < 1:
+        raise ValueError(f"max_windows must be 1 or more window lengths (or None: whole), got {max_windows}")
+    limit = None if max_windows is None else max_windows * fit.window_length
     probed = [sequence[:limit] for sequence in sequences]
     baseline, failed = _pooled(runner, probed, fit)
     figures: dict[str, object] = {
