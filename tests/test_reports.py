@@ -537,3 +537,46 @@ def test_a_run_that_windowed_nothing_has_no_seam_table(run: dict) -> None:
                           log_root=run["logs"])  # fmt: skip
     text = (out / "usage.html").read_text(encoding="utf-8")
     assert 'id="seams"' not in text and "Sequences windowed" not in text
+
+
+def test_the_seam_figures_a_real_run_writes_reach_the_report_unchanged(run: dict, dnabert2_demo_checkpoint) -> None:
+    """End to end from the engine: an inference run over windowed records (the seam probe on, as in the workflow)
+    writes its figures file; the report counts its windowed records and shows the probe's distances as measured."""
+    import numpy as np
+
+    from seqshard.engine.driver import run_tasks
+    from seqshard.engine.types import Hardware, RunFiles, TaskSettings, Work
+
+    rng = np.random.default_rng(5)
+    lengths = {"long": 1001, "longer": 1500, "short": 80}
+    fasta = run["tmp"] / "windowed.fa"
+    fasta.write_text("".join(f">{name}\n{''.join(rng.choice(list('ACGT'), n))}\n" for name, n in lengths.items()))
+    job = "dnabert2/hidden/0005"
+    labels = {"rule": "infer_shard", "job": job, "model": "dnabert2", "pass": "hidden", "shard": "0005",
+              "tasks": "embed"}  # fmt: skip
+    path = run["tmp"] / "figures" / "0005.json"
+    settings = TaskSettings(window_length=300, window_overlap=75, max_tokens=128)
+    run_tasks(Work("dnabert2", str(dnabert2_demo_checkpoint), (settings,), "dna"),
+              RunFiles(fasta, {"embed": run["tmp"] / "embed.parquet"}, figures=path, labels=labels),
+              Hardware("cpu", "fp32"))  # fmt: skip
+    figures = json.loads(path.read_text())
+    assert (figures["n_windowed"], figures["seam_records"]) == (2, 2)
+    benchmark = write_benchmark(run["root"], f"infer_shard/{job}.tsv", [{"s": 3.0, "cpu_time": 2.0}])
+    write_record(run["logs"], "infer_shard", job, threads=1, started_at=1017.0, ended_at=1020.0)
+    out = run["tmp"] / "out"
+    write_resource_report(run["root"], [*run["benchmarks"], benchmark], [*run["figures"], path], out / "usage.tsv",
+                          out / "usage.html", log_root=run["logs"], throughput_out=out / "throughput.tsv")  # fmt: skip
+    rows = pd.read_csv(out / "throughput.tsv", sep="\t").set_index("tasks")
+    row = rows.loc["embed"]
+    assert (row["windowed"], row["seam_records"]) == (2, 2)
+    assert (row["seam_window_length"], row["seam_window_overlap"]) == (300, 75)
+    for change in ("overlap", "length"):
+        assert row[f"seam_{change}_cosine_mean"] == pytest.approx(figures[f"seam_{change}_cosine_mean"])
+        assert row[f"seam_{change}_cosine_max"] == pytest.approx(figures[f"seam_{change}_cosine_max"])
+        assert 0 < figures[f"seam_{change}_cosine_mean"] <= figures[f"seam_{change}_cosine_max"]
+    assert rows.loc["embed,classify", "windowed"] == 0  # the fixture's jobs windowed nothing
+    text = (out / "usage.html").read_text(encoding="utf-8")
+    worst = max(figures["seam_overlap_cosine_max"], figures["seam_length_cosine_max"])
+    assert 'id="seams"' in text and "300 / 75" in text and "300 / 37" in text and "225 / 56" in text
+    assert f"<th>Sequences windowed</th><td>2 of 33 distinct computed; the pooled embedding of 2 probed moved by a " \
+           f"cosine distance of at most {worst:.3g} when the windows moved" in text  # fmt: skip
