@@ -235,8 +235,10 @@ class ModelInfo(BaseModel):
     max_sequence_length: int
     embedding_dimension: int
     checkpoint_digest: str
-    settings: dict[str, str | int | float | bool | None] = Field(
-        description="the settings that shape the numbers (pooling, windows, dtype, ...), as in Parquet provenance"
+    # `layers` is the one list: the layers a --layers server pools, as given.
+    settings: dict[str, str | int | float | bool | list[int] | None] = Field(
+        description="the settings that shape the numbers (pooling, windows, layers, strand, dtype, ...), as in "
+        "Parquet provenance"
     )
 
 
