@@ -41,6 +41,8 @@ with rule_script(snakemake.log[0]), recorded_job(snakemake.log[0], snakemake.thr
         # scored are listed in the shard's rejects; the merge names them or fails, as on_invalid says.
         InputPolicy(allowed_ambiguity=snakemake.params.allowed_ambiguity, on_invalid="skip", interface=WORKFLOW),
         provenance={"model": snakemake.wildcards.model},
+        # Figures only (the seams' cost), so read from the config rather than params: changing it reruns nothing.
+        seam_sample=run["seam_sample"],
     )
     # The device follows the GPU request, so every shard of the run resolves alike; then the shards of the same run
     # that already started are checked (and this one claims its place) before anything is read or loaded.

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from seqshard import __version__
 from seqshard.demo import DEMOS
+from seqshard.engine.types import SEAM_SAMPLE
 from seqshard.models import ARCHITECTURES
 from seqshard.runtime.logs import EXPECTED_ERRORS, log_failure, setup_logging
 
@@ -44,7 +45,19 @@ def create_parser() -> argparse.ArgumentParser:
     embed = command("embed", "embed every sequence of a FASTA file into a Parquet file")
     add_run_arguments(embed)
     embed.add_argument("--pooling", default="mean", choices=["mean", "max", "cls"], help=POOLING_HELP)
-    embed.add_argument("--per-token", action="store_true", help="also write every token's vector (float16)")
+    embed.add_argument(
+        "--per-token", action="store_true",
+        help="also write every token's vector (float16), the residues it is credited with and its text",
+    )  # fmt: skip
+    embed.add_argument(
+        "--per-base", action="store_true",
+        help="DNA/RNA: also write every base's vector: the vector of the token credited with it (float16)",
+    )  # fmt: skip
+    add_layer_arguments(embed)
+    embed.add_argument(
+        "--strand", choices=["both", "forward"],
+        help="DNA: forward embeds the sequence as given (the default); both also its reverse complement, averaged",
+    )  # fmt: skip
 
     score = command(
         "score", "score sequences: mlm_score (pseudo-log-likelihood), classify or regress (fine-tuned head)"
@@ -124,9 +137,23 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     add_policy_arguments(parser)
     parser.add_argument("--figures", type=Path, help="also write run figures (timings, tokens) as JSON here")
     parser.add_argument(
+        "--seam-sample", type=int, default=SEAM_SAMPLE,
+        help="windowed records embedded again with other windows, to measure in the figures what the seams cost; "
+        "0: none",
+    )  # fmt: skip
+    parser.add_argument(
         "--cache", type=Path, help="result cache directory: reuse results of earlier runs for the same sequences"
     )
     parser.add_argument("--cache-max-gb", type=float, default=20.0, help="size cap of the result cache (GB)")
+
+
+def add_layer_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--layers`: embed and serve."""
+    parser.add_argument(
+        "--layers", type=int, nargs="+", metavar="LAYER",
+        help="embeddings of these layers (one column each, embedding_l<LAYER>) instead of the last: 0 is the "
+        "embeddings' output, N the last layer, negative counts from the top (-1 the last), as fair-esm counts",
+    )  # fmt: skip
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, *, fitting: bool = True) -> None:
@@ -194,6 +221,7 @@ def add_variant_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_variant_scoring_arguments(parser: argparse.ArgumentParser) -> None:
     """How variants are placed and scored (seqshard.io.variants.VariantSettings): shared by variants and serve."""
+    from seqshard.engine.types import DEFAULT_STRANDS, VARIANT_TASK
     from seqshard.io.variants import STRANDS, VariantSettings
 
     default = VariantSettings()
@@ -206,8 +234,10 @@ def add_variant_scoring_arguments(parser: argparse.ArgumentParser) -> None:
         help="variant_effect: bases each side of the change whose covering tokens the likelihood ratio scores",
     )  # fmt: skip
     parser.add_argument(
-        "--strand", default=default.strand, choices=list(STRANDS), help="variant_effect, DNA: score both strands"
-    )
+        "--strand", choices=list(STRANDS),
+        help=f"DNA: both strands or the forward one (default: {DEFAULT_STRANDS[VARIANT_TASK]} for variant_effect, "
+        f"{DEFAULT_STRANDS['embed']} for embeddings)",
+    )  # fmt: skip
     parser.add_argument(
         "--max-variant-length", type=int, default=default.max_length,
         help="variant_effect: longest REF or ALT change scored, after trimming shared bases (longer: refused)",
@@ -220,11 +250,12 @@ def add_variant_scoring_arguments(parser: argparse.ArgumentParser) -> None:
 
 def variant_settings(args: argparse.Namespace) -> VariantSettings:
     """The VariantSettings the variant arguments say (variants, serve)."""
+    from seqshard.engine.types import DEFAULT_STRANDS, VARIANT_TASK
     from seqshard.io.variants import VariantSettings
 
     return VariantSettings(
-        window=args.variant_window, flank=args.variant_flank, strand=args.strand, max_length=args.max_variant_length,
-        pooling=args.pooling, wild_type_marginal=args.wild_type_marginal,
+        window=args.variant_window, flank=args.variant_flank, strand=args.strand or DEFAULT_STRANDS[VARIANT_TASK],
+        max_length=args.max_variant_length, pooling=args.pooling, wild_type_marginal=args.wild_type_marginal,
     )  # fmt: skip
 
 
@@ -259,6 +290,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     add_policy_arguments(parser)
     parser.add_argument("--head", type=Path, help="linear head directory: classification or property_prediction")
     parser.add_argument("--pooling", default="mean", choices=["mean", "max", "cls"], help=POOLING_HELP)
+    add_layer_arguments(parser)
     add_variant_scoring_arguments(parser)
     parser.add_argument("--host", help=f"address to listen on (default: ${HOST_VARIABLE}, else 127.0.0.1)")
     parser.add_argument("--port", type=int, default=default["port"], help="port of the JSON API")
@@ -315,8 +347,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 def task_settings(args: argparse.Namespace, task: str = "embed") -> TaskSettings:
     """The settings that shape the numbers, from the model arguments (embed, score, serve)."""
-    from seqshard.engine.types import TaskSettings
+    from seqshard.engine.types import DEFAULT_STRANDS, TaskSettings
 
+    layers = getattr(args, "layers", None)
     return TaskSettings(
         task=task,
         pooling=getattr(args, "pooling", "mean"),
@@ -326,6 +359,9 @@ def task_settings(args: argparse.Namespace, task: str = "embed") -> TaskSettings
         window_overlap=args.window_overlap,
         max_tokens=args.max_tokens,
         head=str(args.head) if getattr(args, "head", None) else None,
+        per_base=getattr(args, "per_base", False),
+        layers=tuple(layers) if layers else None,
+        strand=getattr(args, "strand", None) or DEFAULT_STRANDS["embed"],
     )
 
 
@@ -343,7 +379,7 @@ def run(args: argparse.Namespace) -> None:
             allowed_ambiguity=args.allowed_ambiguity, on_invalid=args.on_invalid, gaps=args.gaps,
             internal_stops=args.internal_stops, interface=CLI,
         )  # fmt: skip
-        work = Work(args.model, args.checkpoint, (settings,), args.molecule, policy)
+        work = Work(args.model, args.checkpoint, (settings,), args.molecule, policy, seam_sample=args.seam_sample)
         hardware = Hardware(args.device, args.dtype, threads=args.threads, batch_tokens=args.batch_tokens).resolved()
         files = RunFiles(
             args.fasta, {settings.task: args.output}, rejects=args.rejects or args.output.with_suffix(".rejects.tsv"),

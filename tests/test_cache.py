@@ -7,6 +7,7 @@ import time
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet
 import pytest
 
 from seqshard.engine.driver import run_tasks
@@ -63,6 +64,27 @@ def test_other_settings_never_reuse_results(tmp_path, checkpoint, sequences):
     assert other.n_cached == 0 and other.n_sequences == 20
     assert len(list((tmp_path / "cache").iterdir())) == 3  # embed/mean, embed/max, mlm_score: one key each
     assert cache_key({"a": 1}) != cache_key({"a": 2}) and cache_key({"a": 1, "b": 2}) == cache_key({"b": 2, "a": 1})
+
+
+def test_per_token_layers_and_strands_are_cached_under_their_own_key_and_come_back_alike(tmp_path, checkpoint,
+                                                                                        sequences):  # fmt: skip
+    cache = ResultCache(tmp_path / "cache", max_bytes=10**9)
+    fasta = write_fasta(tmp_path / "in.fa", [(f"s{i}", s) for i, s in enumerate(sequences[:12])])
+
+    def embed(name, **setting):
+        out = tmp_path / f"{name}.parquet"
+        figures = run_tasks(Work("dnabert2", checkpoint, [TaskSettings(**setting)]), RunFiles(fasta, {"embed": out}),
+                            cache=cache)  # fmt: skip
+        return figures, pa.parquet.read_table(out)
+
+    rich = {"per_token": True, "per_base": True, "layers": (-1, 0), "strand": "both"}
+    cold, cold_rows = embed("cold", **rich)
+    warm, warm_rows = embed("warm", **rich)
+    assert (cold.n_cached, warm.n_cached, warm.n_sequences) == (0, 12, 0)
+    assert warm_rows.equals(cold_rows)  # every column, per-token spans and texts included, as computed
+    for other in ({}, {"layers": (-1,)}, {**rich, "strand": "forward"}, {**rich, "per_base": False}):
+        figures, _ = embed("other", **other)
+        assert figures.n_cached == 0, other
 
 
 def test_unpublished_and_evicted_files_are_misses_and_size_stays_bounded(tmp_path):

@@ -316,3 +316,26 @@ def test_registered_and_runs_in_bf16(oracle) -> None:
     with torch.no_grad():
         low, high = bf16.model(ids), oracle["loaded"].model(ids)
     assert low.dtype == torch.bfloat16 and (low.float() - high).abs().max().item() < 0.25
+
+
+def test_layers_equal_fair_esm_repr_layers(oracle) -> None:
+    """`layers` counts as fair-esm's `repr_layers`: 0 the embeddings (token dropout applied), 1 the first layer's
+    output, 2 (= -1) the last after `emb_layer_norm_after`; each mean-pooled as `extract.py --include mean` pools,
+    all from one forward pass (layer -1 is the `embedding` of a run without layers)."""
+    loaded = oracle["loaded"]
+    converter = oracle["alphabet"].get_batch_converter()
+    _, _, tokens = converter([(str(i), sequence) for i, sequence in enumerate(SHORT)])
+    with torch.no_grad():
+        representations = oracle["model"](tokens, repr_layers=[0, 1, 2])["representations"]
+        mask = tokens.ne(oracle["alphabet"].padding_idx)
+        states = loaded.model(tokens, mask, layers=(0, 1, 2))
+    columns = _score(loaded, SHORT, layers=(0, -2, -1))
+    lengths = [len(sequence) for sequence in SHORT]
+    for column, layer in (("embedding_l0", 0), ("embedding_l-2", 1), ("embedding_l-1", 2)):
+        reference = representations[layer]
+        means = torch.stack([reference[i, 1 : 1 + n].mean(0) for i, n in enumerate(lengths)])
+        assert (_embedding({"embedding": columns[column]}) - means).abs().max().item() < TOLERANCE, column
+        assert (states[layer] - reference)[mask].abs().max().item() < TOLERANCE, column
+        assert reference[mask].abs().max().item() > 0.1  # not a comparison of near-zero numbers
+    assert np.array_equal(np.asarray(columns["embedding_l-1"].to_pylist()),
+                          np.asarray(_score(loaded, SHORT)["embedding"].to_pylist()))  # fmt: skip

@@ -462,3 +462,26 @@ def test_registered_for_all_three_molecules_and_usable_by_the_inference_path(ora
     assert (embeddings - reference).abs().max().item() < TOLERANCE
     pll = score("mlm_score")["pll"]
     assert len(pll) == len(records) and all(value < 0 for value in pll)
+
+
+@pytest.mark.parametrize("molecule", ["dna", "protein"])
+def test_layers_equal_the_official_hidden_states(oracle, molecule: str) -> None:
+    """Every layer's state equals the official package's `output_hidden_states` at that layer (its numbering is
+    fair-esm's: 0 the embeddings, N after `last_layer_norm`), from one pass of seqshard's, pooled or not."""
+    bound = oracle["loaded"]["hf_masked_lm"].for_molecule(molecule)
+    sequences = SEQUENCES[molecule]
+    input_ids, mask = _batch([bound.tokenizer.encode(sequence) for sequence in sequences])
+    with torch.no_grad():
+        reference = oracle["model"](input_ids=input_ids, attention_mask=mask.long(),
+                                    token_type_ids=torch.full_like(input_ids, TOKEN_TYPE[molecule]),
+                                    output_hidden_states=True).hidden_states  # fmt: skip
+        states = bound.model(input_ids, mask, layers=tuple(range(LAYERS + 1)))
+    assert len(reference) == LAYERS + 1
+    records = [SequenceRecord(i, f"s{i}", sequence, 1) for i, sequence in enumerate(sequences)]
+    settings = TaskSettings(layers=tuple(range(LAYERS + 1)))
+    columns = score_records(bound, records, settings, molecule=molecule, batch_tokens=256, dtype="fp32",
+                            figures=RunFigures({}, "cpu", "fp32", 1, 256)).columns["embed"]  # fmt: skip
+    for layer in range(LAYERS + 1):
+        assert (states[layer] - reference[layer])[mask].abs().max().item() < TOLERANCE, layer
+        pooled = torch.tensor(columns[f"embedding_l{layer}"].to_pylist())
+        assert (pooled - _mean_over_residues(reference[layer], mask)).abs().max().item() < TOLERANCE, layer

@@ -255,3 +255,23 @@ def test_inputs_of_the_full_length_padded_past_the_position_table_run(oracle) ->
     with torch.no_grad():
         expected = model(input_ids=ids, output_hidden_states=True).hidden_states[-1][0, 1:].mean(0)
     assert (torch.tensor(columns["embedding"].to_pylist()[0]) - expected).abs().max().item() < TOLERANCE
+
+
+def test_layers_equal_transformers_hidden_states(oracle) -> None:
+    """Every layer's pooled state equals transformers' `output_hidden_states` at that layer (0: the embeddings,
+    N: after the final LayerNorm, as fair-esm numbers them), from one pass of seqshard's."""
+    loaded, model = oracle["loaded"], oracle["model"]
+    batch = oracle["tokenizer"](SEQUENCES, padding=True, return_tensors="pt")
+    mask = batch["attention_mask"].bool()
+    own = mask.clone()
+    own[:, 0] = False  # <cls>; there is no <eos>
+    weights = own.unsqueeze(-1).float()
+    with torch.no_grad():
+        reference = model(**batch, output_hidden_states=True).hidden_states
+        states = loaded.model(batch["input_ids"], mask, layers=tuple(range(LAYERS + 1)))
+    columns = _score(loaded, SEQUENCES, layers=tuple(range(-1, -LAYERS - 2, -1)))
+    for layer in range(LAYERS + 1):
+        expected = (reference[layer] * weights).sum(1) / weights.sum(1)
+        pooled = torch.tensor(np.asarray(columns[f"embedding_l{layer - LAYERS - 1}"].to_pylist()))
+        assert (pooled - expected).abs().max().item() < TOLERANCE, layer
+        assert (states[layer] - reference[layer])[mask].abs().max().item() < TOLERANCE, layer

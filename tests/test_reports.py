@@ -487,3 +487,97 @@ def test_a_sample_a_pack_could_not_read_is_a_warning_of_its_own(tmp_path: Path) 
     assert warnings.loc[0, "detail"] == detail + " were merged"
     text = page.read_text(encoding="utf-8")
     assert "<strong>pack: sample b of models.dnabert2 could not be read</strong> in 1 of 3 samples (" in text
+
+
+def test_windowed_records_and_the_cost_of_their_seams_are_reported_per_model(run: dict) -> None:
+    """Jobs' seam figures (seqshard.engine.seams): sequences windowed summed, the probe's cosine distances as the
+    mean weighted by the records each job probed and the largest; a page table and a summary line say so."""
+    seam = {
+        "seam_window_length": 1000,
+        "seam_window_overlap": 250,
+        "seam_overlap_window_length": 1000,
+        "seam_overlap_window_overlap": 125,
+        "seam_length_window_length": 750,
+        "seam_length_window_overlap": 187,
+    }
+    write_figures(
+        run["tmp"] / "figures",
+        "0003",
+        n_windowed=3,
+        seam_records=1,
+        seam_overlap_cosine_mean=0.01,
+        seam_overlap_cosine_max=0.01,
+        seam_length_cosine_mean=0.02,
+        seam_length_cosine_max=0.02,
+        **seam,
+    )
+    write_figures(run["tmp"] / "figures", "0004", n_windowed=5, seam_records=3, seam_overlap_cosine_mean=0.03,
+                  seam_overlap_cosine_max=0.05, seam_length_cosine_mean=0.04, seam_length_cosine_max=0.09,
+                  n_sequences=20, n_records=20, **seam)  # fmt: skip
+    out = run["tmp"] / "out"
+    write_resource_report(run["root"], run["benchmarks"], run["figures"], out / "usage.tsv", out / "usage.html",
+                          log_root=run["logs"], throughput_out=out / "throughput.tsv")  # fmt: skip
+    (row,) = pd.read_csv(out / "throughput.tsv", sep="\t").to_dict("records")
+    assert (row["windowed"], row["seam_records"], row["seam_window_length"], row["seam_window_overlap"]) == (
+        8, 4, 1000, 250
+    )  # fmt: skip
+    assert row["seam_overlap_cosine_mean"] == pytest.approx((0.01 + 3 * 0.03) / 4)
+    assert row["seam_length_cosine_mean"] == pytest.approx((0.02 + 3 * 0.04) / 4)
+    assert (row["seam_overlap_cosine_max"], row["seam_length_cosine_max"]) == (0.05, 0.09)
+    assert (row["seam_length_window_length"], row["seam_length_window_overlap"]) == (750, 187)
+    text = (out / "usage.html").read_text(encoding="utf-8")
+    assert 'id="seams"' in text and "1000 / 250" in text and "750 / 187" in text and "1000 / 125" in text
+    assert ("<th>Sequences windowed</th><td>8 of 30 distinct computed; the pooled embedding of 4 probed moved by a "
+            "cosine distance of at most 0.09 when the windows moved") in text  # fmt: skip
+    assert list(pd.read_csv(out / "usage.tsv", sep="\t").columns) == TABLE_COLUMNS
+
+
+def test_a_run_that_windowed_nothing_has_no_seam_table(run: dict) -> None:
+    out = run["tmp"] / "out"
+    write_resource_report(run["root"], run["benchmarks"], run["figures"], out / "usage.tsv", out / "usage.html",
+                          log_root=run["logs"])  # fmt: skip
+    text = (out / "usage.html").read_text(encoding="utf-8")
+    assert 'id="seams"' not in text and "Sequences windowed" not in text
+
+
+def test_the_seam_figures_a_real_run_writes_reach_the_report_unchanged(run: dict, dnabert2_demo_checkpoint) -> None:
+    """End to end from the engine: an inference run over windowed records (the seam probe on, as in the workflow)
+    writes its figures file; the report counts its windowed records and shows the probe's distances as measured."""
+    import numpy as np
+
+    from seqshard.engine.driver import run_tasks
+    from seqshard.engine.types import Hardware, RunFiles, TaskSettings, Work
+
+    rng = np.random.default_rng(5)
+    lengths = {"long": 1001, "longer": 1500, "short": 80}
+    fasta = run["tmp"] / "windowed.fa"
+    fasta.write_text("".join(f">{name}\n{''.join(rng.choice(list('ACGT'), n))}\n" for name, n in lengths.items()))
+    job = "dnabert2/hidden/0005"
+    labels = {"rule": "infer_shard", "job": job, "model": "dnabert2", "pass": "hidden", "shard": "0005",
+              "tasks": "embed"}  # fmt: skip
+    path = run["tmp"] / "figures" / "0005.json"
+    settings = TaskSettings(window_length=300, window_overlap=75, max_tokens=128)
+    run_tasks(Work("dnabert2", str(dnabert2_demo_checkpoint), (settings,), "dna"),
+              RunFiles(fasta, {"embed": run["tmp"] / "embed.parquet"}, figures=path, labels=labels),
+              Hardware("cpu", "fp32"))  # fmt: skip
+    figures = json.loads(path.read_text())
+    assert (figures["n_windowed"], figures["seam_records"]) == (2, 2)
+    benchmark = write_benchmark(run["root"], f"infer_shard/{job}.tsv", [{"s": 3.0, "cpu_time": 2.0}])
+    write_record(run["logs"], "infer_shard", job, threads=1, started_at=1017.0, ended_at=1020.0)
+    out = run["tmp"] / "out"
+    write_resource_report(run["root"], [*run["benchmarks"], benchmark], [*run["figures"], path], out / "usage.tsv",
+                          out / "usage.html", log_root=run["logs"], throughput_out=out / "throughput.tsv")  # fmt: skip
+    rows = pd.read_csv(out / "throughput.tsv", sep="\t").set_index("tasks")
+    row = rows.loc["embed"]
+    assert (row["windowed"], row["seam_records"]) == (2, 2)
+    assert (row["seam_window_length"], row["seam_window_overlap"]) == (300, 75)
+    for change in ("overlap", "length"):
+        assert row[f"seam_{change}_cosine_mean"] == pytest.approx(figures[f"seam_{change}_cosine_mean"])
+        assert row[f"seam_{change}_cosine_max"] == pytest.approx(figures[f"seam_{change}_cosine_max"])
+        assert 0 < figures[f"seam_{change}_cosine_mean"] <= figures[f"seam_{change}_cosine_max"]
+    assert rows.loc["embed,classify", "windowed"] == 0  # the fixture's jobs windowed nothing
+    text = (out / "usage.html").read_text(encoding="utf-8")
+    worst = max(figures["seam_overlap_cosine_max"], figures["seam_length_cosine_max"])
+    assert 'id="seams"' in text and "300 / 75" in text and "300 / 37" in text and "225 / 56" in text
+    assert f"<th>Sequences windowed</th><td>2 of 33 distinct computed; the pooled embedding of 2 probed moved by a " \
+           f"cosine distance of at most {worst:.3g} when the windows moved" in text  # fmt: skip

@@ -1283,3 +1283,29 @@ def test_esm_family_served_equals_seqshard_embed(
     expected = [len(plan_windows(len(sequence), window, window // 4)) for sequence in sequences]
     assert pq.read_table(tmp_path / "batch.parquet").column("n_windows").to_pylist() == expected
     assert max(expected) > 1
+
+
+@pytest.mark.slow
+def test_layers_and_both_strands_served_equal_seqshard_embed(server_factory, tmp_path: Path) -> None:
+    """`--layers` and `--strand both` shape the served embeddings as they shape `seqshard embed`'s: the answer carries
+    one vector per layer (`embeddings`), `seqshard predict` writes them back as the batch file's columns, and a
+    protein request to a both-strand LucaOne server is refused with the reason."""
+    from seqshard.demo import write_demo
+
+    checkpoint = write_demo("lucaone-demo", tmp_path / "lucaone")
+    flags = ["--model", "lucaone", "--checkpoint", str(checkpoint), "--layers", "-1", "0", "--strand", "both"]
+    server = server_factory(*flags)
+    fasta = write_fasta(tmp_path / "dna.fa", DNA[:6])
+    seqshard("embed", str(fasta), "-o", str(tmp_path / "batch.parquet"), *flags)
+    seqshard("predict", "--url", server.url, str(fasta), "-o", str(tmp_path / "served.parquet"))
+    assert_same_parquet(tmp_path / "batch.parquet", tmp_path / "served.parquet")
+    assert [name for name in pq.read_schema(tmp_path / "served.parquet").names if name.startswith("embedding")] == [
+        "embedding_l-1", "embedding_l0"
+    ]  # fmt: skip
+    with SeqshardClient(server.url) as client:
+        one = client.predict(DNA[1], "embedding")
+        assert set(one["embeddings"]) == {"-1", "0"} and "embedding" not in one and one["dimension"] == 64
+        settings = client.model_info()["settings"]
+        assert settings["layers"] == [-1, 0] and settings["strand"] == "both" and settings["num_layers"] == 2
+        with pytest.raises(ServerError, match="strand: both reads DNA's reverse complement; protein sequences"):
+            client.predict(PROTEIN[0], "embedding", molecule="protein")

@@ -365,8 +365,19 @@ def test_config_change_reruns_only_the_affected_model(demo_run):
     assert planned_jobs(snakemake(demo_run, "-n", config=shipped).stdout) == []  # the completed run is up to date
     changed = yaml.safe_load((demo_run / shipped).read_text())
     changed["models"]["dnabert2"]["batch_tokens"] = 512  # speed only: nothing reruns
+    changed["models"]["dnabert2"]["seam_sample"] = 0  # figures only: nothing reruns
+    changed["models"]["dnabert2"]["strand"] = "forward"  # embed's default written out: the same setting as null
+    changed["models"]["dnabert2_variants"]["strand"] = None  # variant_effect's default (both) left to the null
     (demo_run / "changed.yaml").write_text(yaml.safe_dump(changed))
     assert planned_jobs(snakemake(demo_run, "-n", config="changed.yaml").stdout) == []
+
+    changed["models"]["dnabert2"]["layers"] = [-1, 0]  # shapes dnabert2's embeddings: its hidden pass reruns
+    (demo_run / "changed.yaml").write_text(yaml.safe_dump(changed))
+    rules = sorted(rule for rule, _ in planned_jobs(snakemake(demo_run, "-n", config="changed.yaml").stdout))
+    assert rules == sorted(
+        ["all", "merge_dnabert2", "check_samples", "resource_report"] + ["infer_shard"] * n_shards(demo_run, "dnabert2")
+    )
+    changed["models"]["dnabert2"]["layers"] = None
 
     changed["models"]["dnabert2"]["pooling"] = "cls"  # shapes dnabert2's numbers, and nothing else's
     (demo_run / "changed.yaml").write_text(yaml.safe_dump(changed))
@@ -462,6 +473,22 @@ def test_a_bad_variant_stops_the_pack_naming_file_record_and_reason(tmp_path):
     last = (tmp_path / "logs/pack_variants/m.log").read_text().rstrip("\n").splitlines()[-1]
     assert f"{vcf}: record 2 (c:6 bad A>G): REF A does not match the reference, which has C at position 6" in last
     assert "`on_invalid: skip` in the config" in last and "Traceback" not in result.stderr
+
+
+def test_both_strands_on_a_protein_sample_fail_before_any_job(tmp_path):
+    """`strand: both` reads DNA's other strand: an entry that would embed proteins with it stops at planning, with
+    one line naming the entry, the sample and the reason."""
+    protein = tmp_path / "p.fa"
+    protein.write_text(">p\nMKTAYIAK\n")
+    write_sheet(tmp_path, [("prot", str(protein), "protein"), ("sample_b", str(DEMO / "sample_b.fa.gz"), "dna")])
+    lucaone = {"architecture": "lucaone", "checkpoint": "resources/checkpoints/lucaone-demo", "strand": "both"}
+    write_config(tmp_path, models={"lucaone": lucaone})
+    result = snakemake(tmp_path, "-n")
+    assert result.returncode != 0
+    assert (result.stdout + result.stderr).splitlines() == [
+        "seqshard: models.lucaone runs embed on sample prot: strand: both reads DNA's reverse complement; protein "
+        "sequences have one strand (use forward)"
+    ]
 
 
 def test_sample_model_mismatch_fails_before_any_job(tmp_path):

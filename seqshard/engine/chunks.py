@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from seqshard.engine.runner import Runner
-from seqshard.engine.tasks import PassTask, prepare_tasks, score_encoded
+from seqshard.engine.tasks import PassTask, check_molecule, fit_for, prepare_tasks, score_encoded
 from seqshard.engine.types import CHUNK_RECORDS, RunFigures, TaskSettings
 from seqshard.engine.windows import EncodedChunk, ModelFit
 from seqshard.io.fasta import SequenceRecord
@@ -207,7 +207,8 @@ def score_chunks(
         while (prepared := upcoming.result()) is not None:
             upcoming = background.submit(prepare)
             chunk, fresh, cached, encoded = prepared
-            figures.n_windows += int(encoded.n_inputs)
+            figures.n_windows += _model_inputs(encoded)
+            figures.n_windowed += int((encoded.n_windows > 1).sum())
             figures.n_truncated += int(encoded.truncated.sum())
             columns, failed = score_encoded(runner, encoded, tasks) if len(fresh) else ({}, {})
             computed: Rows = (_base_columns(encoded), columns)
@@ -309,8 +310,9 @@ def score_records(
     if not records:
         raise ValueError("no records to score")
     loaded = loaded.for_molecule(molecule)
+    check_molecule([settings], molecule)
     tasks = prepare_tasks(loaded, [settings])
-    encoded = ModelFit.of(loaded, settings).encode([r.sequence for r in records], loaded.tokenizer)
+    encoded = fit_for(loaded, tasks).encode([r.sequence for r in records], loaded.tokenizer)
     runner = Runner(loaded, figures, batch_tokens=batch_tokens, dtype=dtype, max_padding=max_padding)
     return score_encoded_records(runner, records, encoded, tasks)
 
@@ -329,9 +331,15 @@ def score_encoded_records(
         raise RecordError(f"record {records[index].id!r}: {reason}")
     figures.n_records += len(records)
     figures.n_sequences += len(records)
-    figures.n_windows += encoded.n_inputs
+    figures.n_windows += _model_inputs(encoded)
+    figures.n_windowed += int((encoded.n_windows > 1).sum())
     figures.n_truncated += int(encoded.truncated.sum())
     return ScoredChunk(list(records), _base_columns(encoded), columns)
+
+
+def _model_inputs(encoded: EncodedChunk) -> int:
+    """The model inputs of a chunk's records: their windows, and with both strands those of the other strand."""
+    return int(encoded.n_inputs) + (int(encoded.reverse.n_inputs) if encoded.reverse is not None else 0)
 
 
 def _base_columns(encoded: EncodedChunk) -> dict[str, np.ndarray]:
@@ -347,4 +355,4 @@ def chunk_table(
         "length": [len(record.sequence) for record in chunk.records],
         **chunk.base,
     }
-    return task_table(settings.task, hidden_size, base, chunk.columns[settings.task], metadata, settings.per_token)
+    return task_table(settings.task, hidden_size, base, chunk.columns[settings.task], metadata)

@@ -38,13 +38,14 @@ from seqshard.engine.chunks import (
 )
 from seqshard.engine.heads import head_digest
 from seqshard.engine.runner import Runner
-from seqshard.engine.tasks import prepare_tasks
-from seqshard.engine.types import CHUNK_RECORDS, Hardware, RunFigures, RunFiles, TaskSettings, Work
+from seqshard.engine.seams import measure_seams
+from seqshard.engine.tasks import check_molecule, fit_for, prepare_tasks
+from seqshard.engine.types import CHUNK_RECORDS, PASSES, Hardware, RunFigures, RunFiles, TaskSettings, Work
 from seqshard.engine.windows import ModelFit
 from seqshard.io.fasta import Rejected, ValidationReport, iter_valid_records, log_report, write_rejects
 from seqshard.io.parquet import TableWriter
 from seqshard.io.sequences import DEFAULT_POLICY, InputPolicy
-from seqshard.models import LoadedModel, get_loader
+from seqshard.models import LoadedModel, get_loader, layer_numbers
 from seqshard.plan.packing import iter_packed_shard
 from seqshard.runtime.cache import CacheWriter, ResultCache, cache_key
 from seqshard.runtime.devices import Precision, precision_provenance
@@ -105,6 +106,12 @@ def task_metadata(loaded: LoadedModel, settings: TaskSettings, work: Work, preci
         "hidden_size": loaded.hidden_size,
         "max_tokens": ModelFit.of(loaded, settings).max_tokens,
         **({"head_digest": head_digest(settings.head)} if settings.head else {}),
+        # `layers` as given (above) and as the absolute numbers they came to (0: the embeddings, N: the last).
+        **(
+            {"layer_numbers": list(layer_numbers(settings.layers, loaded.num_layers)), "num_layers": loaded.num_layers}
+            if settings.task == "embed" and settings.layers is not None
+            else {}
+        ),
         # The resolved device type joins the provenance: the merge then refuses shards computed on other hardware.
         **precision_provenance(precision),
         **work.provenance,
@@ -142,6 +149,7 @@ def run_tasks(
     by_task = work.by_task()
     if set(by_task) != set(files.outputs):
         raise ValueError(f"outputs {sorted(files.outputs)} do not match the tasks {sorted(by_task)}")
+    check_molecule(work.tasks, work.molecule)
     hardware = (hardware or Hardware()).resolved()
     precision = hardware.precision
     assert precision is not None
@@ -173,15 +181,35 @@ def run_tasks(
     bound = loaded.for_molecule(work.molecule)
     tasks = prepare_tasks(bound, list(by_task.values()))
     runner = Runner(bound, figures, batch_tokens=hardware.batch_tokens, dtype=precision.dtype)
+    fit = fit_for(bound, tasks)
     scored = score_chunks(
-        runner, records, tasks, ModelFit.of(bound, tasks[0].settings),
-        chunk_limits(hardware, work.tasks, loaded.hidden_size), Reuse(check.duplicates, precomputed),
+        runner, records, tasks, fit, chunk_limits(hardware, work.tasks, loaded.hidden_size),
+        Reuse(check.duplicates, precomputed),
     )  # fmt: skip
+    # The seams are measured on a few windowed records of a pass that embeds (not on mlm_score's masked copies).
+    seam_sample: list[str] = []
+    if work.seam_sample and any(task.name in PASSES["hidden"] for task in tasks):
+        scored = _sample_windowed(scored, work.seam_sample, seam_sample)
     rejected = _write(scored, _Outputs(work, files, check, metadata, loaded.hidden_size), figures, cache, keys)
     if files.rejects is not None:
         write_rejects(rejected, Path(files.rejects))
+    figures.extra.update(measure_seams(runner, seam_sample, fit))
     _finish_figures(figures, files, check, started)
     return figures
+
+
+def _sample_windowed(scored: Iterator[ScoredChunk], limit: int, sample: list[str]) -> Iterator[ScoredChunk]:
+    """The scored chunks as they come, keeping (in `sample`) the first `limit` distinct sequences that were cut into
+    several windows, for the seam probe (seqshard.engine.seams)."""
+    seen: set[str] = set()
+    for chunk in scored:
+        if len(sample) < limit:
+            for row in np.flatnonzero(chunk.base["n_windows"] > 1).tolist():
+                sequence = chunk.records[row].sequence
+                if row not in chunk.failed and sequence not in seen and len(sample) < limit:
+                    seen.add(sequence)
+                    sample.append(sequence)
+        yield chunk
 
 
 def _start_figures(work: Work, files: RunFiles, hardware: Hardware) -> RunFigures:
@@ -275,10 +303,10 @@ def _finish_figures(figures: RunFigures, files: RunFiles, check: InputCheck, sta
     figures.ended_at = time.time()
     n_rows = figures.extra.pop("n_rows_written")
     log.info(
-        "wrote %d rows per task to %s (%d records read, %d CRLF lines, %d duplicates computed once): %d windows, "
-        "%d truncated; useful-token fraction %.3f, %.1f seq/s of model compute, %.1f s in all",
+        "wrote %d rows per task to %s (%d records read, %d CRLF lines, %d duplicates computed once): %d windows "
+        "(%d sequences windowed), %d truncated; useful-token fraction %.3f, %.1f seq/s of model compute, %.1f s in all",
         n_rows, ", ".join(str(p) for p in files.outputs.values()), check.report.n_records, check.report.crlf_lines,
-        figures.n_duplicates, figures.n_windows, figures.n_truncated,
+        figures.n_duplicates, figures.n_windows, figures.n_windowed, figures.n_truncated,
         figures.n_tokens / max(1, figures.n_computed_tokens), figures.n_sequences / max(figures.compute_seconds, 1e-9),
         figures.run_seconds,
     )  # fmt: skip

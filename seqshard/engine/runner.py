@@ -164,10 +164,13 @@ class Prefetcher:
 
 
 BatchOutputs = dict[str, torch.Tensor]
-# What a pass computes from one batch: (last hidden state [B, W, H], batch) -> named per-row tensors. Two kinds are
-# ragged, one array per input in an object array: `per_token` ([B, W, ...], the owned rows kept on the host) and
-# names starting with `owned_` (the owned tokens' rows only, [owned tokens of the batch, ...], selected on the device).
-Reduce = Callable[[torch.Tensor, HostBatch], BatchOutputs]
+# What a pass computes from one batch: (the model's output, batch) -> named per-row tensors. The model's output is
+# the last hidden state [B, W, H], or, for a run with `layers`, the list of those layers' states. Two kinds of
+# output are ragged, one array per input in an object array: names starting with `per_token` ([B, W, ...], the
+# owned rows kept on the host) and with `owned_` (the owned tokens' rows only, [owned tokens of the batch, ...],
+# selected on the device).
+Hidden = torch.Tensor | list[torch.Tensor]
+Reduce = Callable[[Hidden, HostBatch], BatchOutputs]
 
 
 class Runner:
@@ -193,6 +196,7 @@ class Runner:
         self.recover_after = recover_after
         self._good_batches = 0
         self.failed: dict[int, str] = {}  # input index -> why it could not be run
+        self.layers: tuple[int, ...] | None = None  # the run's layers (absolute numbers), while `run` runs
         # Consulted before every batch: True stops the run with RunCancelled (the server sets it to "every client of
         # this batch has gone"); a batch already started always finishes.
         self.should_stop: Callable[[], bool] | None = None
@@ -212,10 +216,15 @@ class Runner:
         tokenizer = self.loaded.tokenizer
         return assemble_batch(inputs, indices, width, tokenizer.pad_id, tokenizer.mask_id, self.device.type == "cuda")
 
-    def run(self, inputs: ModelInputs, reduce: Reduce, outputs: dict[str, np.ndarray]) -> None:
-        """Run every input and write its reduced outputs into `outputs` (arrays with one row per input)."""
+    def run(
+        self, inputs: ModelInputs, reduce: Reduce, outputs: dict[str, np.ndarray], layers: tuple[int, ...] | None = None
+    ) -> None:
+        """Run every input and write its reduced outputs into `outputs` (arrays with one row per input). With
+        `layers` (absolute numbers, seqshard.models.layer_numbers), `reduce` gets those layers' hidden states, all
+        from one forward pass per batch, instead of the last hidden state."""
         if len(inputs) == 0:
             return
+        self.layers = layers
         started = last_report = time.perf_counter()
         lengths = inputs.lengths
         pending = np.ones(len(inputs), dtype=bool)  # not yet run
@@ -318,7 +327,7 @@ class Runner:
             if mask is not None:
                 mask = mask.to(device, non_blocking=non_blocking)
             # No token types: every backbone is bound to its molecule (LucaOne's type 1 for proteins included).
-            hidden = self.loaded.model(ids, mask)
+            hidden = self._model(ids, mask)
             if self.dtype == "fp16":
                 hidden = self._fp16_guard(hidden, ids, mask)
             return reduce(hidden, batch)
@@ -327,18 +336,24 @@ class Runner:
                 raise
         return None
 
-    def _fp16_guard(self, hidden: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def _model(self, ids: torch.Tensor, mask: torch.Tensor | None) -> Hidden:
+        if self.layers is None:
+            return self.loaded.model(ids, mask)
+        return self.loaded.model(ids, mask, layers=self.layers)
+
+    def _fp16_guard(self, hidden: Hidden, ids: torch.Tensor, mask: torch.Tensor | None) -> Hidden:
         """fp16 overflows past 65,504: a batch with inf/NaN at a real token is computed again in fp32 and counted.
 
         One more wait for the device per batch, in fp16 runs only (GPUs below compute capability 8.0).
         """
-        finite = torch.isfinite(hidden).all(dim=-1)
+        states = hidden if isinstance(hidden, list) else [hidden]
+        finite = torch.stack([torch.isfinite(state).all(dim=-1) for state in states]).all(dim=0)
         if bool((finite if mask is None else finite | ~mask).all()):
             return hidden
         self.figures.n_fp32_reruns += 1
         log.warning("fp16 overflow (inf/NaN) in a batch of %d x %d tokens: computing it again in fp32", *ids.shape)
         with torch.autocast(device_type=self.device.type, enabled=False):
-            return self.loaded.model(ids, mask)
+            return self._model(ids, mask)
 
     def _launched(
         self,
@@ -380,7 +395,7 @@ class Runner:
             event.synchronize()  # the one wait per batch, a batch behind the one the device is running
         for name, tensor in result.items():
             values = tensor.numpy()
-            if name == "per_token":  # [B, W, H] float16: keep each input's own rows
+            if name.startswith("per_token"):  # [B, W, H] float16: keep each input's own rows
                 owned = batch.owned.numpy()
                 target = outputs[name]
                 for row, index in enumerate(batch.indices.tolist()):

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from seqshard.io.sequences import DEFAULT_POLICY, InputPolicy
-from seqshard.io.variants import VariantSettings
+from seqshard.io.variants import STRANDS, VariantSettings
 from seqshard.runtime.monitoring import usable_cpus
 
 if TYPE_CHECKING:
@@ -32,14 +32,24 @@ PASSES: dict[str, tuple[str, ...]] = {"hidden": ("embed", "classify", "regress")
 # Settings that decide the model inputs (every task depends on them), and the other settings each task's numbers
 # depend on: pooling means nothing to mlm_score, so changing it must not rerun or invalidate mlm_score results.
 INPUT_SETTINGS = ("long_sequences", "window_length", "window_overlap", "max_tokens")
-TASK_SETTINGS = {"embed": ("pooling", "per_token"), "classify": ("head",), "regress": ("head",), "mlm_score": ()}
+TASK_SETTINGS = {
+    "embed": ("pooling", "per_token", "per_base", "layers", "strand"),
+    "classify": ("head",),
+    "regress": ("head",),
+    "mlm_score": (),
+}
 # Variant effects (seqshard.engine.variants): scores of variants against their reference windows or wild types, run
 # on variant sets (a VCF + reference, or mutations + protein FASTA) rather than on sequences, with its own passes.
 VARIANT_TASK = "variant_effect"
 POOLINGS = ("mean", "cls", "max")
 LONG_SEQUENCE_MODES = ("truncate", "window")
+# `strand` (both | forward, seqshard.io.variants.STRANDS) is one setting with a default per task: embeddings read
+# the sequence as given unless asked, variant effects score both strands unless asked (a config's null).
+DEFAULT_STRANDS = {"embed": "forward", VARIANT_TASK: "both"}
 # Records per chunk on the CPU (see seqshard.engine.driver.chunk_limits).
 CHUNK_RECORDS = 4096
+# Windowed records per run re-embedded with other windows to measure the seams (seqshard.engine.seams).
+SEAM_SAMPLE = 4
 
 
 def pass_of(task: str) -> str:
@@ -59,16 +69,47 @@ class TaskSettings:
     window_overlap: int | None = None  # residues; None: a quarter of the window
     max_tokens: int | None = None  # None: the checkpoint's limit
     head: str | None = None  # classify/regress: a linear head directory (seqshard.engine.heads); None: the checkpoint's
+    # embed only: one vector per residue too (a nucleotide's token's), the hidden states of these layers (fair-esm's
+    # numbering, seqshard.models.layer_numbers; None: the last layer, in the `embedding` column), and `both`
+    # strands (DNA: the sequence and its reverse complement, averaged) or the `forward` one as given.
+    per_base: bool = False
+    layers: tuple[int, ...] | None = None
+    strand: str = DEFAULT_STRANDS["embed"]
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"unknown task {self.task!r}; expected one of {TASKS}")
         if self.pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {self.pooling!r}; expected one of {POOLINGS}")
+        if self.strand not in STRANDS:
+            raise ValueError(f"unknown strand {self.strand!r}; expected one of {STRANDS}")
+        if self.layers is not None:
+            layers = tuple(self.layers)
+            if not layers or not all(isinstance(layer, int) and not isinstance(layer, bool) for layer in layers):
+                raise ValueError(f"layers must be a non-empty list of layer numbers, got {self.layers!r}")
+            if len(set(layers)) != len(layers):
+                raise ValueError(f"layers {list(layers)} name a layer twice; give each once")
+            object.__setattr__(self, "layers", layers)
+        if self.strand == "both" and (self.per_token or self.per_base) and self.long_sequences == "truncate":
+            raise ValueError(
+                "per-token outputs of both strands need long_sequences: window (a truncated reverse strand keeps "
+                "other residues than the forward one)"
+            )
 
     def relevant(self) -> dict[str, object]:
         """The settings this task's numbers depend on."""
         return {name: getattr(self, name) for name in ("task", *INPUT_SETTINGS, *TASK_SETTINGS[self.task])}
+
+    def molecule_problem(self, molecule: str) -> str | None:
+        """Why these settings cannot run on `molecule`'s sequences (None when they can): both strands and one
+        vector per base are for nucleotides, strands for DNA only."""
+        if self.task != "embed":
+            return None
+        if self.strand == "both" and molecule != "dna":
+            return f"strand: both reads DNA's reverse complement; {molecule} sequences have one strand (use forward)"
+        if self.per_base and molecule == "protein":
+            return "per_base is for DNA and RNA; for proteins per_token already has one vector per residue"
+        return None
 
 
 @dataclass(frozen=True)
@@ -76,6 +117,8 @@ class Work:
     """What to compute: a model, the tasks that share its passes, the input's molecule and how it is checked.
 
     `provenance` adds keys to every output's Parquet provenance (the workflow names the model entry there).
+    `seam_sample`: windowed records re-embedded with other windows to measure what the seams cost
+    (seqshard.engine.seams; figures only, no output changes); 0 measures nothing.
     """
 
     architecture: str
@@ -85,12 +128,15 @@ class Work:
     policy: InputPolicy = DEFAULT_POLICY
     dedupe: bool = True  # compute a repeated sequence once
     provenance: Mapping[str, object] = field(default_factory=dict)
+    seam_sample: int = SEAM_SAMPLE
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tasks", tuple(self.tasks))
         object.__setattr__(self, "checkpoint", str(self.checkpoint))
         if not self.tasks:
             raise ValueError("no task to run")
+        if self.seam_sample < 0:
+            raise ValueError(f"seam_sample must be 0 or more records, got {self.seam_sample}")
 
     def by_task(self) -> dict[str, TaskSettings]:
         return {settings.task: settings for settings in self.tasks}
@@ -190,6 +236,7 @@ class RunFigures:
     n_computed_tokens: int = 0
     n_batches: int = 0
     n_windows: int = 0
+    n_windowed: int = 0  # distinct sequences cut into more than one window
     n_truncated: int = 0
     n_oom_splits: int = 0  # batches halved after a GPU out-of-memory
     n_budget_changes: int = 0  # times the token budget was lowered after an out-of-memory, or raised back
@@ -227,6 +274,7 @@ class RunFigures:
             "n_batches": self.n_batches,
             "n_batch_shapes": len(self.batch_shapes),
             "n_windows": self.n_windows,
+            "n_windowed": self.n_windowed,
             "n_truncated": self.n_truncated,
             "n_oom_splits": self.n_oom_splits,
             "n_budget_changes": self.n_budget_changes,

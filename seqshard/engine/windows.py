@@ -21,6 +21,14 @@ owned.
 and default window filled in): scoring, the result cache's key, the Parquet provenance and the server's
 `/model/info` all read it.
 
+Per-token outputs can also say which residues each owned token stands for (`EncodedChunk.spans`, asked for with
+`spans=True`): its residues in the record's own coordinates, a window's offset added. Owned tokens of windows
+tokenized apart need not meet exactly at a seam (BPE and 6-mers are cut where each window's tokenizer cuts), so
+`owned_spans` gives each owned token the residues it is *credited* with: its own, except at a seam where the two
+windows cut the sequence differently, where the last token one window owns and the first the next owns meet where
+the windows' own residues meet (the nearest-centre boundary). The credited spans tile the record: no gap, no
+overlap, their lengths summing to its length (to the residues kept, when truncated).
+
 The encoded form keeps no per-token Python objects: one chunk of records becomes a few numpy arrays (token ids
 of every model input back to back, ownership flags, input boundaries and the record of each input), which the
 batcher slices with array operations.
@@ -29,7 +37,7 @@ batcher slices with array operations.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import TYPE_CHECKING
 
@@ -124,6 +132,13 @@ class EncodedChunk:
     n_records: int
     truncated: np.ndarray  # bool [n_records]
     n_frame: int = 2  # special tokens around each input (the tokenizer's frame): [CLS] and [SEP]
+    # With `spans=True` only (per-token outputs): each token's residues [start, end) in its record's coordinates
+    # (meaningless for frame tokens), the residues each input owns, and the records' sequences (`texts`).
+    spans: np.ndarray | None = None  # int64 [total tokens, 2]
+    own: np.ndarray | None = None  # int64 [n_inputs, 2]
+    texts: Sequence[str] | None = None  # the records' sequences
+    # With `reverse=True` (`strand: both`): the reverse complements of the same records, encoded alike.
+    reverse: EncodedChunk | None = None
 
     @property
     def n_inputs(self) -> int:
@@ -177,17 +192,29 @@ def _owned_by_window(planned: Window, offsets: np.ndarray) -> np.ndarray:
     return (end > begin) & (2 * planned.own_start <= twice_middle) & (twice_middle < 2 * planned.own_stop)
 
 
+@dataclass
+class _Piece:
+    """One model input of a windowed record: ids, which tokens it owns, each token's residues in the record's
+    coordinates, and the residues [start, stop) the input owns."""
+
+    ids: np.ndarray
+    owned: np.ndarray
+    spans: np.ndarray
+    own: tuple[int, int]
+
+
 def _fitting_windows(
     sequences: Sequence[str], tokenizer: SequenceTokenizer, max_tokens: int, plans: Sequence[list[Window]]
-) -> list[list[tuple[np.ndarray, np.ndarray]]]:
-    """(ids, owned) of each window of each sequence's plan, cutting again any window that tokenizes past
+) -> list[list[_Piece]]:
+    """The inputs of each window of each sequence's plan, cutting again any window that tokenizes past
     `max_tokens`. Every window of every sequence goes to the tokenizer in one batch call."""
     flat = [(index, planned) for index, plan in enumerate(plans) for planned in plan]
     encoded = tokenizer.encode_many_arrays([sequences[index][w.start : w.stop] for index, w in flat])
-    pieces: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in plans]
+    pieces: list[list[_Piece]] = [[] for _ in plans]
     for (index, planned), (ids, offsets) in zip(flat, encoded, strict=True):
         if len(ids) <= max_tokens:
-            pieces[index].append((ids, _owned_by_window(planned, offsets)))
+            own = (planned.own_start, planned.own_stop)
+            pieces[index].append(_Piece(ids, _owned_by_window(planned, offsets), offsets + planned.start, own))
             continue
         # Too many tokens for these residues (runs of N in DNABERT-2): cut into pieces about small enough for
         # the budget; a piece of max_tokens - frame residues always fits, since no token is shorter than a residue.
@@ -209,6 +236,20 @@ def _unframed(starts: np.ndarray, frame: tuple[int, int]) -> np.ndarray:
     return owned
 
 
+def _whole_spans(
+    sequences: Sequence[str], tokenizer: SequenceTokenizer, indices: Sequence[int], lengths: np.ndarray
+) -> dict[int, np.ndarray]:
+    """Each token's residues for the sequences `indices` tokenized whole (their ids already known, `lengths` tokens
+    each): one batched call of the tokenizer's offsets, which must agree with its ids."""
+    encoded = tokenizer.encode_many_arrays([sequences[i] for i in indices]) if len(indices) else []
+    spans = {}
+    for index, (ids, offsets) in zip(indices, encoded, strict=True):
+        if len(ids) != lengths[index]:
+            raise RuntimeError(f"internal error: the tokenizer's offsets of sequence {index} disagree with its ids")
+        spans[index] = offsets
+    return spans
+
+
 def encode_chunk(
     sequences: Sequence[str],
     tokenizer: SequenceTokenizer,
@@ -217,12 +258,14 @@ def encode_chunk(
     mode: str,
     window: int,
     overlap: int,
+    spans: bool = False,
 ) -> EncodedChunk:
     """Encode many sequences: whole sequences in one batched tokenizer call, windows of the over-long ones after.
 
     Sequences that fit take the fast path (ids only, no offsets); with `mode="truncate"` an over-long sequence
     keeps its first tokens and its [SEP] (if the frame has one), `max_tokens` in all. Every window of the chunk goes
-    to the tokenizer in one call too.
+    to the tokenizer in one call too. With `spans`, the chunk also says which residues each token stands for and
+    which each input owns (per-token outputs); the ids are the same either way.
     """
     if mode not in LONG_SEQUENCE_MODES:
         raise ValueError(f"unknown long_sequences mode {mode!r}; expected one of {LONG_SEQUENCE_MODES}")
@@ -237,9 +280,17 @@ def encode_chunk(
     lengths = np.diff(starts)
     too_long = np.flatnonzero((lengths > max_tokens) | np.array(certain, dtype=bool))
     truncated = np.zeros(len(sequences), dtype=bool)
+    whole = _whole_spans(sequences, tokenizer, [i for i in range(len(sequences)) if not certain[i]], lengths) if (
+        spans
+    ) else {}  # fmt: skip
     if len(too_long) == 0:
         owned = _unframed(starts, frame)
-        return EncodedChunk(ids, owned, starts, np.arange(len(sequences)), len(sequences), truncated, sum(frame))
+        chunk = EncodedChunk(ids, owned, starts, np.arange(len(sequences)), len(sequences), truncated, sum(frame))
+        if spans:
+            chunk.spans = np.concatenate([whole[i] for i in range(len(sequences))]) if sequences else np.zeros((0, 2))
+            chunk.own = np.stack([np.zeros(len(sequences)), [len(s) for s in sequences]], axis=1).astype(np.int64)
+            chunk.texts = list(sequences)
+        return chunk
 
     # Rebuild input by input: runs of fitting sequences are slices of the batch encoding, the others are
     # truncated or windowed.
@@ -247,6 +298,8 @@ def encode_chunk(
     parts_owned: list[np.ndarray] = []
     parts_lengths: list[np.ndarray] = []
     parts_records: list[np.ndarray] = []
+    parts_spans: list[np.ndarray] = []
+    parts_own: list[np.ndarray] = []
 
     def add(part_ids: np.ndarray, part_owned: np.ndarray, part_lengths: np.ndarray, part_records: np.ndarray) -> None:
         parts_ids.append(part_ids)
@@ -269,6 +322,9 @@ def encode_chunk(
             span = ids[starts[previous] : starts[index]]
             run_owned = _unframed(starts[previous : index + 1], frame)
             add(span, run_owned, lengths[previous:index], np.arange(previous, index))
+            if spans:
+                parts_spans.extend(whole[i] for i in range(previous, index))
+                parts_own.extend(np.array([[0, len(sequences[i])]]) for i in range(previous, index))
         if index == len(sequences):
             break
         if mode == "truncate":
@@ -281,20 +337,28 @@ def encode_chunk(
             kept = np.concatenate([own[: max_tokens - after], own[len(own) - after :]])
             add(kept, kept_owned, np.array([max_tokens]), np.array([index]))
             truncated[index] = True
+            if spans:
+                offsets = whole[index]
+                kept_spans = np.concatenate([offsets[: max_tokens - after], offsets[len(offsets) - after :]])
+                parts_spans.append(kept_spans)
+                parts_own.append(np.array([[0, int(kept_spans[kept_owned, 1].max())]]))
         else:
             pieces = windows_of[index]
             add(
-                np.concatenate([piece_ids for piece_ids, _ in pieces]),
-                np.concatenate([piece_owned for _, piece_owned in pieces]),
-                np.array([len(piece_ids) for piece_ids, _ in pieces]),
+                np.concatenate([piece.ids for piece in pieces]),
+                np.concatenate([piece.owned for piece in pieces]),
+                np.array([len(piece.ids) for piece in pieces]),
                 np.full(len(pieces), index),
             )
+            if spans:
+                parts_spans.extend(piece.spans for piece in pieces)
+                parts_own.append(np.array([piece.own for piece in pieces]))
         previous = index + 1
 
     input_lengths = np.concatenate(parts_lengths).astype(np.int64)
     new_starts = np.zeros(len(input_lengths) + 1, dtype=np.int64)
     np.cumsum(input_lengths, out=new_starts[1:])
-    return EncodedChunk(
+    chunk = EncodedChunk(
         np.concatenate(parts_ids).astype(np.int32),
         np.concatenate(parts_owned),
         new_starts,
@@ -303,6 +367,46 @@ def encode_chunk(
         truncated,
         sum(frame),
     )
+    if spans:
+        chunk.spans = np.concatenate(parts_spans).astype(np.int64)
+        chunk.own = np.concatenate(parts_own).astype(np.int64)
+        chunk.texts = list(sequences)
+    return chunk
+
+
+def owned_spans(chunk: EncodedChunk) -> np.ndarray:
+    """The residues [start, end) each owned token is credited with, [owned tokens, 2] in chunk order (record by
+    record, in sequence order), in the records' own coordinates. Two neighbouring owned tokens meet where they meet,
+    which is always so inside a window and at a seam where both windows cut the sequence alike. At a seam where they
+    do not (one window's last token runs into the next window's first, or stops short of it), the residues they
+    dispute (both cover, or neither) are split where the windows' own residues meet. Every token keeps its middle
+    base (so no span is empty), and the spans of a record tile it (the residues kept, when truncated). Needs
+    `chunk.spans`."""
+    if chunk.spans is None or chunk.own is None:
+        raise ValueError("internal error: the chunk was encoded without spans (encode with spans=True)")
+    positions = np.flatnonzero(chunk.owned)
+    spans = chunk.spans[positions]
+    credited = spans.copy()
+    if len(positions) == 0:
+        return credited
+    inputs = np.searchsorted(chunk.starts, positions, side="right") - 1
+    records = chunk.record[inputs]
+    middle = (spans[:, 0] + spans[:, 1] - 1) // 2  # each token's middle base: strictly increasing in a record
+    # Where the next token's window starts to own residues, moved into the residues the two tokens dispute (those
+    # both cover, or neither): the point where they meet when they do.
+    ends, starts = spans[:-1, 1], spans[1:, 0]
+    boundary = np.clip(chunk.own[inputs[1:], 0], np.minimum(ends, starts), np.maximum(ends, starts))
+    cuts = np.clip(boundary, middle[:-1] + 1, middle[1:])
+    same_record = records[1:] == records[:-1]
+    credited[:-1, 1] = np.where(same_record, cuts, credited[:-1, 1])
+    credited[1:, 0] = np.where(same_record, cuts, credited[1:, 0])
+    first_of_record = np.concatenate(([True], ~same_record))
+    last_of_record = np.concatenate((~same_record, [True]))
+    credited[first_of_record, 0] = 0
+    covered = np.zeros(chunk.n_records, dtype=np.int64)
+    np.maximum.at(covered, chunk.record, chunk.own[:, 1])
+    credited[last_of_record, 1] = covered[records[last_of_record]]
+    return credited
 
 
 def encode_sequence(
@@ -323,6 +427,10 @@ class ModelFit:
     long_sequences: str
     window_length: int
     window_overlap: int
+    # What the encoded chunks carry besides ids (shaping no number): each token's residues, for per-token outputs,
+    # and the reverse complements, for `strand: both`.
+    spans: bool = False
+    reverse: bool = False
 
     def __post_init__(self) -> None:
         if self.long_sequences not in LONG_SEQUENCE_MODES:
@@ -364,8 +472,20 @@ class ModelFit:
         return max(self.max_tokens, -(-4 * sum(w.stop - w.start + 2 for w in windows) // 3))
 
     def encode(self, sequences: Sequence[str], tokenizer: SequenceTokenizer) -> EncodedChunk:
-        """The model inputs of `sequences` (see `encode_chunk`)."""
-        return encode_chunk(
+        """The model inputs of `sequences` (see `encode_chunk`), with their reverse complements' when `reverse`."""
+        chunk = encode_chunk(
             sequences, tokenizer, max_tokens=self.max_tokens, mode=self.long_sequences, window=self.window_length,
-            overlap=self.window_overlap,
+            overlap=self.window_overlap, spans=self.spans,
         )  # fmt: skip
+        if self.reverse:
+            chunk.reverse = replace(self, reverse=False).encode([reverse_complement(s) for s in sequences], tokenizer)
+        return chunk
+
+
+# A base and its complement (IUPAC codes too, so that any accepted DNA letter has one); lower case likewise.
+_COMPLEMENT = str.maketrans("ACGTUNRYSWKMBDHVacgtunryswkmbdhv", "TGCAANYRSWMKVHDBtgcaanyrswmkvhdb")
+
+
+def reverse_complement(sequence: str) -> str:
+    """The other strand of a DNA sequence, read 5' to 3'."""
+    return sequence.translate(_COMPLEMENT)[::-1]

@@ -33,13 +33,40 @@ BASE_FIELDS = [
 ]
 
 
-def task_schema(task: str, hidden_size: int = 0, labels: Sequence[str] = (), per_token: bool = False) -> pa.Schema:
-    """The one definition of every output table's columns, per task."""
+# Per token (with per_token): the residues [start, end) each token the sequence owns is credited with, in the
+# record's own coordinates (they tile the record), and the residues the token stood for in its window.
+TOKEN_FIELDS = [
+    pa.field("token_start", pa.list_(pa.int32()), nullable=False),
+    pa.field("token_end", pa.list_(pa.int32()), nullable=False),
+    pa.field("token_text", pa.list_(pa.string()), nullable=False),
+]
+
+
+def layer_suffixes(layers: Sequence[int] | None) -> list[str]:
+    """Column suffixes of an embed output's layers: none for the default (the last layer: `embedding`,
+    `per_token`, `per_base`), `_l<layer>` per layer asked for, as written (`embedding_l-1`, `embedding_l6`)."""
+    return [""] if layers is None else [f"_l{layer}" for layer in layers]
+
+
+def task_schema(
+    task: str, hidden_size: int = 0, labels: Sequence[str] = (), per_token: bool = False, *,
+    per_base: bool = False, layers: Sequence[int] | None = None,
+) -> pa.Schema:  # fmt: skip
+    """The one definition of every output table's columns, per task.
+
+    `embed`: a pooled vector per layer (`layers`; None: the last layer as `embedding`); with `per_token`, each
+    owned token's vector per layer (float16) and the token fields; with `per_base`, each residue's vector per layer.
+    """
     fields = list(BASE_FIELDS)
     if task == "embed":
-        fields.append(pa.field("embedding", pa.list_(pa.float32(), hidden_size), nullable=False))
+        suffixes = layer_suffixes(layers)
+        vector = pa.list_(pa.float16(), hidden_size)
+        fields += [pa.field(f"embedding{x}", pa.list_(pa.float32(), hidden_size), nullable=False) for x in suffixes]
         if per_token:
-            fields.append(pa.field("per_token", pa.list_(pa.list_(pa.float16(), hidden_size)), nullable=False))
+            fields += [pa.field(f"per_token{x}", pa.list_(vector), nullable=False) for x in suffixes]
+            fields += TOKEN_FIELDS
+        if per_base:
+            fields += [pa.field(f"per_base{x}", pa.list_(vector), nullable=False) for x in suffixes]
     elif task == "mlm_score":
         fields += [
             pa.field("pll", pa.float64(), nullable=False),  # sum of log P(true token | rest), natural log
@@ -155,6 +182,13 @@ def per_token_array(matrices: Sequence[np.ndarray], hidden_size: int) -> pa.Arra
     return pa.ListArray.from_arrays(pa.array(offsets), vectors_array(stacked, pa.float16()))
 
 
+def ragged_array(values: np.ndarray | Sequence[object], counts: np.ndarray, value_type: pa.DataType) -> pa.Array:
+    """Rows of `counts[i]` values each, taken in order from the flat `values`, as a list<value_type> column."""
+    offsets = np.zeros(len(counts) + 1, dtype=np.int32)
+    np.cumsum(counts, out=offsets[1:])
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, value_type))
+
+
 def results_table(schema: pa.Schema, columns: Mapping[str, object], metadata: Mapping[str, object]) -> pa.Table:
     """A table in `schema`'s column order from arrays or Python sequences, with provenance metadata."""
     missing = [name for name in schema.names if name not in columns]
@@ -177,13 +211,19 @@ def task_table(
 ) -> pa.Table:
     """One task's output rows: the base columns (id, length, n_tokens, n_windows, truncated), then the task's.
 
-    A head's labels are read off its columns: `prob_<label>` for classify, one column per target for regress.
+    A head's labels are read off its columns: `prob_<label>` for classify, one column per target for regress; so
+    are an embedding's layers (`embedding_l<layer>`), per-token and per-base vectors.
     """
     labels = {
         "classify": [name.removeprefix("prob_") for name in columns if name.startswith("prob_")],
         "regress": list(columns),
     }.get(task, [])
-    return results_table(task_schema(task, hidden_size, labels, per_token), {**base, **columns}, metadata)
+    layers = [int(name.removeprefix("embedding_l")) for name in columns if name.startswith("embedding_l")]
+    schema = task_schema(
+        task, hidden_size, labels, per_token or any(name.startswith("per_token") for name in columns),
+        per_base=any(name.startswith("per_base") for name in columns), layers=layers or None,
+    )  # fmt: skip
+    return results_table(schema, {**base, **columns}, metadata)
 
 
 def embedding_table(

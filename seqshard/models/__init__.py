@@ -6,13 +6,17 @@ pooling or Parquet writing. `ARCHITECTURES` registers each one (its module is im
 workflow and the command line read the registry without torch), with what its checkpoints look like
 (`CheckpointLayout`), so that a checkpoint given to the wrong architecture is named for what it is
 (`check_architecture`). What every loader shares is in `seqshard.models.loading`.
+
+Every backbone (`LoadedModel.model`) is called as `model(input_ids, attention_mask)` and returns its last hidden
+state; `model(input_ids, attention_mask, layers=(...))` returns instead the hidden states of the layers named, from
+the same single forward pass, numbered as fair-esm's `repr_layers` (`layer_numbers`).
 """
 
 from __future__ import annotations
 
 import importlib
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -53,6 +57,30 @@ class SequenceTokenizer(Protocol):
         ...
 
 
+def layer_numbers(layers: Sequence[int], num_layers: int) -> tuple[int, ...]:
+    """`layers` as absolute layer numbers 0..num_layers, counted as fair-esm's `repr_layers` counts them.
+
+    Layer 0 is the embeddings' output (what the first transformer layer reads), layer i the output of layer i, and
+    layer `num_layers` the model's final hidden state: the last layer's output after the architecture's final
+    LayerNorm where it has one (ESM-2, the Nucleotide Transformer, LucaOne), i.e. what `embedding` holds. A negative
+    number counts from the top: -1 is the final hidden state, -(num_layers + 1) the embeddings. Out of range or the
+    same layer twice is a ValueError.
+    """
+    absolute = []
+    for layer in layers:
+        if isinstance(layer, bool) or not isinstance(layer, int) or not -(num_layers + 1) <= layer <= num_layers:
+            raise ValueError(
+                f"layer {layer!r} does not exist: this model has layers 0 (the embeddings) to {num_layers}, or "
+                f"-1 (the last) to -{num_layers + 1} counted from the top"
+            )
+        absolute.append(layer % (num_layers + 1))
+    repeated = sorted({a for a in absolute if absolute.count(a) > 1})
+    if repeated:
+        names = [str(layer) for layer, a in zip(layers, absolute, strict=True) if a in repeated]
+        raise ValueError(f"layers {', '.join(names)} name the same layer of a {num_layers}-layer model; give each once")
+    return tuple(absolute)
+
+
 @dataclass
 class SequenceHead:
     """A fine-tuned head on top of the backbone: classification (one logit per label) or regression."""
@@ -67,7 +95,8 @@ class LoadedModel:
     """A backbone ready for inference plus what callers need to feed it and describe its output."""
 
     name: str  # architecture name, e.g. "dnabert2"
-    # forward(input_ids [B, L] long, attention_mask [B, L] bool, token_type_ids [B, L] long) -> [B, L, hidden]
+    # forward(input_ids [B, L] long, attention_mask [B, L] bool) -> [B, L, hidden], the final hidden state; with
+    # `layers=` (absolute numbers, see layer_numbers) a list of [B, L, hidden], one per layer, from the same pass.
     model: torch.nn.Module
     tokenizer: SequenceTokenizer
     hidden_size: int
@@ -77,6 +106,7 @@ class LoadedModel:
     molecules: frozenset[str]  # molecule types the model accepts: subset of {"dna", "rna", "protein"}
     max_tokens: int = 512  # longest input, the frame's tokens ([CLS], [SEP]) included, the model is run on
     default_window: int = 1000  # residues per window when `long_sequences: window` and no length is set
+    num_layers: int = 0  # transformer layers: `layers=` takes 0 (the embeddings) to num_layers (the final state)
     token_types: dict[str, int] = field(default_factory=dict)  # molecule -> token type id the model is given
     mlm_head: torch.nn.Module | None = None  # hidden [.., H] -> logits [.., vocab], when the checkpoint has one
     sequence_head: SequenceHead | None = None  # when the checkpoint is a fine-tune with a head

@@ -26,6 +26,7 @@ from __future__ import annotations
 import itertools
 import json
 import random
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -37,6 +38,7 @@ from torch.nn import functional as F
 
 from seqshard.models import LoadedModel, SequenceHead, check_architecture
 from seqshard.models.loading import (
+    LayerOutputs,
     assign_weights,
     load_state_dict,
     model_max_length,
@@ -376,10 +378,12 @@ class DNABERT2Encoder(nn.Module):
         return self._slopes
 
     def forward(
-        self, hidden: torch.Tensor, attention_mask: torch.Tensor | None, packing: _Packing | None = None
-    ) -> torch.Tensor:
+        self, hidden: torch.Tensor, attention_mask: torch.Tensor | None, packing: _Packing | None = None,
+        outputs: LayerOutputs | None = None,
+    ) -> torch.Tensor:  # fmt: skip
         """All layers on hidden [B, L, H], or on packed [n_real, H] when `packing` (then `attention_mask` too)
-        is given. `attention_mask` [B, L] bool is True at real tokens; None means no padding."""
+        is given. `attention_mask` [B, L] bool is True at real tokens; None means no padding. `outputs` keeps the
+        states of chosen layers on the way (its layer 0 is `hidden`, the embeddings' output)."""
         if packing is not None and attention_mask is None:
             raise ValueError("packed hidden states need the attention mask they were packed with")
         batch, length = hidden.shape[:2] if attention_mask is None else attention_mask.shape
@@ -391,8 +395,12 @@ class DNABERT2Encoder(nn.Module):
         else:
             dtype = hidden.dtype
         bias = AttentionBias(self.slopes(hidden.device), length, attention_mask, dtype)
-        for layer in self.layer:
+        if outputs is not None:
+            outputs.keep(0, hidden)
+        for number, layer in enumerate(self.layer, 1):
             hidden = layer(hidden, bias, packing)
+            if outputs is not None:
+                outputs.keep(number, hidden)
         return hidden
 
 
@@ -418,8 +426,13 @@ class DNABERT2Model(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+        *,
+        layers: Sequence[int] | None = None,
+    ) -> torch.Tensor | list[torch.Tensor]:
         """Last hidden state [B, L, hidden]; `attention_mask` [B, L] is True at real tokens (None: all real).
+        With `layers` (absolute numbers: 0 the embeddings' output, i layer i's; seqshard.models.layer_numbers),
+        the states of those layers instead, a list from the same forward pass; the last layer's is the last
+        hidden state (DNABERT-2 is post-LayerNorm: every layer's output is already normalised).
 
         Padded positions never influence real ones, and their output rows are zero, as in the reference,
         which drops padding inside the encoder and pads the result back with zeros.
@@ -429,13 +442,16 @@ class DNABERT2Model(nn.Module):
             # No padding: nothing to mask and nothing to pack. Checked on the CPU only: on a GPU the check would
             # wait for the device, and callers that know (seqshard's runner) pass None for unpadded batches.
             mask = None
+        outputs = LayerOutputs(layers, len(self.encoder.layer))
         if mask is None or not self.unpad:
-            hidden = self.encoder(self.embeddings(input_ids, token_type_ids), mask)
-            return hidden if mask is None else hidden.masked_fill(~mask[..., None], 0.0)
+            hidden = self.encoder(self.embeddings(input_ids, token_type_ids), mask, outputs=outputs)
+            if mask is None:
+                return outputs.result(hidden)
+            return outputs.result(hidden, lambda state: state.masked_fill(~mask[..., None], 0.0))
         packing = _Packing.from_mask(mask)
         token_types = None if token_type_ids is None else packing.unpad(token_type_ids)
-        packed = self.encoder(self.embeddings(packing.unpad(input_ids), token_types), mask, packing)
-        return packing.pad(packed)
+        packed = self.encoder(self.embeddings(packing.unpad(input_ids), token_types), mask, packing, outputs)
+        return outputs.result(packed, packing.pad)
 
 
 class DNABERT2PredictionHeadTransform(nn.Module):
@@ -708,6 +724,7 @@ def load_dnabert2(
         max_tokens=model_max_length(directory, config.max_position_embeddings),
         # About 4-5 bp per token on genomes: 1,000 bp windows stay well inside 512 tokens.
         default_window=1000,
+        num_layers=config.num_hidden_layers,
         token_types={"dna": 0},
         mlm_head=mlm_head,
         sequence_head=sequence_head,

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -41,7 +41,14 @@ from torch import nn
 from torch.nn import functional as F
 
 from seqshard.models import ARCHITECTURES, LoadedModel, SequenceHead, check_architecture
-from seqshard.models.loading import assign_weights, model_max_length, preview, read_weights, write_json
+from seqshard.models.loading import (
+    LayerOutputs,
+    assign_weights,
+    model_max_length,
+    preview,
+    read_weights,
+    write_json,
+)
 from seqshard.runtime.checkpoints import resolve_checkpoint
 
 if TYPE_CHECKING:
@@ -307,9 +314,15 @@ class EsmModel(nn.Module):
         self.embeddings = EsmEmbeddings(config)
         self.encoder = EsmEncoder(config)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
+        layers: Sequence[int] | None = None,
+    ) -> torch.Tensor | list[torch.Tensor]:  # fmt: skip
         """Hidden states [B, L, hidden], <cls> (and <eos>) rows included. Without `attention_mask` no position is
-        padding (the engine passes None for batches of equal lengths)."""
+        padding (the engine passes None for batches of equal lengths). With `layers` (absolute numbers,
+        seqshard.models.layer_numbers), the states of those layers from the same pass, as fair-esm's `repr_layers`
+        gives them: layer 0 the embeddings' output, layer i < N the residual stream after layer i (no final
+        LayerNorm), layer N the output after `emb_layer_norm_after` (the last hidden state)."""
         real = None if attention_mask is None else attention_mask.bool()
         hidden = self.embeddings(input_ids, real)
         config = self.config
@@ -321,9 +334,12 @@ class EsmModel(nn.Module):
             key_mask = None
         else:
             key_mask = real[:, None, None, :]
-        for layer in self.encoder.layer:
+        outputs = LayerOutputs(layers, len(self.encoder.layer))
+        outputs.keep(0, hidden)
+        for number, layer in enumerate(self.encoder.layer, 1):
             hidden = layer(hidden, rotary, key_mask)
-        return self.encoder.emb_layer_norm_after(hidden)
+            outputs.keep(number, hidden)
+        return outputs.result(self.encoder.emb_layer_norm_after(hidden))
 
 
 class EsmLMHead(nn.Module):
@@ -639,6 +655,7 @@ def load_esm2(
         molecules=frozenset({"protein"}),
         max_tokens=max_tokens,
         default_window=max_tokens - sum(tokenizer.frame),
+        num_layers=loaded.config.num_hidden_layers,
         token_types={"protein": 0},
         mlm_head=loaded.mlm_head,
         sequence_head=loaded.sequence_head,

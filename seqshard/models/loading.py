@@ -2,6 +2,9 @@
 code), digest them for provenance, build the architecture on the meta device and fill it with the checkpoint's
 tensors by assignment, and say exactly which tensors are missing or unexpected when they do not match.
 
+Every encoder's forward keeps the hidden states of the layers a caller names through one `LayerOutputs`, so that
+"layer k" means the same thing in every architecture (fair-esm's numbering: `seqshard.models.layer_numbers`).
+
 A model file (`dnabert2.py`, `lucaone.py`) then holds only what is its own: the architecture, the tokenizer
 adapter, and the mapping from its published key layouts to its modules' names. The demo checkpoints' small
 helpers (`write_json`) are here too.
@@ -13,7 +16,7 @@ import hashlib
 import json
 import logging
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -127,6 +130,38 @@ def assign_weights(
     if problems:
         raise ValueError(f"{source} is not {what}; {'; '.join(problems)}")
     return module
+
+
+class LayerOutputs:
+    """The hidden states of chosen layers, kept as one forward pass goes by (no copy, no second pass).
+
+    `layers` are absolute numbers (`seqshard.models.layer_numbers`): 0 the embeddings' output, i the output of
+    layer i, `num_layers` the final state. An encoder calls `keep(i, hidden)` with its embeddings' output (i = 0)
+    and after each layer but the last, then `result(final)` with its final state (after a final LayerNorm where it
+    has one); `finish` turns a kept state into what the model returns (padded rows zeroed, a packed batch padded
+    again). Without `layers` the result is the final state alone, exactly as before.
+    """
+
+    def __init__(self, layers: Sequence[int] | None, num_layers: int) -> None:
+        self.layers = None if layers is None else tuple(layers)
+        self.num_layers = num_layers
+        if self.layers is not None and not all(0 <= layer <= num_layers for layer in self.layers):
+            raise ValueError(f"layers {self.layers} are not absolute numbers 0..{num_layers} of this model")
+        self._wanted = set(self.layers or ())
+        self._kept: dict[int, torch.Tensor] = {}
+
+    def keep(self, layer: int, hidden: torch.Tensor) -> None:
+        if layer in self._wanted and layer != self.num_layers:
+            self._kept[layer] = hidden
+
+    def result(
+        self, final: torch.Tensor, finish: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> torch.Tensor | list[torch.Tensor]:
+        done = finish or (lambda hidden: hidden)
+        if self.layers is None:
+            return done(final)
+        self._kept[self.num_layers] = final
+        return [done(self._kept[layer]) for layer in self.layers]
 
 
 def model_max_length(directory: Path, default: int) -> int:

@@ -24,7 +24,7 @@ import dataclasses
 import io
 import json
 import pickle
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -35,7 +35,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from seqshard.models import LoadedModel, check_architecture
-from seqshard.models.loading import assign_weights, preview, read_weights, write_json
+from seqshard.models.loading import LayerOutputs, assign_weights, preview, read_weights, write_json
 from seqshard.runtime.checkpoints import resolve_checkpoint
 
 if TYPE_CHECKING:
@@ -357,7 +357,12 @@ class LucaOneEncoder(nn.Module):
         self.layers = nn.ModuleList(LucaOneLayer(config) for _ in range(config.num_hidden_layers))
         self.last_layer_norm = nn.LayerNorm(config.hidden_size, eps=LAYER_NORM_EPS)
 
-    def forward(self, hidden: torch.Tensor, real: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, hidden: torch.Tensor, real: torch.Tensor | None, outputs: LayerOutputs | None = None
+    ) -> torch.Tensor | list[torch.Tensor]:
+        """The layers and the final `last_layer_norm` on embeddings [B, L, H]; with `outputs`, the states of the
+        layers it names (layer 0: `hidden`; i < N: the residual stream after layer i; N: after last_layer_norm)."""
+        outputs = outputs or LayerOutputs(None, len(self.layers))
         # Rotary tables for this length, computed once per forward and shared by all layers (no stored buffer:
         # nothing position-related depends on the checkpoint or the model's dtype).
         cos, sin = rotary_tables(hidden.shape[1], self.head_dim, hidden.device)
@@ -367,9 +372,11 @@ class LucaOneEncoder(nn.Module):
             key_mask = None
         else:
             key_mask = real[:, None, None, :]
-        for layer in self.layers:
+        outputs.keep(0, hidden)
+        for number, layer in enumerate(self.layers, 1):
             hidden = layer(hidden, cos, sin, key_mask)
-        return self.last_layer_norm(hidden)
+            outputs.keep(number, hidden)
+        return outputs.result(self.last_layer_norm(hidden))
 
 
 class LucaOneModel(nn.Module):
@@ -388,8 +395,11 @@ class LucaOneModel(nn.Module):
         token_type_ids: torch.Tensor | int | None = None,
         *,
         unpadded: bool = False,
-    ) -> torch.Tensor:
-        """Hidden states [B, L, hidden] after `last_layer_norm`, [CLS]/[SEP] rows included.
+        layers: Sequence[int] | None = None,
+    ) -> torch.Tensor | list[torch.Tensor]:
+        """Hidden states [B, L, hidden] after `last_layer_norm`, [CLS]/[SEP] rows included; with `layers`
+        (absolute numbers, seqshard.models.layer_numbers) the states of those layers from the same pass
+        (LucaOneEncoder.forward says which tensor each is).
 
         `token_type_ids` is 0 (nucleotide) or 1 (protein) for the whole batch, or a [B, L] tensor. It has no
         default: the port's default of 0 silently treats proteins as nucleotides. Without `attention_mask`,
@@ -405,7 +415,8 @@ class LucaOneModel(nn.Module):
             real = None
         else:
             real = input_ids.ne(self.config.pad_token_id) if attention_mask is None else attention_mask.bool()
-        return self.encoder(self.embeddings(input_ids, real, token_type_ids), real)
+        outputs = LayerOutputs(layers, self.config.num_hidden_layers)
+        return self.encoder(self.embeddings(input_ids, real, token_type_ids), real, outputs)
 
 
 class LucaOneLMHead(nn.Module):
@@ -459,9 +470,15 @@ class LucaOneForMolecule(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | int | None = None,
-    ) -> torch.Tensor:
+        *,
+        layers: Sequence[int] | None = None,
+    ) -> torch.Tensor | list[torch.Tensor]:
         token_types = self.token_type if token_type_ids is None else token_type_ids
-        return self.model(input_ids, attention_mask, token_type_ids=token_types, unpadded=attention_mask is None)
+        if layers is None:  # the masked-LM module takes no `layers`: it returns logits
+            return self.model(input_ids, attention_mask, token_type_ids=token_types, unpadded=attention_mask is None)
+        return self.model(
+            input_ids, attention_mask, token_type_ids=token_types, unpadded=attention_mask is None, layers=layers
+        )
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -780,6 +797,7 @@ def load_lucaone(
         # with [CLS] and [SEP], and cuts longer input into segments of that size; one token per residue.
         max_tokens=config.max_position_embeddings,
         default_window=config.max_position_embeddings - 2,
+        num_layers=config.num_hidden_layers,
         token_types=dict(MOLECULE_TOKEN_TYPES),
         mlm_head=mlm_head,
         extra={"config": config.to_dict(), "layout": layout, "molecule": None},

@@ -169,6 +169,7 @@ def load_nucleotide_transformer(
         molecules=frozenset({"dna"}),
         max_tokens=max_tokens,
         default_window=int(capacity * _WINDOW_SHARE),
+        num_layers=config.num_hidden_layers,
         token_types={"dna": 0},
         mlm_head=loaded.mlm_head,
         sequence_head=loaded.sequence_head,

@@ -208,6 +208,15 @@ def inference_jobs(table: pd.DataFrame) -> pd.DataFrame:
     return table[table["n_sequences"].notna()]
 
 
+# What windows cost in faithfulness, beside what they cost in compute: per model entry and tasks.
+SEAM_COLUMNS = [
+    "windowed",
+    "seam_records",
+    "seam_window_length",
+    "seam_window_overlap",
+    *(f"seam_{change}_{figure}" for change in ("overlap", "length")
+      for figure in ("window_length", "window_overlap", "cosine_mean", "cosine_max")),
+]  # fmt: skip
 THROUGHPUT_COLUMNS = [
     "model",
     "tasks",
@@ -226,7 +235,36 @@ THROUGHPUT_COLUMNS = [
     "gpu_utilization_mean_percent",
     "gpu_memory_peak_mb",
     "gpu_power_mean_watts",
+    *SEAM_COLUMNS,
 ]
+
+
+def _seams(jobs: pd.DataFrame) -> pd.DataFrame:
+    """Per model entry and tasks: distinct sequences windowed, and the seam probes (seqshard.engine.seams) of its
+    jobs: records probed, the run's window and each changed one (the first job's: one entry, one fit), the cosine
+    distance's mean (weighted by the records each job probed) and max."""
+    probed = jobs["seam_records"].fillna(0.0)
+    weighted = {
+        f"{change}_weighted": jobs[f"seam_{change}_cosine_mean"].fillna(0.0) * probed
+        for change in ("overlap", "length")
+    }
+    jobs = jobs.assign(seam_records=probed, **weighted)
+    aggregations: dict[str, tuple[str, str]] = {
+        "windowed": ("n_windowed", "sum"),
+        "seam_records": ("seam_records", "sum"),
+    }
+    for name in ("seam_window_length", "seam_window_overlap"):
+        aggregations[name] = (name, "first")
+    for change in ("overlap", "length"):
+        aggregations[f"seam_{change}_window_length"] = (f"seam_{change}_window_length", "first")
+        aggregations[f"seam_{change}_window_overlap"] = (f"seam_{change}_window_overlap", "first")
+        aggregations[f"{change}_weighted"] = (f"{change}_weighted", "sum")
+        aggregations[f"seam_{change}_cosine_max"] = (f"seam_{change}_cosine_max", "max")
+    grouped = jobs.groupby(["model", "tasks"], sort=True).agg(**aggregations)
+    for change in ("overlap", "length"):
+        records = grouped["seam_records"].where(grouped["seam_records"] > 0)
+        grouped[f"seam_{change}_cosine_mean"] = grouped.pop(f"{change}_weighted") / records
+    return grouped[SEAM_COLUMNS]
 
 
 def throughput_by_model(table: pd.DataFrame, prices: Prices) -> pd.DataFrame:
@@ -235,8 +273,8 @@ def throughput_by_model(table: pd.DataFrame, prices: Prices) -> pd.DataFrame:
     `records`: input sequences scored (each record once, duplicates and cache hits included); `sequences`: the
     distinct sequences the model computed. Sequences and tokens per second of model compute, records per second
     of the jobs' wall time, useful-token fraction, CPU- and GPU-hours of the inference jobs, their cost and the
-    cost per million records (NaN when no price is set), and the GPU telemetry (utilization weighted by each
-    job's wall time).
+    cost per million records (NaN when no price is set), the GPU telemetry (utilization weighted by each
+    job's wall time), and the windows' seams (`_seams`).
     """
     jobs = inference_jobs(table)
     if jobs.empty:
@@ -280,6 +318,7 @@ def throughput_by_model(table: pd.DataFrame, prices: Prices) -> pd.DataFrame:
         grouped["cost_per_million_sequences"] *= 1e6
     else:
         grouped["cost"] = grouped["cost_per_million_sequences"] = math.nan
+    grouped = grouped.join(_seams(jobs))
     return grouped.reset_index()[THROUGHPUT_COLUMNS]
 
 

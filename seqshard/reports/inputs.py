@@ -40,9 +40,15 @@ _FIGURE_LABELS = ["model", "pass", "tasks", "shard"]
 _FIGURE_TEXT = ["device", "dtype", "host", "gpu_reason"]
 _COUNTS = ["n_records", "n_sequences", "n_cached", "n_tokens", "n_computed_tokens"]
 _TIMES = ["warmup_seconds", "load_seconds", "compute_seconds", "sequences_per_second", "tokens_per_second"]
+# Windows and what their seams cost (seqshard.engine.seams): sequences windowed, and the probe's figures.
+SEAM_NUMBERS = [
+    "n_windowed", "seam_records", "seam_window_length", "seam_window_overlap",
+    *(f"seam_{change}_{figure}" for change in ("overlap", "length")
+      for figure in ("window_length", "window_overlap", "cosine_mean", "cosine_max")),
+]  # fmt: skip
 _FIGURE_NUMBERS = [
     "threads", "cpu_count", "started_at", "ended_at", *_COUNTS, "n_batches", "batch_tokens", *_TIMES,
-    "peak_gpu_memory_bytes",
+    "peak_gpu_memory_bytes", *SEAM_NUMBERS,
 ]  # fmt: skip
 _GPU_NUMBERS = [
     "gpu_count",
@@ -60,7 +66,7 @@ TABLE_COLUMNS = [
     "wall_seconds", "max_rss_mb", "cpu_seconds", "threads", "cpu_count", "cpu_efficiency", "host_load",
     "io_in_mb", "io_out_mb",
     *_COUNTS, "padding_fraction", "n_batches", "batch_tokens", *_TIMES, "peak_gpu_memory_mb",
-    *_GPU_NUMBERS, "gpu_reason",
+    *_GPU_NUMBERS, "gpu_reason", *SEAM_NUMBERS,
 ]  # fmt: skip
 TEXT_COLUMNS = ["rule", "job", "host", "model", "pass", "tasks", "shard", "device", "dtype", "gpu_reason"]
 

@@ -190,6 +190,46 @@ def _model_columns(prices: Prices, gpu: bool) -> list[Column]:
     return columns
 
 
+def _change(change: str) -> Callable[[pd.Series], str]:
+    return lambda row: (
+        "NA"
+        if pd.isna(row[f"seam_{change}_window_length"])
+        else f"{row[f'seam_{change}_window_length']:.0f} / {row[f'seam_{change}_window_overlap']:.0f}"
+    )
+
+
+_SEAM_COLUMNS = [
+    Column("model", "model"),
+    Column("tasks", "tasks"),
+    Column("sequences", "distinct computed", _fixed(0)),
+    Column("windowed", "windowed", _fixed(0)),
+    Column("seam_records", "probed", _fixed(0)),
+    Column("window", "window / overlap"),
+    Column("overlap_change", "overlap changed to"),
+    Column("seam_overlap_cosine_mean", "cosine dist. (mean)", _fixed(6)),
+    Column("seam_overlap_cosine_max", "(max)", _fixed(6)),
+    Column("length_change", "length changed to"),
+    Column("seam_length_cosine_mean", "cosine dist. (mean)", _fixed(6)),
+    Column("seam_length_cosine_max", "(max)", _fixed(6)),
+]
+
+
+def _seam_table(throughput: pd.DataFrame) -> dict[str, object]:
+    """The windows' seams per model entry (rows that windowed nothing are left out)."""
+    seams = throughput[throughput["windowed"].fillna(0) > 0]
+    if seams.empty:
+        return _table(seams.assign(window="", overlap_change="", length_change=""), _SEAM_COLUMNS)
+    seams = seams.assign(
+        window=seams.apply(
+            lambda row: "NA" if pd.isna(row["seam_window_length"])
+            else f"{row['seam_window_length']:.0f} / {row['seam_window_overlap']:.0f}", axis=1,
+        ),
+        overlap_change=seams.apply(_change("overlap"), axis=1),
+        length_change=seams.apply(_change("length"), axis=1),
+    )  # fmt: skip
+    return _table(seams, _SEAM_COLUMNS)
+
+
 def _summary_rows(table: pd.DataFrame, summary: RunSummary, prices: Prices) -> list[tuple[str, str]]:
     rows = [("Jobs", f"{summary.jobs:,} of {summary.rules} rule(s) on {summary.hosts} host(s)")]
     if summary.first_start is not None and summary.last_end is not None:
@@ -237,6 +277,13 @@ def _summary_rows(table: pd.DataFrame, summary: RunSummary, prices: Prices) -> l
         ("Useful-token fraction (real / computed)", _percent(tokens / computed) if computed else "NA"),
         ("Sequences per second of model compute", f"{sequences / compute:,.1f}" if compute else "NA"),
     ]
+    windowed = float(inference["n_windowed"].fillna(0).sum())
+    if windowed:
+        probed = float(inference["seam_records"].fillna(0).sum())
+        worst = inference[["seam_overlap_cosine_max", "seam_length_cosine_max"]].max().max()
+        moved = f"; the pooled embedding of {probed:,.0f} probed moved by a cosine distance of at most {worst:.3g} " \
+                "when the windows moved (see Windows and seams)" if probed and pd.notna(worst) else ""  # fmt: skip
+        rows.append(("Sequences windowed", f"{windowed:,.0f} of {sequences:,.0f} distinct computed{moved}"))
     return rows
 
 
@@ -285,6 +332,7 @@ def render_page(
         ),  # fmt: skip
         hosts=_table(hosts, _HOST_COLUMNS),
         models=_table(throughput, _model_columns(prices, gpu)),
+        seams=_seam_table(throughput),
         prices=prices,
         gpu_reasons=[] if gpu else _gpu_reasons(inference_jobs(table)),
         jobs=_table(jobs, _JOB_COLUMNS),

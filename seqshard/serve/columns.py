@@ -2,10 +2,12 @@
 predictions, both ways, in one place: the server turns the table its batch produced into predictions, and
 `seqshard predict` turns predictions back into the same table, so a served file and a batch file are alike.
 
-JSON per task: `embed` gives `embedding` and `dimension`; `classify` gives `prediction` (a binary classifier's
-probability of its second, positive label, else the top class's), `confidence` (the top class's probability) and
-`details` (`class`, `probability`, every label's `probabilities`); `regress` gives `values` per target. Every
-prediction also carries the base columns as `sequence_length`, `n_tokens`, `n_windows` and `truncated`.
+JSON per task: `embed` gives `embedding` and `dimension` (with `--layers`, `embeddings` instead: one vector per
+layer, keyed by the layer as given, from the `embedding_l<layer>` columns); `classify` gives `prediction` (a
+binary classifier's probability of its second, positive label, else the top class's), `confidence` (the top class's
+probability) and `details` (`class`, `probability`, every label's `probabilities`); `regress` gives `values` per
+target. Every prediction also carries the base columns as `sequence_length`, `n_tokens`, `n_windows` and
+`truncated`.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from seqshard.io.parquet import BASE_FIELDS, vectors_array
 
 # Base columns as the API names them (`length` is the record's residues).
 BASE_KEYS = {"length": "sequence_length", "n_tokens": "n_tokens", "n_windows": "n_windows", "truncated": "truncated"}
+LAYER_PREFIX = "embedding_l"  # an embedding of a chosen layer (seqshard.io.parquet.layer_suffixes)
 
 
 def _labels(task: str, table: pa.Table) -> list[str]:
@@ -36,10 +39,16 @@ def predictions_from_table(task: str, table: pa.Table) -> list[dict[str, Any]]:
         for values in zip(*(table.column(name).to_pylist() for name in BASE_KEYS), strict=True)
     ]
     if task == "embed":
-        column = table.column("embedding").combine_chunks()
-        vectors = column.flatten().to_numpy().reshape(len(column), -1)
-        for row, vector in zip(rows, vectors.tolist(), strict=True):
-            row.update(embedding=vector, dimension=len(vector))
+        layered = [name for name in table.column_names if name.startswith(LAYER_PREFIX)]
+        for name in layered or ["embedding"]:
+            column = table.column(name).combine_chunks()
+            vectors = column.flatten().to_numpy().reshape(len(column), -1)
+            for row, vector in zip(rows, vectors.tolist(), strict=True):
+                if layered:
+                    row.setdefault("embeddings", {})[name.removeprefix(LAYER_PREFIX)] = vector
+                else:
+                    row["embedding"] = vector
+                row["dimension"] = len(vector)
         return rows
     labels = _labels(task, table)
     values = np.stack([table.column(name).to_numpy() for name in table.column_names[len(BASE_FIELDS) :]
@@ -71,7 +80,11 @@ def columns_from_predictions(
     `predictions_from_table`."""
     columns: dict[str, object] = {"id": list(ids)}
     columns.update({name: [p[key] for p in predictions] for name, key in BASE_KEYS.items()})
-    if task == "embed":
+    if task == "embed" and predictions[0].get("embeddings"):
+        for layer in predictions[0]["embeddings"]:
+            vectors = np.array([p["embeddings"][layer] for p in predictions], dtype=np.float32)
+            columns[f"{LAYER_PREFIX}{layer}"] = vectors_array(vectors)
+    elif task == "embed":
         columns["embedding"] = vectors_array(np.array([p["embedding"] for p in predictions], dtype=np.float32))
     elif task == "classify":
         labels = list(predictions[0]["details"]["probabilities"])

@@ -177,7 +177,10 @@ class Prediction(BaseModel):
     prediction: float | None = Field(None, description="classifiers: probability of the positive or top class")
     confidence: float | None = Field(None, description="classifiers: probability of the predicted class")
     details: ClassDetails | None = None
-    embedding: list[float] | None = None
+    embedding: list[float] | None = Field(None, description="embedding: the pooled last hidden state")
+    embeddings: dict[str, list[float]] | None = Field(
+        None, description="embedding with --layers: the pooled hidden state of each layer, keyed by the layer as given"
+    )
     dimension: int | None = None
     values: dict[str, float] | None = Field(None, description="property_prediction: one value per target")
     variant_effect: dict[str, float | int | None] | None = Field(
@@ -232,8 +235,10 @@ class ModelInfo(BaseModel):
     max_sequence_length: int
     embedding_dimension: int
     checkpoint_digest: str
-    settings: dict[str, str | int | float | bool | None] = Field(
-        description="the settings that shape the numbers (pooling, windows, dtype, ...), as in Parquet provenance"
+    # `layers` is the one list: the layers a --layers server pools, as given.
+    settings: dict[str, str | int | float | bool | list[int] | None] = Field(
+        description="the settings that shape the numbers (pooling, windows, layers, strand, dtype, ...), as in "
+        "Parquet provenance"
     )
 
 

@@ -36,7 +36,7 @@ from seqshard import __version__
 from seqshard.engine.chunks import RecordError, chunk_table, score_encoded_records
 from seqshard.engine.heads import head_digest, load_linear_head
 from seqshard.engine.runner import Runner
-from seqshard.engine.tasks import prepare_tasks
+from seqshard.engine.tasks import fit_for, prepare_tasks
 from seqshard.engine.types import RunFigures, TaskSettings, VariantWork
 from seqshard.engine.variants import score_units
 from seqshard.engine.windows import ModelFit
@@ -44,7 +44,7 @@ from seqshard.io.fasta import SequenceRecord
 from seqshard.io.interface import SERVE
 from seqshard.io.sequences import InputPolicy, accepted_letters, allowed_letters, sequence_checker
 from seqshard.io.variants import PlacedVariant, ProteinUnit, Unit, dna_letters, place_dna_variant, protein_unit
-from seqshard.models import ARCHITECTURES, LoadedModel, get_loader
+from seqshard.models import ARCHITECTURES, LoadedModel, get_loader, layer_numbers
 from seqshard.runtime.devices import resolve_device, resolve_dtype
 from seqshard.serve.columns import predictions_from_table
 from seqshard.serve.errors import ApiError, retry_after
@@ -55,7 +55,8 @@ from seqshard.serve.settings import ServeSettings
 log = logging.getLogger(__name__)
 
 OUTPUT_FORMATS = {
-    TaskType.embedding: "embedding: the pooled last hidden state (float32 vector) and its dimension",
+    TaskType.embedding: "embedding: the pooled last hidden state (float32 vector) and its dimension; with --layers, "
+    "embeddings: one vector per layer, keyed by the layer as given",
     TaskType.promoter_prediction: "prediction, confidence and details: class, probability, every label's probability",
     TaskType.classification: "prediction, confidence and details: class, probability, every label's probability",
     TaskType.property_prediction: "values: one number per target of the head",
@@ -124,6 +125,8 @@ class ModelService:
                 available.append(TaskType.promoter_prediction if head is own_head else TaskType.classification)
             elif head is not None:
                 available.append(TaskType.property_prediction)
+            if settings.shaping.layers is not None:  # a layer the model does not have stops the load, saying so
+                layer_numbers(settings.shaping.layers, loaded.num_layers)
             # A --head is loaded once above; per batch, score_records uses it as if it were the checkpoint's own.
             self.tasks = {task: replace(settings.shaping, task=SEQSHARD_TASK[task], head=None) for task in available}
             if loaded.mlm_head is not None:
@@ -183,6 +186,9 @@ class ModelService:
                 f"{settings.model} does not accept {molecule} sequences",
                 f"accepted molecules: {', '.join(sorted(loaded.molecules))}",
             )
+        problem = self.tasks[task_type].molecule_problem(molecule) if task_type in self.tasks else None
+        if problem is not None:
+            raise ApiError(ErrorCode.INVALID_REQUEST, f"{settings.model} is served with {problem}")
         checker = sequence_checker(molecule, self.policy)
         checked = []
         for index, sequence in enumerate(sequences):
@@ -216,19 +222,22 @@ class ModelService:
         if key[0] == TaskType.variant_effect:  # type: ignore[index]
             self._admit_variants(sequences, limit)  # type: ignore[arg-type]
             return
-        if sum(self.fit.token_bound(len(sequence)) for sequence in sequences) <= limit:
+        task_type, molecule = key  # type: ignore[misc]
+        strands = 2 if self.tasks[task_type].task == "embed" and self.tasks[task_type].strand == "both" else 1
+        if strands * sum(self.fit.token_bound(len(sequence)) for sequence in sequences) <= limit:
             return
-        _, molecule = key  # type: ignore[misc]
         tokenizer = self.require_ready().for_molecule(molecule).tokenizer
         encoded = await asyncio.get_running_loop().run_in_executor(
-            self.tokenizer_thread, self.fit.encode, sequences, tokenizer
+            self.tokenizer_thread, replace(self.fit, reverse=strands == 2).encode, sequences, tokenizer
         )
-        if encoded.n_model_tokens > limit:
+        n_tokens = encoded.n_model_tokens + (encoded.reverse.n_model_tokens if encoded.reverse is not None else 0)
+        if n_tokens > limit:
             raise ApiError(
                 ErrorCode.TOO_MANY_TOKENS,
-                f"this request asks for {encoded.n_model_tokens} model tokens; at most {limit} per request",
-                f"{len(sequences)} sequence(s) in {encoded.n_inputs} model input(s) ([CLS], [SEP] and window "
-                "overlaps counted): send fewer or shorter sequences per request",
+                f"this request asks for {n_tokens} model tokens; at most {limit} per request",
+                f"{len(sequences)} sequence(s) in {strands * encoded.n_inputs} model input(s) ([CLS], [SEP], window "
+                "overlaps and with --strand both the reverse strand counted): send fewer or shorter sequences per "
+                "request",
             )
 
     def _admit_variants(self, queries: list[VariantQuery], limit: int) -> None:
@@ -327,9 +336,9 @@ class ModelService:
         figures = RunFigures({}, self.device, self.dtype, self.settings.threads, self.settings.batch_tokens)
         runner = Runner(loaded, figures, batch_tokens=self.settings.batch_tokens, dtype=self.dtype)
         runner.should_stop = should_stop
-        assert self.fit is not None
-        encoded = self.fit.encode([record.sequence for record in records], loaded.tokenizer)
-        scored = score_encoded_records(runner, records, encoded, prepare_tasks(loaded, [settings]))
+        tasks = prepare_tasks(loaded, [settings])
+        encoded = fit_for(loaded, tasks).encode([record.sequence for record in records], loaded.tokenizer)
+        scored = score_encoded_records(runner, records, encoded, tasks)
         predictions = predictions_from_table(settings.task, chunk_table(scored, settings, loaded.hidden_size, {}))
         results: list[list[dict[str, object]]] = []
         position = 0
@@ -391,7 +400,12 @@ class ModelService:
         shaping = settings.shaping
         assert self.fit is not None
         provenance = {
-            **{key: value for key, value in asdict(shaping).items() if key not in ("task", "head", "per_token")},
+            **{
+                key: value
+                for key, value in asdict(shaping).items()
+                if key not in ("task", "head", "per_token", "per_base")
+            },
+            "num_layers": loaded.num_layers,
             "window_length": self.fit.window_length,
             "window_overlap": self.fit.window_overlap,
             "max_tokens": self.fit.max_tokens,

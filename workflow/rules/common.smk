@@ -10,7 +10,7 @@ from seqshard.runtime.checkpoints import inference_memory_mb, is_local
 from seqshard.demo import DEMOS
 from seqshard.models import ARCHITECTURES
 from seqshard.engine.types import INPUT_SETTINGS, PASSES, TASK_SETTINGS, TASKS, pass_of
-from seqshard.engine.types import VARIANT_TASK
+from seqshard.engine.types import DEFAULT_STRANDS, VARIANT_TASK, TaskSettings
 from seqshard.plan.packing import read_pack_manifest
 from seqshard.plan.variants import read_variant_manifest
 from seqshard.io.samples import VARIANT_COLUMNS, SampleSheetError, load_sample_sheet
@@ -45,6 +45,16 @@ def variant_kind(sample):
 
 def sequence_tasks(model):
     return [t for t in config["models"][model]["tasks"] if t != VARIANT_TASK]
+
+
+def task_settings(model, task):
+    """The settings a task's numbers depend on (TASK_SETTINGS): a change to another task's leaves it be. A null
+    `strand` is the task's default (DEFAULT_STRANDS)."""
+    settings = config["models"][model]
+    shaping = {name: settings[name] for name in INPUT_SETTINGS + TASK_SETTINGS[task]}
+    if "strand" in shaping and shaping["strand"] is None:
+        shaping["strand"] = DEFAULT_STRANDS[task]
+    return {"task": task, **shaping}
 
 
 def entry_samples(model):
@@ -96,6 +106,14 @@ def entry_samples(model):
         raise ValueError(
             f"models.{model} asks for {', '.join(sequence_tasks(model))} but runs on no sequence sample"
         )
+    for task in sequence_tasks(model):
+        shaping = TaskSettings(**task_settings(model, task))
+        for sample in sequences:
+            problem = shaping.molecule_problem(samples.loc[sample, "molecule"])
+            if problem:
+                raise ValueError(
+                    f"models.{model} runs {task} on sample {sample}: {problem}"
+                )
     return sequences, variant_sets
 
 
@@ -251,15 +269,6 @@ def get_container(wildcards):
             f"containers.{architecture} is not set; add the image for models.{wildcards.model} to the config"
         )
     return config["containers"][architecture]
-
-
-def task_settings(model, task):
-    """The settings a task's numbers depend on (TASK_SETTINGS): a change to another task's leaves it be."""
-    settings = config["models"][model]
-    return {
-        "task": task,
-        **{name: settings[name] for name in INPUT_SETTINGS + TASK_SETTINGS[task]},
-    }
 
 
 def get_pass_settings(wildcards):
@@ -454,7 +463,7 @@ def variant_settings(model):
     return {
         "window": settings["variant_window"],
         "flank": settings["variant_flank"],
-        "strand": settings["strand"],
+        "strand": settings["strand"] or DEFAULT_STRANDS[VARIANT_TASK],
         "max_length": settings["max_variant_length"],
         "pooling": settings["pooling"],
         "wild_type_marginal": settings["wild_type_marginal"],
