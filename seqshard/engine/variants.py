@@ -45,7 +45,7 @@ from seqshard.engine.runner import BatchOutputs, HostBatch, ModelInputs, Reduce,
 from seqshard.engine.tasks import mlm_reduce
 from seqshard.engine.types import VARIANT_TASK, Hardware, RunFigures, RunFiles, VariantWork
 from seqshard.engine.windows import EncodedChunk
-from seqshard.io.parquet import DNA_SCORES, TableWriter, provenance_metadata, variant_schema
+from seqshard.io.parquet import DNA_SCORES, PROTEIN_SCORES, TableWriter, provenance_metadata, variant_schema
 from seqshard.io.variants import DnaUnit, ProteinUnit, Unit
 from seqshard.models import LoadedModel, get_loader
 from seqshard.plan.variants import (
@@ -427,17 +427,7 @@ def _score_protein(runner: Runner, units: Sequence[ProteinUnit], pooling: str, w
 
 
 def _empty_protein_columns(n: int) -> dict[str, np.ndarray]:
-    columns = {
-        name: np.full(n, np.nan)
-        for name in (
-            "masked_marginal",
-            "wild_type_marginal",
-            "embedding_cosine",
-            "embedding_l2",
-            "change_cosine",
-            "change_l2",
-        )
-    }
+    columns = {name: np.full(n, np.nan) for name in PROTEIN_SCORES}
     columns["n_mutations"] = np.zeros(n, dtype=np.int32)
     return columns
 
